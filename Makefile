@@ -1,0 +1,44 @@
+# The two commands a newcomer needs: `make demo` (the main job) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+export PORT
+
+.PHONY: venv demo run test lint migrate services stop bench-ingest bench-match bench-export bench-everything clean
+
+$(VENV)/.installed: requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $@
+
+venv: $(VENV)/.installed
+
+services: venv  ## start private PostgreSQL/Redis under var/ when none answer locally
+	@$(PY) -m config.embedded env
+
+migrate: services
+	$(PY) manage.py migrate --noinput
+
+demo: migrate  ## fresh machine → data loaded, service up, a partner plays the exchange end to end
+	$(PY) scripts/demo.py
+
+run: migrate  ## web + worker + beat in the foreground; Ctrl-C stops all three
+	$(VENV)/bin/honcho start -f Procfile -p $(PORT)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+test: venv lint
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench-ingest: migrate
+	$(PY) scripts/bench_ingest.py
+
+stop:
+	$(PY) -m config.embedded stop
+
+clean: stop
+	rm -rf var/exports var/pg var/redis

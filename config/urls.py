@@ -1,0 +1,15 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from pdex import views
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
+    path("fhir/metadata", views.MetadataView.as_view(), name="fhir-metadata"),
+    path("", include("pdex.urls")),
+    path("fhir/", include("consent.urls")),
+    path("fhir/", include("matching.urls")),
+    path("fhir/", include("exports.urls")),
+]

@@ -1,0 +1,158 @@
+"""Where job outputs go: S3 (boto3) or a folder on this machine, chosen by EXPORT_STORAGE_URL.
+
+Keys are deterministic (`{partner}/{job}/…`), so a chunk that runs twice overwrites its own object rather
+than adding a second one. Writers commit atomically: a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import BinaryIO, Protocol
+from urllib.parse import urlparse
+
+from django.conf import settings
+
+READ_BLOCK = 1024 * 1024
+
+
+class Storage(Protocol):
+    def writer(self, key: str) -> contextmanager: ...
+    def read(self, key: str) -> Iterator[bytes]: ...
+    def size(self, key: str) -> int: ...
+    def exists(self, key: str) -> bool: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+    def presigned_url(self, key: str, expires_in: int) -> str | None: ...
+    def check(self) -> None: ...
+
+
+class FileStorage:
+    """A folder; files are served by our web process at HMAC-signed URLs."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not str(path).startswith(str(self.root.resolve()) + os.sep):
+            raise ValueError(f"storage key escapes the root: {key!r}")
+        return path
+
+    @contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                yield handle
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def read(self, key: str) -> Iterator[bytes]:
+        with open(self._path(key), "rb") as handle:
+            while block := handle.read(READ_BLOCK):
+                yield block
+
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def delete_prefix(self, prefix: str) -> None:
+        path = self._path(prefix.rstrip("/"))
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+    def presigned_url(self, key: str, expires_in: int) -> str | None:
+        return None
+
+    def check(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.root, os.W_OK):
+            raise OSError(f"export folder is not writable: {self.root}")
+
+
+class S3Storage:
+    """An S3 bucket (or MinIO through AWS_ENDPOINT_URL); server-side encryption; multipart for big files."""
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None):
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client = boto3.client("s3", endpoint_url=endpoint_url)
+        self.transfer = TransferConfig(multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    @contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        # Spooled: small files stay in memory, big ones go to disk, so memory stays flat.
+        with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as spool:
+            yield spool
+            spool.seek(0)
+            self.client.upload_fileobj(spool, self.bucket, self._key(key), Config=self.transfer,
+                                       ExtraArgs={"ServerSideEncryption": "AES256",
+                                                  "ContentType": "application/fhir+ndjson"})
+
+    def read(self, key: str) -> Iterator[bytes]:
+        body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        yield from body.iter_chunks(READ_BLOCK)
+
+    def size(self, key: str) -> int:
+        return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"]
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError:
+            return False
+
+    def delete_prefix(self, prefix: str) -> None:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+
+    def presigned_url(self, key: str, expires_in: int) -> str | None:
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_in)
+
+    def check(self) -> None:
+        self.client.head_bucket(Bucket=self.bucket)
+
+
+def storage_from_url(url: str) -> FileStorage | S3Storage:
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return FileStorage(parsed.path)
+    if parsed.scheme == "s3":
+        return S3Storage(parsed.netloc, parsed.path, endpoint_url=settings.AWS_ENDPOINT_URL)
+    raise ValueError(f"EXPORT_STORAGE_URL must be file://… or s3://bucket/prefix, not {url!r}")
+
+
+@lru_cache(maxsize=4)
+def _cached(url: str) -> FileStorage | S3Storage:
+    return storage_from_url(url)
+
+
+def get_storage() -> FileStorage | S3Storage:
+    """The configured storage (cached per URL, so tests that change the setting get a fresh one)."""
+    return _cached(settings.EXPORT_STORAGE_URL)

@@ -1,0 +1,195 @@
+"""FHIR JSON at the edge: media types, OperationOutcome errors, and the base class of every FHIR view.
+
+Services raise `FhirError` (or a subclass); one handler turns every error under /fhir/ — ours, DRF's and
+Django's own (unknown URL, unhandled exception) — into an OperationOutcome with the right status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.views import APIView
+
+log = logging.getLogger(__name__)
+
+from pdex.renderers import FHIR_JSON, FHIR_NDJSON  # noqa: F401 - re-exported for views
+FHIR_PREFIXES = ("/fhir/", "/fhir")
+
+
+# --- OperationOutcome ------------------------------------------------------------------------------
+
+def outcome_issue(severity: str, code: str, diagnostics: str = "", *, details: str = "",
+                  expression: Iterable[str] = ()) -> dict[str, Any]:
+    issue: dict[str, Any] = {"severity": severity, "code": code}
+    if details:
+        issue["details"] = {"text": details}
+    if diagnostics:
+        issue["diagnostics"] = diagnostics
+    if expression:
+        issue["expression"] = list(expression)
+    return issue
+
+
+def operation_outcome(*issues: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceType": "OperationOutcome", "issue": list(issues)}
+
+
+def simple_outcome(severity: str, code: str, diagnostics: str) -> dict[str, Any]:
+    return operation_outcome(outcome_issue(severity, code, diagnostics))
+
+
+def outcome_response(status: int, outcome: dict[str, Any], headers: dict[str, str] | None = None) -> HttpResponse:
+    """An OperationOutcome response that needs no DRF negotiation (middleware, raw views)."""
+    response = HttpResponse(json.dumps(outcome), status=status, content_type=FHIR_JSON)
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+class FhirError(Exception):
+    """An error to answer with an OperationOutcome; subclasses fix the usual status and issue code."""
+
+    status = 400
+    code = "invalid"
+    severity = "error"
+
+    def __init__(self, diagnostics: str, *, status: int | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None, issues: list[dict[str, Any]] | None = None):
+        super().__init__(diagnostics)
+        self.diagnostics = diagnostics
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+        self.extra_issues = issues or []
+
+    def outcome(self) -> dict[str, Any]:
+        return operation_outcome(outcome_issue(self.severity, self.code, self.diagnostics), *self.extra_issues)
+
+
+class BadRequest(FhirError):
+    status, code = 400, "invalid"
+
+
+class NotFound(FhirError):
+    status, code = 404, "not-found"
+
+
+class Unprocessable(FhirError):
+    status, code = 422, "processing"
+
+
+class Gone(FhirError):
+    status, code = 410, "deleted"
+
+
+class TooManyRequests(FhirError):
+    status, code = 429, "throttled"
+
+    def __init__(self, diagnostics: str, *, retry_after: int, **kwargs: Any):
+        super().__init__(diagnostics, headers={"Retry-After": str(retry_after)}, **kwargs)
+
+
+_DRF_CODES: list[tuple[type[Exception], str]] = [
+    (drf_exceptions.NotAuthenticated, "login"),
+    (drf_exceptions.AuthenticationFailed, "login"),
+    (drf_exceptions.PermissionDenied, "forbidden"),
+    (drf_exceptions.NotFound, "not-found"),
+    (drf_exceptions.MethodNotAllowed, "not-supported"),
+    (drf_exceptions.NotAcceptable, "not-supported"),
+    (drf_exceptions.UnsupportedMediaType, "not-supported"),
+    (drf_exceptions.ParseError, "structure"),
+    (drf_exceptions.Throttled, "throttled"),
+    (drf_exceptions.ValidationError, "invalid"),
+]
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse:
+    """DRF's EXCEPTION_HANDLER: every error becomes an OperationOutcome, never an HTML page."""
+    from django.core.exceptions import PermissionDenied
+    from django.http import Http404
+
+    if isinstance(exc, FhirError):
+        return outcome_response(exc.status, exc.outcome(), exc.headers)
+    if isinstance(exc, Http404):
+        exc = drf_exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = drf_exceptions.PermissionDenied()
+    if isinstance(exc, drf_exceptions.APIException):
+        code = next((c for cls, c in _DRF_CODES if isinstance(exc, cls)), "processing")
+        headers: dict[str, str] = {}
+        if isinstance(exc, drf_exceptions.Throttled) and exc.wait is not None:
+            headers["Retry-After"] = str(int(exc.wait) + 1)
+        if isinstance(exc, (drf_exceptions.NotAuthenticated, drf_exceptions.AuthenticationFailed)):
+            headers["WWW-Authenticate"] = 'Bearer realm="fhir"'
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        return outcome_response(exc.status_code, simple_outcome("error", code, str(detail)), headers)
+    log.exception("unhandled error in a FHIR view", exc_info=exc)
+    return outcome_response(500, simple_outcome("fatal", "exception", "Internal server error."))
+
+
+class FhirErrorMiddleware:
+    """Catches what DRF never sees under /fhir/: unknown URLs, Django's own errors, unhandled exceptions."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if not request.path.startswith(FHIR_PREFIXES) or response.status_code < 400:
+            return response
+        content_type = response.get("Content-Type", "")
+        if content_type.startswith((FHIR_JSON, "application/json")):
+            return response
+        code = {401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
+                406: "not-supported", 415: "not-supported", 429: "throttled"}.get(response.status_code)
+        if code is None:
+            code = "exception" if response.status_code >= 500 else "invalid"
+        reason = response.reason_phrase or "Error"
+        new = outcome_response(response.status_code, simple_outcome("error", code, reason))
+        for header in ("Allow", "Retry-After", "WWW-Authenticate"):
+            if header in response:
+                new[header] = response[header]
+        return new
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not request.path.startswith(FHIR_PREFIXES):
+            return None
+        if isinstance(exception, FhirError):
+            return outcome_response(exception.status, exception.outcome(), exception.headers)
+        log.exception("unhandled error under /fhir/", exc_info=exception)
+        return outcome_response(500, simple_outcome("fatal", "exception", "Internal server error."))
+
+
+class FhirView(APIView):
+    """Base of every authenticated FHIR endpoint.
+
+    `required_scopes` lists what the token must carry: each item is a scope, or a tuple of scopes any one
+    of which will do. After authentication `request.partner` is the calling partner.
+    """
+
+    required_scopes: tuple[str | tuple[str, ...], ...] = ()
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        request.partner = getattr(getattr(request.auth, "application", None), "partner", None)
+
+
+class PublicFhirView(APIView):
+    """A FHIR endpoint anyone may call (/metadata, SMART discovery)."""
+
+    authentication_classes: list = []
+    permission_classes: list = []
+
+
+def fhir_json_response(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> JsonResponse:
+    response = JsonResponse(body, status=status, content_type=FHIR_JSON)
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response

@@ -1,0 +1,171 @@
+"""Shared fixtures: partners with tokens, and a real Celery worker for end-to-end tests.
+
+Tests run against the real PostgreSQL and Redis. Each run uses its own Celery queue, so parallel runs on
+one Redis never take each other's tasks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+from oauth2_provider.models import AccessToken, Application
+from rest_framework.test import APIClient
+
+from config.celery import app as celery_app
+from pdex.models import Partner
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+QUEUE = f"pdex-test-{uuid.uuid4().hex[:8]}"
+ALL_SCOPES = (
+    "system/*.read http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match "
+    "http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/BulkMemberMatch"
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_celery_queue():
+    celery_app.conf.task_default_queue = QUEUE
+    yield
+
+
+@pytest.fixture
+def make_partner(db):
+    """Create an active partner with a DOT application; `make_partner(name=…, scopes=…, npi=…)`."""
+    counter = {"n": 0}
+
+    def make(name: str | None = None, *, scopes: str = ALL_SCOPES, npi: str = "", status: str = "active",
+             **fields) -> Partner:
+        counter["n"] += 1
+        name = name or f"Partner {counter['n']} {uuid.uuid4().hex[:6]}"
+        application = Application.objects.create(
+            name=name, client_type=Application.CLIENT_CONFIDENTIAL,
+            authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS,
+        )
+        return Partner.objects.create(name=name, application=application, allowed_scopes=scopes,
+                                      npi=npi or f"{1000000000 + counter['n']}", status=status, **fields)
+
+    return make
+
+
+def issue_token(partner: Partner, scopes: str = ALL_SCOPES, *, expires_in: int = 300) -> str:
+    """A DOT access token for `partner`, as the token endpoint would issue it."""
+    token = AccessToken.objects.create(
+        application=partner.application, token=uuid.uuid4().hex + uuid.uuid4().hex, scope=scopes,
+        expires=timezone.now() + timedelta(seconds=expires_in),
+    )
+    return token.token
+
+
+@pytest.fixture
+def partner(make_partner) -> Partner:
+    return make_partner("Requesting Plan")
+
+
+@pytest.fixture
+def api(partner) -> APIClient:
+    """An API client authenticated as `partner` with every scope."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_token(partner)}")
+    return client
+
+
+@pytest.fixture
+def api_for():
+    """`api_for(partner, scopes=…)`: an API client with a token of the given scopes."""
+
+    def make(partner: Partner, scopes: str = ALL_SCOPES) -> APIClient:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_token(partner, scopes)}")
+        return client
+
+    return make
+
+
+def database_url_for_current_connection() -> str:
+    """The URL of the database this test process uses (the test database), for a worker subprocess."""
+    s = connection.settings_dict
+    user = quote(s.get("USER") or "postgres")
+    password = f":{quote(s['PASSWORD'])}" if s.get("PASSWORD") else ""
+    host = s.get("HOST") or ""
+    if host.startswith("/"):
+        return f"postgres://{user}{password}@/{s['NAME']}?host={host}"
+    port = f":{s['PORT']}" if s.get("PORT") else ""
+    return f"postgres://{user}{password}@{host}{port}/{s['NAME']}"
+
+
+class WorkerProcess:
+    """A real `celery worker` subprocess on this run's queue, against the test database."""
+
+    def __init__(self, concurrency: int = 2, extra_env: dict[str, str] | None = None):
+        from django.conf import settings
+
+        env = dict(os.environ)
+        env.update({
+            "DATABASE_URL": database_url_for_current_connection(),
+            "REDIS_URL": settings.REDIS_URL,
+            "CELERY_QUEUE": QUEUE,
+            "EXPORT_STORAGE_URL": settings.EXPORT_STORAGE_URL,
+            "DB_CONN_MAX_AGE": "0",
+        })
+        env.update(extra_env or {})
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"celery-{QUEUE}-{uuid.uuid4().hex[:6]}.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", QUEUE, "-c", str(concurrency),
+             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info",
+             "-n", f"{QUEUE}-{uuid.uuid4().hex[:6]}@%h"],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if "ready." in self.log_path.read_text():
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"celery worker did not start:\n{self.log_path.read_text()[-3000:]}")
+
+    def child_pids(self) -> list[int]:
+        import psutil
+
+        return [child.pid for child in psutil.Process(self.process.pid).children(recursive=True)]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db):
+    """Start a real worker; tests that use it must use `transactional_db` (the worker sees committed rows)."""
+    workers: list[WorkerProcess] = []
+
+    def start(**kwargs) -> WorkerProcess:
+        worker = WorkerProcess(**kwargs)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
