@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,8 +37,8 @@ def _pg_dir() -> Path:
     """Data folder for the private server; unix socket paths are limited to ~100 bytes, so keep it short."""
     path = VAR_DIR / "pg"
     if len(str(path)) > 60:
-        digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
-        path = Path("/tmp") / f"pdex-pg-{digest}"
+        digest = hashlib.sha1(str(path).encode(), usedforsecurity=False).hexdigest()[:10]
+        path = Path(tempfile.gettempdir()) / f"pdex-pg-{digest}"
     return path
 
 
@@ -58,8 +59,8 @@ def database_url() -> str:
 def _redis_dir() -> Path:
     path = VAR_DIR / "redis"
     if len(str(path)) > 80:
-        digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
-        path = Path("/tmp") / f"pdex-redis-{digest}"
+        digest = hashlib.sha1(str(path).encode(), usedforsecurity=False).hexdigest()[:10]
+        path = Path(tempfile.gettempdir()) / f"pdex-redis-{digest}"
     return path
 
 

@@ -44,6 +44,9 @@ class MatchEntry(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["job", "index"], name="matchentry_job_index_uniq")]
 
+    def __str__(self) -> str:
+        return f"{self.job_id} #{self.index} {self.outcome}"
+
 
 class MemberMatchGroup(models.Model):
     """A Group produced by bulk member match, owned by the partner that asked; only `match` is exportable."""
@@ -79,3 +82,6 @@ class GroupMember(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["group", "member"], name="groupmember_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.group_id} ∋ {self.member_id}"

@@ -15,9 +15,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.views import APIView
 
-log = logging.getLogger(__name__)
-
 from pdex.renderers import FHIR_JSON, FHIR_NDJSON  # noqa: F401 - re-exported for views
+
+log = logging.getLogger(__name__)
 FHIR_PREFIXES = ("/fhir/", "/fhir")
 
 

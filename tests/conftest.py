@@ -121,7 +121,7 @@ class WorkerProcess:
         })
         env.update(extra_env or {})
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"celery-{QUEUE}-{uuid.uuid4().hex[:6]}.log"
-        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", QUEUE, "-c", str(concurrency),
              "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info",

@@ -1,0 +1,1 @@
+"""Admin for members and their resources (read-only)."""

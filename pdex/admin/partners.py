@@ -1,0 +1,1 @@
+"""Admin for partners, trust anchors and the audit trail."""
