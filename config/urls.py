@@ -12,4 +12,5 @@ urlpatterns = [
     path("fhir/", include("consent.urls")),
     path("fhir/", include("matching.urls")),
     path("fhir/", include("exports.urls")),
+    path("fhir/", include("pdex.fhir_urls")),
 ]

@@ -1,0 +1,1 @@
+"""Export tasks: plan a job, run one chunk, re-queue stale chunks."""

@@ -1,0 +1,1 @@
+"""Housekeeping tasks: expire outputs past their TTL."""

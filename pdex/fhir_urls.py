@@ -1,0 +1,3 @@
+"""FHIR reads, searches and $everything over the member data store."""
+
+urlpatterns: list = []
