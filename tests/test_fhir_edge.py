@@ -1,15 +1,27 @@
-"""The FHIR edge: every error under /fhir/ is an OperationOutcome with the right status."""
+"""The FHIR edge: every error under /fhir/ is an OperationOutcome with the right status, never HTML."""
 
+import json
+
+import pytest
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 
+from tests.conftest import issue_token
 
-def assert_outcome(response, status):
+pytestmark = pytest.mark.urls("tests.error_urls")
+
+
+def assert_outcome(response, status: int) -> OperationOutcome:
     assert response.status_code == status, response.content
     assert response["Content-Type"].startswith("application/fhir+json")
     outcome = OperationOutcome.model_validate_json(response.content)
     assert outcome.issue
     return outcome
+
+
+@pytest.fixture
+def authorized(client, partner):
+    return {"HTTP_AUTHORIZATION": f"Bearer {issue_token(partner, 'system/*.read')}"}
 
 
 def test_metadata_is_an_r4_capability_statement(client):
@@ -18,18 +30,101 @@ def test_metadata_is_an_r4_capability_statement(client):
     assert response["Content-Type"].startswith("application/fhir+json")
     statement = CapabilityStatement.model_validate_json(response.content)
     assert statement.fhirVersion == "4.0.1"
+    assert statement.kind == "instance"
 
 
-def test_unknown_url_is_404_outcome(client):
-    assert_outcome(client.get("/fhir/NoSuchThing/1"), 404)
+def test_metadata_accepts_plain_json(client):
+    response = client.get("/fhir/metadata", HTTP_ACCEPT="application/json")
+    assert response.status_code == 200
+    assert response.json()["resourceType"] == "CapabilityStatement"
 
 
-def test_not_acceptable_is_406_outcome(client):
+def test_400_bad_request(client, authorized):
+    outcome = assert_outcome(client.get("/fhir/_test/fail/bad-request", **authorized), 400)
+    assert outcome.issue[0].code == "invalid"
+    assert "_foo" in outcome.issue[0].diagnostics
+
+
+def test_400_unparseable_json(client, authorized):
+    response = client.post("/fhir/_test/echo", data="{not json", content_type="application/fhir+json", **authorized)
+    assert assert_outcome(response, 400).issue[0].code == "structure"
+
+
+def test_401_without_token(client, db):
+    response = client.get("/fhir/_test/echo")
+    assert assert_outcome(response, 401).issue[0].code == "login"
+    assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_401_with_expired_token(client, partner):
+    token = issue_token(partner, "system/*.read", expires_in=-10)
+    assert_outcome(client.get("/fhir/_test/echo", HTTP_AUTHORIZATION=f"Bearer {token}"), 401)
+
+
+def test_401_for_a_suspended_partner(client, partner, authorized):
+    partner.status = "suspended"
+    partner.save()
+    assert_outcome(client.get("/fhir/_test/echo", **authorized), 401)
+
+
+def test_403_when_scopes_fall_short(client, partner):
+    token = issue_token(partner, "system/Patient.read")
+    response = client.get("/fhir/_test/echo", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert assert_outcome(response, 403).issue[0].code == "forbidden"
+
+
+def test_404_unknown_url(client):
+    assert assert_outcome(client.get("/fhir/NoSuchThing/1"), 404).issue[0].code == "not-found"
+
+
+def test_405_wrong_method(client, authorized):
+    response = client.delete("/fhir/_test/echo", **authorized)
+    assert_outcome(response, 405)
+    assert "GET" in response["Allow"]
+
+
+def test_406_unsupported_accept(client):
     assert_outcome(client.get("/fhir/metadata", HTTP_ACCEPT="application/fhir+xml"), 406)
 
 
-def test_wrong_method_is_405_outcome(client):
-    assert_outcome(client.delete("/fhir/metadata"), 405)
+def test_415_unsupported_content_type(client, authorized):
+    response = client.post("/fhir/_test/echo", data="<Parameters/>", content_type="application/fhir+xml",
+                           **authorized)
+    assert_outcome(response, 415)
+
+
+def test_422_unprocessable(client, authorized):
+    response = client.post("/fhir/_test/echo", data=json.dumps({"resourceType": "Patient"}),
+                           content_type="application/fhir+json", **authorized)
+    assert assert_outcome(response, 422).issue[0].code == "processing"
+
+
+def test_fhir_json_body_round_trips(client, authorized):
+    body = {"resourceType": "Parameters", "parameter": [{"name": "x", "valueString": "y"}]}
+    response = client.post("/fhir/_test/echo", data=json.dumps(body), content_type="application/fhir+json",
+                           **authorized)
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("application/fhir+json")
+    assert response.json() == body
+
+
+def test_429_carries_retry_after(client, authorized):
+    response = client.get("/fhir/_test/fail/throttled", **authorized)
+    assert assert_outcome(response, 429).issue[0].code == "throttled"
+    assert response["Retry-After"] == "7"
+
+
+def test_500_in_a_fhir_view_leaks_nothing(client, authorized):
+    response = client.get("/fhir/_test/fail/crash", **authorized)
+    outcome = assert_outcome(response, 500)
+    assert "secret" not in response.content.decode()
+    assert outcome.issue[0].code == "exception"
+
+
+def test_500_outside_drf_is_still_an_outcome(client):
+    response = client.get("/fhir/_test/plain")
+    assert_outcome(response, 500)
+    assert "boom" not in response.content.decode()
 
 
 def test_healthz(client):
@@ -39,3 +134,11 @@ def test_healthz(client):
 def test_readyz_checks_database_redis_and_storage(client, db):
     body = client.get("/readyz").json()
     assert body["checks"] == {"database": "ok", "redis": "ok", "storage": "ok"}
+    assert body["status"] == "ok"
+
+
+def test_readyz_reports_an_unreachable_dependency(client, db, settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["redis"].startswith("unavailable")
