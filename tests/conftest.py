@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 from oauth2_provider.models import AccessToken, Application
@@ -28,6 +29,9 @@ from pdex.models import Partner
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 QUEUE = f"pdex-test-{uuid.uuid4().hex[:8]}"
+# Caches are built lazily on first use, so this takes effect: counters and replay keys of parallel runs on
+# one Redis never meet (two runs' databases both have a partner with pk=1).
+settings.CACHES["default"]["KEY_PREFIX"] = QUEUE
 ALL_SCOPES = (
     "system/*.read http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match "
     "http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/BulkMemberMatch"
@@ -109,13 +113,12 @@ class WorkerProcess:
     """A real `celery worker` subprocess on this run's queue, against the test database."""
 
     def __init__(self, concurrency: int = 2, extra_env: dict[str, str] | None = None):
-        from django.conf import settings
-
         env = dict(os.environ)
         env.update({
             "DATABASE_URL": database_url_for_current_connection(),
             "REDIS_URL": settings.REDIS_URL,
             "CELERY_QUEUE": QUEUE,
+            "CACHE_KEY_PREFIX": QUEUE,
             "EXPORT_STORAGE_URL": settings.EXPORT_STORAGE_URL,
             "DB_CONN_MAX_AGE": "0",
         })
