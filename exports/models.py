@@ -86,6 +86,10 @@ class ExportJob(AsyncJob):
     params = models.JSONField(default=dict, help_text="validated kick-off parameters")
     member_count = models.PositiveIntegerField(default=0)
     counts = models.JSONField(default=dict, blank=True, help_text="resources written per type")
+    messages = models.JSONField(default=list, blank=True,
+                                help_text="OperationOutcome issues for the error file (warnings, exclusions)")
+    finalize_started_at = models.DateTimeField(null=True, blank=True,
+                                               help_text="when the last chunk began writing the manifest")
 
     class Meta:
         indexes = [models.Index(fields=["partner", "status"], name="exportjob_partner_status")]
@@ -107,6 +111,10 @@ class ExportChunk(models.Model):
     sequence = models.PositiveIntegerField()
     resource_type = models.CharField(max_length=64)
     member_ids = ArrayField(models.BigIntegerField(), default=list)
+    include_sensitive = models.BooleanField(default=False, help_text="the members' consent is #sensitive")
+    refs = ArrayField(models.CharField(max_length=160), default=list, blank=True,
+                      help_text="shared resources the written rows reference, as Type/id")
+    parts = models.PositiveSmallIntegerField(default=0, help_text="files written")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     lease_owner = models.CharField(max_length=200, blank=True)

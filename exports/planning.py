@@ -1,0 +1,59 @@
+"""Splitting an export into chunks: slices of members × resource types. Pure: data in, a plan out.
+
+A chunk is the unit a worker leases, writes and may redo; it is small enough that redoing one is cheap and
+its memory is bounded, whatever the size of the export. Members are split by the consent policy the
+planner found for them, so every chunk applies one sensitivity rule to all of its members.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+# Resources that belong to no member: exported once per export, when an exported resource references them.
+SHARED_TYPES = frozenset({"Organization", "Practitioner", "PractitionerRole", "Location", "Medication"})
+
+
+@dataclass(frozen=True)
+class PlannedChunk:
+    sequence: int
+    resource_type: str
+    member_ids: tuple[int, ...]
+    include_sensitive: bool
+
+
+def member_types(resource_types: Iterable[str]) -> list[str]:
+    """The requested types that are exported per member (shared ones follow the references instead)."""
+    return [resource_type for resource_type in resource_types if resource_type not in SHARED_TYPES]
+
+
+def slices(member_ids: Sequence[int], size: int) -> list[tuple[int, ...]]:
+    """Consecutive slices of at most `size` members, in id order so a re-plan gives the same slices."""
+    if size < 1:
+        raise ValueError("a chunk holds at least one member")
+    ordered = sorted(set(member_ids))
+    return [tuple(ordered[start:start + size]) for start in range(0, len(ordered), size)]
+
+
+def plan_chunks(*, include_sensitive: Mapping[int, bool], resource_types: Sequence[str],
+                chunk_members: int) -> list[PlannedChunk]:
+    """One chunk per (slice of members sharing a sensitivity rule × member resource type).
+
+    `include_sensitive` maps each member who may be exported to whether their consent covers sensitive
+    data (`#sensitive`) or not (`#regular`). Members left out of it contribute nothing.
+    """
+    types = member_types(dict.fromkeys(resource_types))
+    chunks: list[PlannedChunk] = []
+    for sensitive in (True, False):
+        cohort = [member_id for member_id, flag in include_sensitive.items() if flag is sensitive]
+        for members in slices(cohort, chunk_members):
+            for resource_type in types:
+                chunks.append(PlannedChunk(len(chunks), resource_type, members, sensitive))
+    return chunks
+
+
+def part_sequence(chunk_sequence: int, part: int, parts_per_chunk: int = 1000) -> int:
+    """The file sequence of a chunk's `part`-th file: every chunk owns its own range, so keys never clash."""
+    if not 0 <= part < parts_per_chunk:
+        raise ValueError(f"a chunk writes at most {parts_per_chunk} files; raise EXPORT_FILE_MAX_BYTES")
+    return chunk_sequence * parts_per_chunk + part
