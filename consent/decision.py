@@ -1,0 +1,190 @@
+"""The one consent decision (spec §3.3–3.5), shared by member match, token issue, exports and admin.
+
+Pure: consent facts, who asks, who we are, whether we can segment sensitive data and "now" go in; a
+Decision comes out. Policy names are counter-intuitive (spec §3.1): `#regular` discloses non-sensitive
+data only, `#sensitive` discloses everything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any
+
+REGULAR_POLICY_URI = "http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html#regular"
+SENSITIVE_POLICY_URI = "http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html#sensitive"
+NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
+SOURCE_ROLE = ("http://terminology.hl7.org/CodeSystem/provenance-participant-type", "performer")
+RECIPIENT_ROLE = ("http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "IRCP")
+REFERENCE_SYSTEM = "reference"  # an actor named by a literal reference ("Organization/x") rather than an identifier
+
+POLICY_BY_URI = {REGULAR_POLICY_URI: "regular", SENSITIVE_POLICY_URI: "sensitive"}
+
+ActorId = tuple[str, str]  # (identifier system, value), or (REFERENCE_SYSTEM, "Organization/id")
+
+
+class DecisionKind(StrEnum):
+    COMPLY_ALL = "comply-all"
+    COMPLY_NON_SENSITIVE = "comply-non-sensitive"
+    CANNOT_COMPLY = "cannot-comply"
+
+
+class Reason(StrEnum):
+    COMPLIES = "complies"
+    NO_CONSENT = "no consent on file"
+    UNKNOWN_POLICY = "unknown policy"
+    PERIOD_NOT_VALID = "period not valid now"
+    NOT_RECIPIENT = "requester is not the IRCP recipient"
+    NOT_SOURCE = "we are not the performer/source"
+    REVOKED = "revoked"
+    REJECTED = "rejected"
+    CANNOT_SEGMENT = "segmentation unavailable for #regular"
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: DecisionKind
+    reason: Reason
+
+    @property
+    def allowed(self) -> bool:
+        return self.kind is not DecisionKind.CANNOT_COMPLY
+
+    @property
+    def include_sensitive(self) -> bool:
+        """Sensitive resources may be disclosed only under a #sensitive consent."""
+        return self.kind is DecisionKind.COMPLY_ALL
+
+
+@dataclass(frozen=True)
+class ConsentFacts:
+    """What the decision needs from a consent; built from a stored row or a submitted Consent resource."""
+
+    policy: str  # "regular", "sensitive" or "unknown"
+    period_start: date | None
+    period_end: date | None
+    status: str = "active"  # active, revoked, rejected
+    sources: frozenset[ActorId] = field(default_factory=frozenset)
+    recipients: frozenset[ActorId] = field(default_factory=frozenset)
+
+
+NO_CONSENT = Decision(DecisionKind.CANNOT_COMPLY, Reason.NO_CONSENT)
+
+
+def decide(facts: ConsentFacts | None, *, requester: Iterable[ActorId], us: Iterable[ActorId],
+           can_segment: bool, now: datetime | date) -> Decision:
+    """Comply with everything, with non-sensitive data only, or not at all — and why."""
+    if facts is None:
+        return NO_CONSENT
+    today = now.date() if isinstance(now, datetime) else now
+    refuse = lambda reason: Decision(DecisionKind.CANNOT_COMPLY, reason)  # noqa: E731
+    if facts.status == "revoked":
+        return refuse(Reason.REVOKED)
+    if facts.status != "active":
+        return refuse(Reason.REJECTED)
+    if facts.policy not in ("regular", "sensitive"):
+        return refuse(Reason.UNKNOWN_POLICY)
+    if facts.period_start is None or facts.period_end is None or not (
+            facts.period_start <= today <= facts.period_end):
+        return refuse(Reason.PERIOD_NOT_VALID)
+    if not facts.sources & set(us):
+        return refuse(Reason.NOT_SOURCE)
+    if not facts.recipients & set(requester):
+        return refuse(Reason.NOT_RECIPIENT)
+    if facts.policy == "sensitive":
+        return Decision(DecisionKind.COMPLY_ALL, Reason.COMPLIES)
+    if not can_segment:
+        return refuse(Reason.CANNOT_SEGMENT)
+    return Decision(DecisionKind.COMPLY_NON_SENSITIVE, Reason.COMPLIES)
+
+
+# --- reading a submitted Consent resource --------------------------------------------------------
+
+def _parse_date(value: Any) -> date | None:
+    """A FHIR date or dateTime → its calendar date (period bounds are inclusive dates)."""
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+
+
+def _has_role(actor: Mapping[str, Any], role: tuple[str, str]) -> bool:
+    codings = (actor.get("role") or {}).get("coding") or []
+    return any((c.get("system"), c.get("code")) == role for c in codings if isinstance(c, dict))
+
+
+def _actor_ids(reference: Any, contained: Mapping[str, Mapping[str, Any]]) -> set[ActorId]:
+    """Who a Reference names: its identifier, its literal reference, or a contained Organization's ids."""
+    ids: set[ActorId] = set()
+    if not isinstance(reference, dict):
+        return ids
+    identifier = reference.get("identifier")
+    if isinstance(identifier, dict) and identifier.get("value"):
+        ids.add((identifier.get("system") or "", str(identifier["value"])))
+    literal = reference.get("reference")
+    if isinstance(literal, str) and literal:
+        if literal.startswith("#"):
+            target = contained.get(literal[1:]) or {}
+            for item in target.get("identifier") or []:
+                if isinstance(item, dict) and item.get("value"):
+                    ids.add((item.get("system") or "", str(item["value"])))
+        else:
+            ids.add((REFERENCE_SYSTEM, "/".join(literal.rstrip("/").split("/")[-2:])))
+    return ids
+
+
+def policy_of(resource: Mapping[str, Any]) -> tuple[str, str]:
+    """(policy, uri) of a Consent; an unrecognised or missing URI gives "unknown"."""
+    uris = [p.get("uri", "") for p in resource.get("policy") or [] if isinstance(p, dict)]
+    for uri in uris:
+        if uri in POLICY_BY_URI:
+            return POLICY_BY_URI[uri], uri
+    return "unknown", (uris[0] if uris else "")
+
+
+def status_of(resource: Mapping[str, Any]) -> str:
+    """FHIR Consent.status folded to ours: active; inactive/entered-in-error → revoked; others → rejected."""
+    status = resource.get("status")
+    if status == "active":
+        return "active"
+    if status in ("inactive", "entered-in-error"):
+        return "revoked"
+    return "rejected"
+
+
+def facts_from_resource(resource: Mapping[str, Any] | None) -> ConsentFacts | None:
+    """The decision's facts read from an HRex Consent; None when there is no Consent resource at all."""
+    if not isinstance(resource, dict) or resource.get("resourceType") != "Consent":
+        return None
+    contained = {c.get("id"): c for c in resource.get("contained") or [] if isinstance(c, dict) and c.get("id")}
+    provision = resource.get("provision") if isinstance(resource.get("provision"), dict) else {}
+    period = provision.get("period") if isinstance(provision.get("period"), dict) else {}
+    sources: set[ActorId] = set()
+    recipients: set[ActorId] = set()
+    if provision.get("type", "permit") == "permit":
+        for actor in provision.get("actor") or []:
+            if not isinstance(actor, dict):
+                continue
+            if _has_role(actor, SOURCE_ROLE):
+                sources |= _actor_ids(actor.get("reference"), contained)
+            if _has_role(actor, RECIPIENT_ROLE):
+                recipients |= _actor_ids(actor.get("reference"), contained)
+    policy, _ = policy_of(resource)
+    return ConsentFacts(
+        policy=policy, period_start=_parse_date(period.get("start")), period_end=_parse_date(period.get("end")),
+        status=status_of(resource), sources=frozenset(sources), recipients=frozenset(recipients),
+    )
+
+
+def organization_ids(*, npi: str = "", organization_id: str = "") -> frozenset[ActorId]:
+    """The actor ids by which a payer may be named in a Consent (NPI identifier, Organization reference)."""
+    ids: set[ActorId] = set()
+    if npi:
+        ids.add((NPI_SYSTEM, npi))
+    if organization_id:
+        ids.add((REFERENCE_SYSTEM, f"Organization/{organization_id}"))
+    return frozenset(ids)

@@ -1,0 +1,207 @@
+"""The consent decision (spec §3): each reason, inclusive period bounds, exact policy URIs."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+
+from consent import services
+from consent.decision import (
+    NPI_SYSTEM,
+    REGULAR_POLICY_URI,
+    SENSITIVE_POLICY_URI,
+    ConsentFacts,
+    DecisionKind,
+    Reason,
+    decide,
+    facts_from_resource,
+    organization_ids,
+)
+from consent.models import Consent
+from pdex.models import AuditEvent, Member
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
+OLD = "9876543210"
+NEW = "0123456789"
+US = organization_ids(npi=OLD, organization_id="payer-old-plan")
+REQUESTER = organization_ids(npi=NEW)
+
+
+def facts(**changes) -> ConsentFacts:
+    base = dict(policy="sensitive", period_start=date(2026, 1, 1), period_end=date(2026, 12, 31), status="active",
+                sources=frozenset({(NPI_SYSTEM, OLD)}), recipients=frozenset({(NPI_SYSTEM, NEW)}))
+    base.update(changes)
+    return ConsentFacts(**base)
+
+
+def run(f, *, now=date(2026, 7, 15), can_segment=True, requester=REQUESTER):
+    return decide(f, requester=requester, us=US, can_segment=can_segment, now=now)
+
+
+def test_sensitive_policy_discloses_everything():
+    decision = run(facts(policy="sensitive"))
+    assert decision.kind is DecisionKind.COMPLY_ALL and decision.include_sensitive and decision.allowed
+
+
+def test_regular_policy_discloses_non_sensitive_only():
+    decision = run(facts(policy="regular"))
+    assert decision.kind is DecisionKind.COMPLY_NON_SENSITIVE
+    assert decision.allowed and not decision.include_sensitive
+
+
+def test_regular_without_segmentation_cannot_comply():
+    decision = run(facts(policy="regular"), can_segment=False)
+    assert (decision.kind, decision.reason) == (DecisionKind.CANNOT_COMPLY, Reason.CANNOT_SEGMENT)
+    assert run(facts(policy="sensitive"), can_segment=False).kind is DecisionKind.COMPLY_ALL
+
+
+@pytest.mark.parametrize("today,allowed", [
+    (date(2025, 12, 31), False), (date(2026, 1, 1), True), (date(2026, 12, 31), True), (date(2027, 1, 1), False),
+])
+def test_period_bounds_are_inclusive(today, allowed):
+    decision = run(facts(), now=today)
+    assert decision.allowed is allowed
+    if not allowed:
+        assert decision.reason is Reason.PERIOD_NOT_VALID
+
+
+def test_now_as_datetime_uses_its_date():
+    assert run(facts(), now=datetime(2026, 12, 31, 23, 59, tzinfo=UTC)).allowed
+
+
+def test_open_period_is_not_valid():
+    assert run(facts(period_end=None)).reason is Reason.PERIOD_NOT_VALID
+
+
+@pytest.mark.parametrize("change,reason", [
+    ({"policy": "unknown"}, Reason.UNKNOWN_POLICY),
+    ({"status": "revoked"}, Reason.REVOKED),
+    ({"status": "rejected"}, Reason.REJECTED),
+    ({"sources": frozenset({(NPI_SYSTEM, "1111111111")})}, Reason.NOT_SOURCE),
+    ({"recipients": frozenset({(NPI_SYSTEM, "1111111111")})}, Reason.NOT_RECIPIENT),
+])
+def test_each_refusal_reason(change, reason):
+    decision = run(facts(**change))
+    assert (decision.kind, decision.reason) == (DecisionKind.CANNOT_COMPLY, reason)
+
+
+def test_requester_not_the_recipient():
+    assert run(facts(), requester=organization_ids(npi="5555555555")).reason is Reason.NOT_RECIPIENT
+
+
+def test_no_consent_cannot_comply():
+    assert run(None).reason is Reason.NO_CONSENT
+
+
+def load(name: str) -> dict:
+    return json.loads((EXAMPLES / name).read_text())
+
+
+def test_example_consent_facts():
+    parsed = facts_from_resource(load("consent-hrex-payer-to-payer.json"))
+    assert parsed.policy in ("regular", "sensitive")
+    assert (NPI_SYSTEM, OLD) in parsed.sources and (NPI_SYSTEM, NEW) in parsed.recipients
+
+
+def test_policy_uris_are_matched_exactly():
+    consent = load("consent-hrex-authorized-representative.json")
+    assert facts_from_resource(consent).policy == "sensitive"
+    consent["policy"] = [{"uri": REGULAR_POLICY_URI}]
+    assert facts_from_resource(consent).policy == "regular"
+    for near_miss in (SENSITIVE_POLICY_URI.upper(), SENSITIVE_POLICY_URI + "x", "#sensitive",
+                      "http://hl7.org/fhir/us/davinci-hrex/StructureDefinition/hrex-consent#sensitive"):
+        consent["policy"] = [{"uri": near_miss}]
+        assert facts_from_resource(consent).policy == "unknown"
+
+
+def test_authorized_representative_extra_actor_is_ignored():
+    parsed = facts_from_resource(load("consent-hrex-authorized-representative.json"))
+    assert run(parsed, now=date(2026, 2, 1)).kind is DecisionKind.COMPLY_ALL
+
+
+def test_actor_by_contained_organization_and_by_reference():
+    consent = load("consent-hrex-payer-to-payer.json")
+    consent["contained"] = [{"resourceType": "Organization", "id": "old",
+                             "identifier": [{"system": NPI_SYSTEM, "value": OLD}]}]
+    actors = consent["provision"]["actor"]
+    actors[0]["reference"] = {"reference": "#old"}
+    actors[1]["reference"] = {"reference": "Organization/payer-old-plan"}
+    parsed = facts_from_resource(consent)
+    assert (NPI_SYSTEM, OLD) in parsed.sources
+    assert ("reference", "Organization/payer-old-plan") in parsed.recipients
+
+
+def test_fhir_status_other_than_active_is_refused():
+    consent = load("consent-hrex-payer-to-payer.json")
+    consent["status"] = "inactive"
+    assert facts_from_resource(consent).status == "revoked"
+    consent["status"] = "proposed"
+    assert facts_from_resource(consent).status == "rejected"
+
+
+# --- services ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def member(db):
+    return Member.objects.create(fhir_id="pat-1", umb="UMB-1", member_number="DH1", family="person",
+                                 given="patricia ann", birth_date=date(1974, 12, 25), gender="female")
+
+
+@pytest.fixture
+def example_consent() -> dict:
+    consent = load("consent-hrex-payer-to-payer.json")
+    consent["provision"]["period"] = {"start": "2026-01-01", "end": "2026-12-31"}
+    return consent
+
+
+def test_record_and_decide(settings, member, make_partner, example_consent):
+    settings.PAYER_NPI = OLD
+    partner = make_partner(npi=NEW)
+    other = make_partner(npi="2222222222")
+    consent = services.record_consent(member, partner, example_consent, "member-match")
+    assert consent.period_start == date(2026, 1, 1) and consent.status == Consent.Status.ACTIVE
+    now = datetime(2026, 7, 15, tzinfo=UTC)
+    assert services.decision_for(member, partner, now).allowed
+    assert services.decision_for(member, other, now).reason is Reason.NO_CONSENT
+    later = datetime(2027, 1, 1, tzinfo=UTC)
+    assert services.decision_for(member, partner, later).reason is Reason.PERIOD_NOT_VALID
+
+
+def test_revocation_sticks_across_resubmission(settings, member, make_partner, example_consent):
+    settings.PAYER_NPI = OLD
+    partner = make_partner(npi=NEW)
+    consent = services.record_consent(member, partner, example_consent, "member-match")
+    services.revoke(consent, "member asked us to block release")
+    now = datetime(2026, 7, 15, tzinfo=UTC)
+    assert services.decision_for(member, partner, now).reason is Reason.REVOKED
+    services.record_consent(member, partner, example_consent, "member-match")
+    assert services.decision_for(member, partner, now).reason is Reason.REVOKED
+    assert AuditEvent.objects.filter(action="consent-revoke", partner=partner).count() == 1
+
+
+def test_decisions_for_members_is_one_query(settings, member, make_partner, example_consent,
+                                            django_assert_num_queries):
+    settings.PAYER_NPI = OLD
+    partner = make_partner(npi=NEW)
+    services.record_consent(member, partner, example_consent, "bulk-member-match")
+    other = Member.objects.create(fhir_id="pat-2", umb="UMB-2")
+    now = datetime(2026, 7, 15, tzinfo=UTC)
+    with django_assert_num_queries(1):
+        decisions = services.decisions_for_members(partner, [member.pk, other.pk], now)
+    assert decisions[member.pk].allowed
+    assert decisions[other.pk].reason is Reason.NO_CONSENT
+
+
+def test_segmentation_setting_applies_to_stored_regular_consent(settings, member, make_partner, example_consent):
+    settings.PAYER_NPI = OLD
+    partner = make_partner(npi=NEW)
+    example_consent["policy"] = [{"uri": REGULAR_POLICY_URI}]
+    services.record_consent(member, partner, copy.deepcopy(example_consent), "member-match")
+    now = datetime(2026, 7, 15, tzinfo=UTC)
+    assert services.decision_for(member, partner, now).kind is DecisionKind.COMPLY_NON_SENSITIVE
+    settings.CONSENT_CAN_SEGMENT_SENSITIVE = False
+    assert services.decision_for(member, partner, now).reason is Reason.CANNOT_SEGMENT
