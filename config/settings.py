@@ -205,3 +205,9 @@ OAUTH2_PROVIDER_ACCESS_TOKEN_MODEL = "oauth2_provider.AccessToken"
 OAUTH2_PROVIDER_REFRESH_TOKEN_MODEL = "oauth2_provider.RefreshToken"
 OAUTH2_PROVIDER_ID_TOKEN_MODEL = "oauth2_provider.IDToken"
 OAUTH2_PROVIDER_GRANT_MODEL = "oauth2_provider.Grant"
+
+# --- Periodic tasks (Celery beat) ----------------------------------------------------------------
+CELERY_BEAT_SCHEDULE = {
+    "expire-outputs": {"task": "exports.expire_outputs",
+                       "schedule": env.int("EXPORT_EXPIRY_SWEEP_SECONDS", default=300)},
+}

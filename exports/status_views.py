@@ -1,0 +1,82 @@
+"""Status, cancel and download endpoints of the asynchronous request pattern (thin: see exports.asyncstatus)."""
+
+from __future__ import annotations
+
+import json
+
+from django.http import HttpResponse, StreamingHttpResponse
+from rest_framework.negotiation import BaseContentNegotiation
+
+from exports import asyncstatus, signing
+from exports.models import OutputFile
+from pdex.fhir import FHIR_NDJSON, FhirView, NotFound, PublicFhirView, operation_outcome, outcome_issue
+
+
+class AnyAccept(BaseContentNegotiation):
+    """These views render their own bodies (manifest JSON, NDJSON), so any Accept header will do."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+def json_response(status: int, body: dict | None, headers: dict[str, str], content_type: str) -> HttpResponse:
+    response = HttpResponse(json.dumps(body) if body is not None else b"", status=status, content_type=content_type)
+    for name, value in headers.items():
+        response[name] = value
+    return response
+
+
+def file_response(output: OutputFile) -> StreamingHttpResponse:
+    content, size = asyncstatus.open_file(output)
+    response = StreamingHttpResponse(content, content_type=FHIR_NDJSON)
+    response["Content-Length"] = str(size)
+    name = f"{output.kind}-{output.resource_type}-{output.sequence:05d}.ndjson"
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+class BulkStatusView(FhirView):
+    """GET: progress, manifest or failure; DELETE: cancel (202, then 404). Only the job's partner sees it."""
+
+    content_negotiation_class = AnyAccept
+
+    def get(self, request, job_id):
+        answer = asyncstatus.poll(job_id, partner=request.partner)
+        return json_response(answer.http_status, answer.body, answer.headers, answer.content_type)
+
+    def delete(self, request, job_id):
+        job = asyncstatus.live_job(job_id, partner=request.partner)
+        if not asyncstatus.cancel_job(job, request):
+            raise NotFound(f"Bulk job {job_id} was cancelled.")
+        outcome = operation_outcome(outcome_issue("information", "informational", "The bulk job was cancelled."))
+        return json_response(202, outcome, {}, "application/fhir+json")
+
+
+class BulkFileView(FhirView):
+    """A manifest file, streamed to the job's partner with its bearer token (requiresAccessToken true)."""
+
+    content_negotiation_class = AnyAccept
+
+    def get(self, request, file_id):
+        output = asyncstatus.downloadable_file(file_id, partner=request.partner)
+        response = file_response(output)
+        asyncstatus.audit_download(output, request)
+        return response
+
+
+class SignedBulkFileView(PublicFhirView):
+    """A manifest file at an HMAC-signed, expiring URL (EXPORT_PRESIGNED_MANIFEST with file storage)."""
+
+    content_negotiation_class = AnyAccept
+
+    def get(self, request, file_id):
+        if not signing.verify(file_id, request.GET.get("expires"), request.GET.get("signature")):
+            raise NotFound(f"No bulk file {file_id}.")
+        output = asyncstatus.downloadable_file(file_id, partner=None)
+        response = file_response(output)
+        asyncstatus.audit_download(output, request, signed=True)
+        return response

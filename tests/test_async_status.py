@@ -1,0 +1,290 @@
+"""The shared asynchronous-status machinery (spec §7.3–7.5): progress, 429, manifest, failure, cancel, expiry."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from django.utils.http import parse_http_date
+
+from exports import asyncstatus
+from exports.models import AsyncJob, ExportJob, OutputFile
+from exports.outputs import write_output_file
+from exports.storage import get_storage
+from matching.models import MatchJob
+from pdex.models import AuditEvent
+
+SPEC_EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
+
+
+@pytest.fixture(autouse=True)
+def _file_storage(settings, tmp_path):
+    settings.EXPORT_STORAGE_URL = f"file://{tmp_path / 'exports'}"
+    settings.FHIR_BASE_URL = "https://old-payer.test/fhir"
+    settings.STATUS_RETRY_AFTER_SECONDS = 60
+    settings.EXPORT_PRESIGNED_MANIFEST = False
+
+
+def make_export(partner, **fields) -> ExportJob:
+    fields.setdefault("request_url", "https://old-payer.test/fhir/Group/g1/$davinci-data-export")
+    return ExportJob.objects.create(partner=partner, kind=ExportJob.Kind.DAVINCI, **fields)
+
+
+def complete(job, files=(("Patient", [b'{"resourceType":"Patient","id":"p1"}']),), errors=()):
+    for sequence, (resource_type, lines) in enumerate(files):
+        write_output_file(partner=job.partner, job_id=job.id, resource_type=resource_type, lines=lines,
+                          sequence=sequence)
+    for sequence, lines in enumerate(errors):
+        write_output_file(partner=job.partner, job_id=job.id, resource_type="OperationOutcome", lines=lines,
+                          kind=OutputFile.Kind.ERROR, sequence=sequence)
+    assert asyncstatus.mark_completed(job)
+    return job
+
+
+def status_path(job) -> str:
+    return f"/fhir/bulkstatus/{job.id}"
+
+
+def test_status_url_is_absolute_from_fhir_base_url(partner):
+    job = make_export(partner)
+    assert asyncstatus.status_url(job) == f"https://old-payer.test/fhir/bulkstatus/{job.id}"
+
+
+def test_running_export_answers_202_with_progress_and_retry_after(api, partner):
+    job = make_export(partner, status=AsyncJob.Status.RUNNING, progress_done=45, progress_total=100)
+    response = api.get(status_path(job))
+    assert response.status_code == 202
+    assert response["X-Progress"] == "chunks 45/100"
+    assert response["Retry-After"] == "60"
+    job.refresh_from_db()
+    assert job.last_polled_at is not None
+
+
+def test_running_match_job_counts_members(api, partner):
+    job = MatchJob.objects.create(partner=partner, request_url="https://old-payer.test/fhir/Group/$bulk-member-match",
+                                  status=AsyncJob.Status.RUNNING, progress_done=300, progress_total=1000)
+    response = api.get(status_path(job))
+    assert response.status_code == 202
+    assert response["X-Progress"] == "members 300/1000"
+
+
+def test_queued_job_says_queued(api, partner):
+    response = api.get(status_path(make_export(partner)))
+    assert response.status_code == 202
+    assert response["X-Progress"] == "queued"
+
+
+def test_polling_faster_than_half_retry_after_is_429(api, partner):
+    job = make_export(partner, status=AsyncJob.Status.RUNNING, last_polled_at=timezone.now())
+    response = api.get(status_path(job))
+    assert response.status_code == 429
+    assert response["Retry-After"] == "60"
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome"
+    assert body["issue"][0]["code"] == "throttled"
+
+
+def test_claim_poll_allows_a_poll_after_half_retry_after(partner):
+    now = timezone.now()
+    job = make_export(partner, status=AsyncJob.Status.RUNNING)
+    assert asyncstatus.claim_poll(job, now=now)
+    assert not asyncstatus.claim_poll(job, now=now + timedelta(seconds=29))
+    assert asyncstatus.claim_poll(job, now=now + timedelta(seconds=30))
+
+
+def test_retry_after_zero_never_throttles(settings, partner):
+    settings.STATUS_RETRY_AFTER_SECONDS = 0
+    now = timezone.now()
+    job = make_export(partner, status=AsyncJob.Status.RUNNING)
+    assert asyncstatus.claim_poll(job, now=now)
+    assert asyncstatus.claim_poll(job, now=now)
+
+
+def test_completed_export_answers_manifest_like_the_spec_example(api, partner):
+    job = complete(make_export(partner, status=AsyncJob.Status.RUNNING),
+                   files=[("Patient", [b'{"resourceType":"Patient","id":"a"}', b'{"resourceType":"Patient","id":"b"}']),
+                          ("Coverage", [b'{"resourceType":"Coverage","id":"c"}'])],
+                   errors=[[b'{"resourceType":"OperationOutcome","issue":[]}']])
+    job.last_polled_at = timezone.now()
+    job.save()  # a fast poll of a finished job still gets its manifest
+    response = api.get(status_path(job), HTTP_ACCEPT="application/json")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    assert abs(parse_http_date(response["Expires"]) - job.expires_at.timestamp()) < 1
+    manifest = json.loads(response.content)
+    example = json.loads((SPEC_EXAMPLES / "davinci-data-export-complete-manifest.json").read_text())
+    assert set(manifest) == set(example)
+    assert manifest["request"] == job.request_url
+    assert manifest["requiresAccessToken"] is True
+    assert manifest["transactionTime"].endswith("Z")
+    assert [(item["type"], item["count"]) for item in manifest["output"]] == [("Patient", 2), ("Coverage", 1)]
+    assert [(item["type"], item["count"]) for item in manifest["error"]] == [("OperationOutcome", 1)]
+    for item in manifest["output"] + manifest["error"]:
+        assert set(item) == set(example["output"][0])
+        assert item["url"].startswith("https://old-payer.test/fhir/bulkfiles/")
+    assert "deleted" not in manifest
+
+
+def test_completed_match_job_manifest_matches_the_bulk_member_match_example(api, partner):
+    job = MatchJob.objects.create(partner=partner, request_url="https://old-payer.test/fhir/Group/$bulk-member-match")
+    complete(job, files=[("Group", [b'{"resourceType":"Group"}'] * 3),
+                         ("Parameters", [b'{"resourceType":"Parameters"}'])])
+    manifest = api.get(status_path(job)).json()
+    example = json.loads((SPEC_EXAMPLES / "bulk-member-match-complete-manifest.json").read_text())
+    assert set(manifest) == set(example)
+    assert [(i["type"], i["count"]) for i in manifest["output"]] == [(i["type"], i["count"]) for i in example["output"]]
+    assert manifest["error"] == []
+
+
+def test_empty_export_manifest_has_empty_arrays(api, partner):
+    job = make_export(partner, status=AsyncJob.Status.RUNNING)
+    asyncstatus.mark_completed(job)
+    manifest = api.get(status_path(job)).json()
+    assert manifest["output"] == [] and manifest["error"] == []
+
+
+def test_deleted_files_are_listed_when_present(partner):
+    job = complete(make_export(partner, status=AsyncJob.Status.RUNNING))
+    write_output_file(partner=partner, job_id=job.id, resource_type="Bundle", lines=[b'{"resourceType":"Bundle"}'],
+                      kind=OutputFile.Kind.DELETED)
+    manifest = asyncstatus.build_manifest(job)
+    assert [item["type"] for item in manifest["deleted"]] == ["Bundle"]
+
+
+def test_failed_job_answers_its_outcome_with_status_from_the_issue_code(api, partner):
+    job = make_export(partner, status=AsyncJob.Status.RUNNING)
+    outcome = {"resourceType": "OperationOutcome",
+               "issue": [{"severity": "error", "code": "processing", "diagnostics": "chunks kept failing"}]}
+    asyncstatus.mark_failed(job, outcome)
+    response = api.get(status_path(job))
+    assert response.status_code == 500
+    assert response["Content-Type"].startswith("application/fhir+json")
+    assert response.json() == outcome
+
+
+@pytest.mark.parametrize(("code", "status"), [("invalid", 400), ("not-found", 404), ("transient", 503),
+                                              ("exception", 500), ("made-up", 500)])
+def test_failure_status_follows_the_issue_code(code, status):
+    assert asyncstatus.failure_status({"issue": [{"code": code}]}) == status
+    assert asyncstatus.failure_status(None) == 500
+
+
+def test_unknown_job_is_404_operation_outcome(api):
+    response = api.get("/fhir/bulkstatus/00000000-0000-4000-8000-000000000000")
+    assert response.status_code == 404
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_status_needs_a_token(client, partner):
+    response = client.get(status_path(make_export(partner)))
+    assert response.status_code == 401
+
+
+def test_another_partners_token_gets_404_on_status_and_cancel(api_for, make_partner, partner):
+    job = complete(make_export(partner, status=AsyncJob.Status.RUNNING))
+    stranger = api_for(make_partner("Other Plan"))
+    assert stranger.get(status_path(job)).status_code == 404
+    assert stranger.delete(status_path(job)).status_code == 404
+    job.refresh_from_db()
+    assert job.status == AsyncJob.Status.COMPLETED
+    assert OutputFile.objects.filter(job_id=job.id).count() == 1
+
+
+def test_cancel_running_job_is_202_then_404_and_files_gone(api, partner):
+    job = make_export(partner, status=AsyncJob.Status.RUNNING, progress_total=4)
+    output = write_output_file(partner=partner, job_id=job.id, resource_type="Patient", lines=[b"{}"])
+    assert get_storage().exists(output.storage_key)
+    response = api.delete(status_path(job))
+    assert response.status_code == 202
+    assert response.json()["resourceType"] == "OperationOutcome"
+    job.refresh_from_db()
+    assert job.status == AsyncJob.Status.CANCELLED
+    assert not get_storage().exists(output.storage_key)
+    assert not OutputFile.objects.filter(job_id=job.id).exists()
+    assert api.get(status_path(job)).status_code == 404
+    assert api.delete(status_path(job)).status_code == 404
+    event = AuditEvent.objects.get(action="bulk-cancel")
+    assert event.partner == partner and str(job.id) in event.entity
+
+
+def test_delete_after_completion_means_client_done(api, partner):
+    job = complete(make_export(partner, status=AsyncJob.Status.RUNNING))
+    key = OutputFile.objects.get(job_id=job.id).storage_key
+    assert api.delete(status_path(job)).status_code == 202
+    assert not get_storage().exists(key)
+    assert api.get(status_path(job)).status_code == 404
+    assert AuditEvent.objects.get(action="bulk-cancel").reason == "client done"
+
+
+def test_late_finish_does_not_overwrite_a_cancel(partner):
+    job = make_export(partner, status=AsyncJob.Status.RUNNING)
+    assert asyncstatus.cancel_job(job)
+    assert not asyncstatus.mark_completed(job)
+    assert not asyncstatus.mark_failed(job, {"resourceType": "OperationOutcome", "issue": []})
+    job.refresh_from_db()
+    assert job.status == AsyncJob.Status.CANCELLED
+
+
+def test_mark_running_sets_transaction_time_once(partner):
+    job = make_export(partner)
+    assert asyncstatus.mark_running(job)
+    assert job.status == AsyncJob.Status.RUNNING and job.transaction_time is not None
+    assert not asyncstatus.mark_running(job)
+
+
+def test_expired_job_answers_404(api, partner):
+    job = complete(make_export(partner, status=AsyncJob.Status.RUNNING))
+    ExportJob.objects.filter(pk=job.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert api.get(status_path(job)).status_code == 404
+
+
+def test_expire_outputs_removes_only_expired_files(partner):
+    now = timezone.now()
+    old = complete(make_export(partner, status=AsyncJob.Status.RUNNING))
+    fresh = complete(make_export(partner, status=AsyncJob.Status.RUNNING))
+    ExportJob.objects.filter(pk=old.pk).update(expires_at=now - timedelta(minutes=1))
+    old_key = OutputFile.objects.get(job_id=old.id).storage_key
+    fresh_key = OutputFile.objects.get(job_id=fresh.id).storage_key
+    assert asyncstatus.expire_outputs(now=now) == 1
+    assert not get_storage().exists(old_key)
+    assert not OutputFile.objects.filter(job_id=old.id).exists()
+    assert get_storage().exists(fresh_key)
+    assert OutputFile.objects.filter(job_id=fresh.id).exists()
+    assert asyncstatus.expire_outputs(now=now) == 0
+
+
+def test_expire_outputs_sweeps_files_written_after_a_cancel(partner):
+    job = make_export(partner, status=AsyncJob.Status.RUNNING)
+    asyncstatus.cancel_job(job)
+    late = write_output_file(partner=partner, job_id=job.id, resource_type="Patient", lines=[b"{}"])
+    assert asyncstatus.expire_outputs() == 1
+    assert not get_storage().exists(late.storage_key)
+
+
+def test_expire_outputs_task_runs_the_sweep(partner):
+    from exports.tasks.maintenance import expire_outputs
+
+    job = complete(make_export(partner, status=AsyncJob.Status.RUNNING))
+    ExportJob.objects.filter(pk=job.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
+    assert expire_outputs.run() == 1
+    assert not OutputFile.objects.filter(job_id=job.id).exists()
+
+
+def test_beat_schedule_runs_expiry(settings):
+    tasks = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert "exports.expire_outputs" in tasks
+
+
+def test_transient_lookup_problem_is_503_transient(partner, monkeypatch):
+    from django.db import OperationalError
+
+    def broken(*args, **kwargs):
+        raise OperationalError("connection lost")
+
+    monkeypatch.setattr(asyncstatus, "job_models", broken)
+    with pytest.raises(asyncstatus.TransientError) as caught:
+        asyncstatus.find_job("00000000-0000-4000-8000-000000000000", partner=partner)
+    assert caught.value.status == 503
+    assert caught.value.outcome()["issue"][0]["code"] == "transient"
