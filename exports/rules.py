@@ -1,0 +1,387 @@
+"""The payer-to-payer export rules (spec §5.7), as pure functions and the SQL that applies them.
+
+One implementation serves the bulk export (exports' chunk writer) and single-member retrieval
+($everything, per-resource search): both select rows with `chunk_query`/`selection`, so what a partner
+sees is the same whichever way it asks. docs/windows.md states every rule and why.
+
+Two independent filters, never one: the *window* is on date of service (`service_start`/`service_end`,
+extracted at ingest by pdex.extract), the *incremental* filter is on `meta.lastUpdated` (`last_updated`).
+"""
+
+# SQL is composed from our own constants and aliases only (types are checked against EXPORT_TYPES);
+# every value is a bound parameter.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from dateutil.relativedelta import relativedelta
+from django.conf import settings
+
+from pdex.extract import SHARED_TYPES
+from pdex.fhir import outcome_issue
+
+CAP, FLOOR = "cap", "floor"
+WINDOW_MODES = (CAP, FLOOR)
+TABLE = "pdex_resource"
+
+# §5.7 rule 2: which member-owned types get the date-of-service window.
+WINDOWED_TYPES = frozenset({
+    "Claim", "Encounter", "Procedure", "Observation", "Immunization", "DiagnosticReport",
+    "MedicationRequest", "MedicationDispense", "ImagingStudy", "CarePlan", "CareTeam", "Goal",
+})
+ACTIVE_OR_WINDOW_TYPES = frozenset({"Condition", "AllergyIntolerance"})
+ACTIVE_CLINICAL_STATUSES = ("active", "recurrence", "relapse")
+UNWINDOWED_MEMBER_TYPES = frozenset({"Patient", "Coverage", "Device"})
+PA_OR_WINDOW_TYPES = frozenset({"ExplanationOfBenefit", "DocumentReference"})
+PROVENANCE = "Provenance"
+# Claims whose financial elements are removed in SQL (pdex_nonfinancial, exports migration 0002).
+NONFINANCIAL_TYPES = frozenset({"ExplanationOfBenefit", "Claim"})
+
+MEMBER_TYPES = WINDOWED_TYPES | ACTIVE_OR_WINDOW_TYPES | UNWINDOWED_MEMBER_TYPES | PA_OR_WINDOW_TYPES | {PROVENANCE}
+# The order of output files and of $everything pages: the member first, shared resources last.
+EXPORT_TYPES: tuple[str, ...] = (
+    "Patient", "Coverage", "AllergyIntolerance", "CarePlan", "CareTeam", "Claim", "Condition", "Device",
+    "DiagnosticReport", "DocumentReference", "Encounter", "ExplanationOfBenefit", "Goal", "ImagingStudy",
+    "Immunization", "MedicationDispense", "MedicationRequest", "Observation", "Procedure", "Provenance",
+    "Location", "Medication", "Organization", "Practitioner", "PractitionerRole",
+)
+assert set(EXPORT_TYPES) == MEMBER_TYPES | SHARED_TYPES
+
+PA_ACTIVE_STATUSES = ("approved", "partial")
+PA_PENDING_STATUSES = ("pending",)
+
+
+@dataclass(frozen=True)
+class Window:
+    """The two bounds of an export: date of service (window) and meta.lastUpdated (incremental)."""
+
+    request_time: datetime
+    mode: str
+    service_from: datetime | None
+    updated_after: datetime | None
+    updated_before: datetime | None
+    requested_since: datetime | None = None
+    since_was_raised: bool = False
+
+    def informational_issues(self) -> list[dict[str, Any]]:
+        """The OperationOutcome issue reporting a raised `_since` (cap mode), for the error file."""
+        if not self.since_was_raised:
+            return []
+        return [outcome_issue(
+            "information", "informational",
+            f"_since {self.requested_since.isoformat()} is earlier than the look-back of this server "
+            f"(request time minus {settings.EXPORT_LOOKBACK_YEARS} years); it was raised to "
+            f"{self.updated_after.isoformat()} (PDex 2.1.0).",
+            expression=["_since"],
+        )]
+
+
+def export_window(*, request_time: datetime, since: datetime | None = None, until: datetime | None = None,
+                  mode: str | None = None, lookback_years: int | None = None) -> Window:
+    """Both bounds of an export at `request_time` (spec §5.7 rule 1).
+
+    cap (PDex 2.1.0): service date >= request − look-back, and an earlier `_since` is raised to that boundary.
+    floor (PDex 2.2.0): `_since` is used unchanged and the service-date window is off.
+    """
+    mode = mode or settings.EXPORT_WINDOW_MODE
+    if mode not in WINDOW_MODES:
+        raise ValueError(f"unknown window mode {mode!r}; expected one of {WINDOW_MODES}")
+    years = settings.EXPORT_LOOKBACK_YEARS if lookback_years is None else lookback_years
+    if mode == FLOOR:
+        return Window(request_time=request_time, mode=mode, service_from=None, updated_after=since,
+                      updated_before=until, requested_since=since)
+    boundary = request_time - relativedelta(years=years)
+    effective = max(since, boundary) if since is not None else None
+    return Window(request_time=request_time, mode=mode, service_from=boundary, updated_after=effective,
+                  updated_before=until, requested_since=since,
+                  since_was_raised=since is not None and effective != since)
+
+
+@dataclass(frozen=True)
+class PriorAuthRule:
+    """§5.7 rule 3: active/pending PAs plus those whose status changed recently, minus denied and drug PAs."""
+
+    request_time: datetime
+    status_changed_after: datetime
+    exclude_denied: bool = True
+    exclude_drug: bool = True
+
+
+def prior_auth_rule(*, request_time: datetime, months: int | None = None, exclude_denied: bool | None = None,
+                    exclude_drug: bool | None = None) -> PriorAuthRule:
+    months = settings.EXPORT_PA_STATUS_MONTHS if months is None else months
+    return PriorAuthRule(
+        request_time=request_time,
+        status_changed_after=request_time - relativedelta(months=months),
+        exclude_denied=settings.EXPORT_EXCLUDE_DENIED_PA if exclude_denied is None else exclude_denied,
+        exclude_drug=settings.EXPORT_EXCLUDE_DRUG_PA if exclude_drug is None else exclude_drug,
+    )
+
+
+def prior_auth_included(rule: PriorAuthRule, *, status: str, status_changed: datetime | None,
+                        period_end: datetime | None, drug: bool) -> bool:
+    """The PA rule on one PA's extracted columns: the pure twin of `_pa_sql`, pinned by the same tests."""
+    if rule.exclude_denied and status == "denied":
+        return False
+    if rule.exclude_drug and drug:
+        return False
+    if status in PA_PENDING_STATUSES:
+        return True
+    if status in PA_ACTIVE_STATUSES and (period_end is None or period_end >= rule.request_time):
+        return True
+    return status_changed is not None and status_changed >= rule.status_changed_after
+
+
+def in_window(window: Window, *, service_start: datetime | None, service_end: datetime | None) -> bool:
+    """The date-of-service rule on one resource: the pure twin of `_window_sql`. Undated resources pass."""
+    if window.service_from is None:
+        return True
+    latest = service_end or service_start
+    return latest is None or latest >= window.service_from
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """A piece of SQL over a row alias with its named parameters (psycopg `%(name)s` style)."""
+
+    sql: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExportContext:
+    """Everything the rules need for one export or one $everything/search request."""
+
+    window: Window
+    pa: PriorAuthRule
+    types: tuple[str, ...] = EXPORT_TYPES
+    # {resource type: alternatives}; a row passes if any alternative matches (Bulk Data _typeFilter).
+    type_filters: Mapping[str, Sequence[Fragment]] = field(default_factory=dict)
+    # Members whose consent is #regular: their sensitive resources are withheld (spec §5.7 rule 4).
+    regular_member_ids: frozenset[int] = frozenset()
+    # $everything start/end: further date-of-service bounds on the windowed types.
+    care_start: datetime | None = None
+    care_end: datetime | None = None
+
+    @property
+    def member_types(self) -> tuple[str, ...]:
+        return tuple(t for t in self.types if t in MEMBER_TYPES)
+
+
+def export_context(*, request_time: datetime, since: datetime | None = None, until: datetime | None = None,
+                   types: Iterable[str] | None = None, type_filters: Mapping[str, Sequence[Fragment]] | None = None,
+                   regular_member_ids: Collection[int] = (), care_start: datetime | None = None,
+                   care_end: datetime | None = None, mode: str | None = None) -> ExportContext:
+    """An ExportContext from request parameters and the settings (look-back, mode, PA rule)."""
+    wanted = set(types) if types else set(EXPORT_TYPES)
+    unknown = wanted - set(EXPORT_TYPES)
+    if unknown:
+        raise ValueError(f"not exported types: {sorted(unknown)}")
+    return ExportContext(
+        window=export_window(request_time=request_time, since=since, until=until, mode=mode),
+        pa=prior_auth_rule(request_time=request_time),
+        types=tuple(t for t in EXPORT_TYPES if t in wanted),
+        type_filters=dict(type_filters or {}),
+        regular_member_ids=frozenset(regular_member_ids),
+        care_start=care_start,
+        care_end=care_end,
+    )
+
+
+def base_params(context: ExportContext) -> dict[str, Any]:
+    """The named parameters every fragment of `context` may use."""
+    window = context.window
+    return {
+        "service_from": window.service_from,
+        "updated_after": window.updated_after,
+        "updated_before": window.updated_before,
+        "request_time": window.request_time,
+        "pa_changed_after": context.pa.status_changed_after,
+        "regular_ids": sorted(context.regular_member_ids),
+        "care_start": context.care_start,
+        "care_end": context.care_end,
+    }
+
+
+# --- SQL per rule (alias = the pdex_resource row being judged) ---------------------------------------
+
+def _and(*parts: str) -> str:
+    kept = [p for p in parts if p and p != "TRUE"]
+    return "(" + " AND ".join(kept) + ")" if kept else "TRUE"
+
+
+def _window_sql(context: ExportContext, alias: str) -> str:
+    """Date of service inside the window and inside $everything's start/end; undated rows pass."""
+    parts = []
+    if context.window.service_from is not None:
+        parts.append(f"COALESCE({alias}.service_end, {alias}.service_start, 'infinity') >= %(service_from)s")
+    if context.care_start is not None:
+        parts.append(f"COALESCE({alias}.service_end, {alias}.service_start, 'infinity') >= %(care_start)s")
+    if context.care_end is not None:
+        parts.append(f"COALESCE({alias}.service_start, {alias}.service_end, '-infinity') <= %(care_end)s")
+    return _and(*parts)
+
+
+def _pa_sql(context: ExportContext, alias: str) -> str:
+    rule = context.pa
+    active = ", ".join(f"'{s}'" for s in PA_ACTIVE_STATUSES)
+    pending = ", ".join(f"'{s}'" for s in PA_PENDING_STATUSES)
+    included = (
+        f"({alias}.pa_status IN ({pending})"
+        f" OR ({alias}.pa_status IN ({active}) AND ({alias}.pa_period_end IS NULL"
+        f" OR {alias}.pa_period_end >= %(request_time)s))"
+        f" OR {alias}.pa_status_changed >= %(pa_changed_after)s)"
+    )
+    return _and(
+        f"{alias}.eob_use = 'preauthorization'",
+        f"{alias}.pa_status <> 'denied'" if rule.exclude_denied else "",
+        f"NOT {alias}.pa_drug" if rule.exclude_drug else "",
+        included,
+    )
+
+
+def _attached_to_pa_sql(context: ExportContext, alias: str, *, included_only: bool) -> str:
+    """A DocumentReference cited by a PA's supportingInfo (any PA, or one the PA rule includes)."""
+    pa = f"{alias}_pa"
+    condition = _pa_sql(context, pa) if included_only else f"{pa}.eob_use = 'preauthorization'"
+    return (
+        f"EXISTS (SELECT 1 FROM {TABLE} {pa} WHERE {pa}.member_id = {alias}.member_id"
+        f" AND {pa}.resource_type = 'ExplanationOfBenefit' AND {condition}"
+        f" AND jsonb_path_exists({pa}.body, '$.supportingInfo[*].valueReference.reference ? (@ == $ref)',"
+        f" jsonb_build_object('ref', 'DocumentReference/' || {alias}.fhir_id)))"
+    )
+
+
+def _sensitivity_sql(context: ExportContext, alias: str) -> str:
+    if not context.regular_member_ids:
+        return "TRUE"
+    return f"NOT ({alias}.sensitive AND {alias}.member_id = ANY(%(regular_ids)s))"
+
+
+def rule_sql(resource_type: str, context: ExportContext, alias: str = "r") -> str:
+    """The P2P rules for one member-owned type (window / active / PA / consent), without the incremental
+    filters: what makes a row of this member's data shareable at all."""
+    window = _window_sql(context, alias)
+    if resource_type in WINDOWED_TYPES:
+        rule = window
+    elif resource_type in ACTIVE_OR_WINDOW_TYPES:
+        statuses = ", ".join(f"'{s}'" for s in ACTIVE_CLINICAL_STATUSES)
+        rule = f"({alias}.clinical_status IN ({statuses}) OR {window})"
+    elif resource_type == "ExplanationOfBenefit":
+        rule = f"({_pa_sql(context, alias)} OR ({alias}.eob_use <> 'preauthorization' AND {window}))"
+    elif resource_type == "DocumentReference":
+        rule = (f"(CASE WHEN {_attached_to_pa_sql(context, alias, included_only=False)}"
+                f" THEN {_attached_to_pa_sql(context, alias, included_only=True)} ELSE {window} END)")
+    elif resource_type in UNWINDOWED_MEMBER_TYPES:
+        rule = "TRUE"
+    elif resource_type == PROVENANCE:
+        rule = _provenance_targets_sql(context, alias)
+    else:
+        raise ValueError(f"{resource_type} is not a member-owned exported type")
+    return _and(rule, _sensitivity_sql(context, alias))
+
+
+def _provenance_targets_sql(context: ExportContext, alias: str) -> str:
+    """Provenance follows its targets: every target is this member's (or shared) and passes the rules."""
+    target = f"{alias}_t"
+    candidates = " OR ".join(
+        f"({target}.resource_type = '{t}' AND {rule_sql(t, context, target)})"
+        for t in EXPORT_TYPES if t in MEMBER_TYPES and t != PROVENANCE
+    )
+    return (
+        f"(jsonb_typeof({alias}.body -> 'target') = 'array' AND NOT EXISTS ("
+        f"SELECT 1 FROM jsonb_array_elements({alias}.body -> 'target') AS {alias}_ref(target)"
+        f" WHERE NOT EXISTS (SELECT 1 FROM {TABLE} {target}"
+        f" WHERE {target}.resource_type = split_part({alias}_ref.target ->> 'reference', '/', 1)"
+        f" AND {target}.fhir_id = split_part({alias}_ref.target ->> 'reference', '/', 2)"
+        f" AND ({target}.member_id = {alias}.member_id OR {target}.member_id IS NULL)"
+        f" AND ({target}.member_id IS NULL OR {candidates}))))"
+    )
+
+
+def _incremental_sql(context: ExportContext, alias: str) -> str:
+    window = context.window
+    return _and(
+        f"{alias}.last_updated > %(updated_after)s" if window.updated_after is not None else "",
+        f"{alias}.last_updated <= %(updated_before)s" if window.updated_before is not None else "",
+    )
+
+
+def _type_filter_sql(resource_type: str, context: ExportContext, alias: str) -> Fragment:
+    alternatives = context.type_filters.get(resource_type) or ()
+    if not alternatives:
+        return Fragment("TRUE")
+    params: dict[str, Any] = {}
+    for fragment in alternatives:
+        params.update(fragment.params)
+    sql = "(" + " OR ".join("(" + f.sql.replace("{r}", alias) + ")" for f in alternatives) + ")"
+    return Fragment(sql, params)
+
+
+def member_row_sql(resource_type: str, context: ExportContext, alias: str = "r") -> Fragment:
+    """Every filter on one member-owned type: rules, incremental bounds and _typeFilter."""
+    type_filter = _type_filter_sql(resource_type, context, alias)
+    sql = _and(f"{alias}.resource_type = '{resource_type}'", rule_sql(resource_type, context, alias),
+               _incremental_sql(context, alias), type_filter.sql)
+    return Fragment(sql, dict(type_filter.params))
+
+
+def body_sql(resource_type: str, alias: str = "r") -> str:
+    """The NDJSON line of a row: the stored JSON as text; claims through the non-financial view."""
+    if resource_type == "Claim":
+        return f"pdex_nonfinancial({alias}.body)::text"
+    if resource_type == "ExplanationOfBenefit":
+        return (f"(CASE WHEN {alias}.eob_use = 'preauthorization' THEN {alias}.body"
+                f" ELSE pdex_nonfinancial({alias}.body) END)::text")
+    return f"{alias}.body::text"
+
+
+def selection(resource_type: str, member_ids: Sequence[int], context: ExportContext,
+              alias: str = "r") -> Fragment:
+    """`FROM … WHERE …` of the rows of one type a request may see, for these members.
+
+    Shared types (Organization, Practitioner, …) are the rows referenced (Resource.refs) by the exported
+    member rows of these members, so call it once per export with all members to write each shared
+    resource once.
+    """
+    if resource_type not in context.types:
+        return Fragment(f"FROM {TABLE} {alias} WHERE FALSE")
+    params: dict[str, Any] = {**base_params(context), "member_ids": list(member_ids)}
+    if resource_type in SHARED_TYPES:
+        ref = f"{alias}_ref"
+        referrers = []
+        for member_type in context.member_types:
+            fragment = member_row_sql(member_type, context, ref)
+            params.update(fragment.params)
+            referrers.append(fragment.sql)
+        if not referrers:
+            return Fragment(f"FROM {TABLE} {alias} WHERE FALSE")
+        sql = (
+            f"FROM {TABLE} {alias} WHERE {alias}.resource_type = '{resource_type}' AND {alias}.member_id IS NULL"
+            f" AND ('{resource_type}/' || {alias}.fhir_id) IN (SELECT unnest({ref}.refs) FROM {TABLE} {ref}"
+            f" WHERE {ref}.member_id = ANY(%(member_ids)s) AND ({' OR '.join(referrers)}))"
+        )
+        return Fragment(sql, params)
+    fragment = member_row_sql(resource_type, context, alias)
+    params.update(fragment.params)
+    sql = f"FROM {TABLE} {alias} WHERE {alias}.member_id = ANY(%(member_ids)s) AND {fragment.sql}"
+    return Fragment(sql, params)
+
+
+def chunk_query(resource_type: str, member_ids: Sequence[int], context: ExportContext) -> tuple[str, dict]:
+    """SQL selecting one column, `body_text` (a finished NDJSON line), for one export chunk, in a stable
+    order so a chunk run twice writes the same bytes. All filters are applied in PostgreSQL."""
+    rows = selection(resource_type, member_ids, context)
+    return f"SELECT {body_sql(resource_type)} AS body_text {rows.sql} ORDER BY r.id", dict(rows.params)
+
+
+def keyed_query(resource_type: str, member_ids: Sequence[int], context: ExportContext) -> tuple[str, dict]:
+    """Like `chunk_query` but with `id` and `resource_type` first, for keyset paging ($everything, search)."""
+    rows = selection(resource_type, member_ids, context)
+    return (f"SELECT r.id, r.resource_type, r.fhir_id, {body_sql(resource_type)} AS body_text {rows.sql}",
+            dict(rows.params))
