@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 # Resources that belong to no member: exported once per export, when an exported resource references them.
-SHARED_TYPES = frozenset({"Organization", "Practitioner", "PractitionerRole", "Location", "Medication"})
+from pdex.extract import SHARED_TYPES
 
 
 @dataclass(frozen=True)
