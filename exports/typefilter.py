@@ -245,3 +245,8 @@ def parse_type_filters(values: Iterable[str], *, types: Iterable[str] | None = N
             continue
         filters.setdefault(resource_type, []).append(fragment)
     return filters, warnings
+
+
+def type_filters(queries: Iterable[str], *, types: Iterable[str] | None = None) -> dict[str, list[Fragment]]:
+    """The stored (already validated) `_typeFilter` queries of a job as the rules' {type: alternatives}."""
+    return parse_type_filters(queries, types=types)[0]

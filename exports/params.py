@@ -1,0 +1,226 @@
+"""Kick-off parameters of $davinci-data-export / $export (Bulk Data 2.0.0 §7.2, ATR, spec §5.1, §5.7):
+parsed from a GET query or a POST Parameters body, validated, and kept as an ExportParams.
+
+Anything unsupported or malformed is a 400 OperationOutcome, unless the client sent
+`Prefer: handling=lenient`: then it is dropped and reported as a warning in the export's error file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from exports.rules import EXPORT_TYPES
+from exports.typefilter import parse_type_filters, split_type_filters
+from pdex.fhir import BadRequest, outcome_issue
+
+NDJSON_FORMATS = ("application/fhir+ndjson", "application/ndjson", "ndjson")
+P2P_EXPORT_TYPE = "hl7.fhir.us.davinci-pdex#payertopayer"
+ASSOCIATED_DATA = ("LatestProvenanceResources", "RelevantProvenanceResources")
+DAVINCI, EXPORT = "davinci-data-export", "export"
+_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+# Parameter names → the value[x] types accepted for them in a POST Parameters body.
+_VALUE_TYPES: dict[str, tuple[str, ...]] = {
+    "_outputFormat": ("valueString", "valueCode"),
+    "_since": ("valueInstant", "valueDateTime"),
+    "_until": ("valueInstant", "valueDateTime"),
+    "_type": ("valueString", "valueCode"),
+    "_typeFilter": ("valueString",),
+    "includeAssociatedData": ("valueCode", "valueString"),
+    "exportType": ("valueCanonical", "valueUri", "valueString", "valueCode"),
+    "patient": ("valueReference",),
+}
+# Parameters a client may send that we refuse (or, leniently, ignore): Bulk Data names we do not support.
+_UNSUPPORTED = ("_elements",)
+
+
+def parse_prefer(header: str | None) -> set[str]:
+    """The tokens of a Prefer header, e.g. {'respond-async', 'handling=lenient'}."""
+    return {token.strip().replace(" ", "").lower() for token in (header or "").replace(";", ",").split(",")
+            if token.strip()}
+
+
+def parse_instant(name: str, value: str) -> datetime:
+    """A FHIR instant (seconds and a zone required)."""
+    if not _INSTANT.match(value or ""):
+        raise BadRequest(f"{name} must be a FHIR instant such as 2024-01-01T00:00:00Z; got '{value}'.")
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"{name} '{value}' is not a valid instant.") from None
+
+
+@dataclass
+class ExportParams:
+    """The validated kick-off parameters of one export."""
+
+    output_format: str = NDJSON_FORMATS[0]
+    since: datetime | None = None
+    until: datetime | None = None
+    types: tuple[str, ...] = ()
+    type_filters: tuple[str, ...] = ()
+    patients: tuple[str, ...] = ()
+    include_associated_data: tuple[str, ...] = ()
+    export_type: str = P2P_EXPORT_TYPE
+    lenient: bool = False
+    respond_async: bool = False
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_job_params(self) -> dict[str, Any]:
+        """What ExportJob.params stores (JSON): exports.jobs re-reads it at execution time."""
+        return {
+            "output_format": self.output_format,
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "types": list(self.types),
+            "type_filters": list(self.type_filters),
+            "patients": list(self.patients),
+            "include_associated_data": list(self.include_associated_data),
+            "export_type": self.export_type,
+            "lenient": self.lenient,
+        }
+
+    @classmethod
+    def from_request(cls, request, *, operation: str = DAVINCI) -> ExportParams:
+        """From a DRF request: GET query, or POST Parameters body (query parameters are merged in)."""
+        body = request.data if request.method == "POST" else None
+        return parse_export_params(method=request.method, query=_query_lists(request.query_params), body=body,
+                                   prefer=request.headers.get("Prefer"), operation=operation)
+
+
+def _query_lists(query: Any) -> dict[str, list[str]]:
+    if hasattr(query, "lists"):
+        return {name: list(values) for name, values in query.lists()}
+    return {name: list(values) if isinstance(values, (list, tuple)) else [values] for name, values in query.items()}
+
+
+def _body_lists(body: Any) -> dict[str, list[Any]]:
+    """The Parameters body as {name: [values]}; each value the content of its accepted value[x]."""
+    if body in (None, b"", "", {}):
+        return {}
+    if not isinstance(body, Mapping) or body.get("resourceType") != "Parameters":
+        raise BadRequest("The POST body must be a FHIR Parameters resource.", code="structure")
+    found: dict[str, list[Any]] = {}
+    for index, parameter in enumerate(body.get("parameter") or []):
+        if not isinstance(parameter, Mapping) or not isinstance(parameter.get("name"), str):
+            raise BadRequest(f"Parameters.parameter[{index}] has no name.", code="structure")
+        name = parameter["name"]
+        accepted = _VALUE_TYPES.get(name)
+        value_keys = [key for key in parameter if key.startswith("value")]
+        if accepted is None:
+            found.setdefault(name, []).append(None)  # unknown name: judged with the others below
+            continue
+        usable = [key for key in value_keys if key in accepted]
+        if len(value_keys) != 1 or not usable:
+            raise BadRequest(f"Parameter '{name}' needs one of {', '.join(accepted)}.", code="structure")
+        value = parameter[usable[0]]
+        if name == "patient":
+            value = value.get("reference") if isinstance(value, Mapping) else None
+            if not isinstance(value, str) or not value:
+                raise BadRequest("Parameter 'patient' needs a valueReference with a reference.", code="structure")
+        found.setdefault(name, []).append(value)
+    return found
+
+
+class _Collector:
+    """Raises, or under lenient handling records a warning and lets the caller drop the value."""
+
+    def __init__(self, lenient: bool):
+        self.lenient = lenient
+        self.messages: list[dict[str, Any]] = []
+
+    def refuse(self, diagnostics: str, *, expression: str, code: str = "not-supported") -> None:
+        if not self.lenient:
+            raise BadRequest(diagnostics, code=code)
+        self.messages.append(outcome_issue("warning", code, f"Ignored: {diagnostics}", expression=[expression]))
+
+
+def _comma_list(values: Iterable[Any]) -> list[str]:
+    """Repeated comma-list parameters are one list (Bulk Data 2.0.0)."""
+    return [part.strip() for value in values for part in str(value).split(",") if part.strip()]
+
+
+def _single(name: str, values: list[Any]) -> Any:
+    if len(values) > 1:
+        raise BadRequest(f"Parameter '{name}' may appear only once.")
+    return values[0] if values else None
+
+
+def parse_export_params(*, method: str, query: Mapping[str, list[str]], body: Any = None,
+                        prefer: str | None = None, operation: str = DAVINCI) -> ExportParams:
+    """Validate every kick-off parameter; BadRequest (400) for the first problem unless lenient."""
+    tokens = parse_prefer(prefer)
+    collector = _Collector("handling=lenient" in tokens)
+    params = ExportParams(lenient=collector.lenient, respond_async="respond-async" in tokens)
+    values: dict[str, list[Any]] = {name: list(v) for name, v in query.items()}
+    if method == "GET" and "patient" in values:
+        raise BadRequest("The 'patient' parameter is only accepted in a POST Parameters body.")
+    for name, more in _body_lists(body).items():
+        values.setdefault(name, []).extend(more)
+
+    for name in sorted(set(values) - set(_VALUE_TYPES)):
+        reason = "is not supported" if name in _UNSUPPORTED else "is not a parameter of this operation"
+        collector.refuse(f"Parameter '{name}' {reason}.", expression=name)
+
+    output_format = _single("_outputFormat", values.get("_outputFormat", []))
+    if output_format is not None:
+        if output_format not in NDJSON_FORMATS:
+            collector.refuse(f"_outputFormat '{output_format}' is not supported; use {', '.join(NDJSON_FORMATS)}.",
+                             expression="_outputFormat")
+        else:
+            params.output_format = output_format
+
+    for name, attribute in (("_since", "since"), ("_until", "until")):
+        raw = _single(name, values.get(name, []))
+        if raw is not None:
+            setattr(params, attribute, parse_instant(name, str(raw)))
+    if params.since and params.until and params.until <= params.since:
+        raise BadRequest("_until must be later than _since.")
+
+    requested_types = _comma_list(values.get("_type", []))
+    types = []
+    for resource_type in requested_types:
+        if resource_type not in EXPORT_TYPES:
+            collector.refuse(f"_type {resource_type} is not exported by this server.", expression="_type")
+        elif resource_type not in types:
+            types.append(resource_type)
+    if requested_types and not types:
+        raise BadRequest("None of the requested _type values is exported by this server.", code="not-supported")
+    params.types = tuple(types)
+
+    accepted_filters = []
+    for query_text in split_type_filters(str(v) for v in values.get("_typeFilter", [])):
+        _, warnings = parse_type_filters([query_text], types=params.types or None, lenient=collector.lenient)
+        if warnings:
+            collector.messages.extend(warnings)
+        else:
+            accepted_filters.append(query_text)
+    params.type_filters = tuple(accepted_filters)
+
+    params.patients = tuple(str(p) for p in values.get("patient", []))
+    for reference in params.patients:
+        if not re.match(r"^(Patient/)?[A-Za-z0-9\-.]{1,64}$", reference):
+            raise BadRequest(f"patient reference '{reference}' is not a Patient reference.")
+
+    associated = []
+    for code in _comma_list(values.get("includeAssociatedData", [])):
+        if code in ASSOCIATED_DATA:
+            associated.append(code)
+        else:
+            collector.refuse(f"includeAssociatedData '{code}' is not supported.", expression="includeAssociatedData")
+    params.include_associated_data = tuple(associated)
+
+    export_type = _single("exportType", values.get("exportType", []))
+    if export_type is None:
+        if operation == DAVINCI:
+            collector.messages.append(outcome_issue(
+                "information", "informational",
+                f"exportType was absent; treated as {P2P_EXPORT_TYPE} (payer-to-payer).", expression=["exportType"]))
+    elif export_type != P2P_EXPORT_TYPE:
+        raise BadRequest(f"exportType '{export_type}' is not supported; this server answers {P2P_EXPORT_TYPE}.",
+                         code="not-supported")
+    params.messages = collector.messages
+    return params
