@@ -126,7 +126,8 @@ def test_body_value_types_are_checked():
 
 
 def test_spec_examples_parse():
-    for name in ("davinci-data-export-kickoff.parameters.json", "davinci-data-export-kickoff-incremental.parameters.json"):
+    for name in ("davinci-data-export-kickoff.parameters.json",
+                 "davinci-data-export-kickoff-incremental.parameters.json"):
         body = json.loads((EXAMPLES / name).read_text())
         params = parse_export_params(method="POST", query={}, body=body, prefer="respond-async")
         assert params.export_type == P2P_EXPORT_TYPE
