@@ -258,7 +258,7 @@ def delete_outputs(job: AsyncJob) -> int:
     return deleted
 
 
-def cancel_job(job: AsyncJob, request=None, *, now: datetime | None = None) -> bool:
+def cancel_job(job: AsyncJob, request=None, *, reason: str = "", now: datetime | None = None) -> bool:
     """DELETE on the status URL: mark cancelled (running work sees it and stops), delete files, audit.
 
     A completed job is cancelled too ("client done"): its files go and its status URL answers 404.
@@ -273,7 +273,7 @@ def cancel_job(job: AsyncJob, request=None, *, now: datetime | None = None) -> b
     job.refresh_from_db()
     removed = delete_outputs(job)
     audit.record("bulk-cancel", audit.SUCCESS, partner=job.partner, entity=f"{job._meta.model_name}/{job.id}",
-                 reason="client done" if previous == AsyncJob.Status.COMPLETED else "cancelled by client",
+                 reason=reason or ("client done" if previous == AsyncJob.Status.COMPLETED else "cancelled by client"),
                  detail={"previous_status": previous, "files_removed": removed}, request=request)
     return True
 

@@ -89,10 +89,13 @@ class S3Storage:
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None):
         import boto3
         from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.client = boto3.client("s3", endpoint_url=endpoint_url)
+        # SigV4 presigned URLs (SigV2 is refused by newer regions); standard retries ride out S3 throttling.
+        config = Config(signature_version="s3v4", retries={"mode": "standard", "max_attempts": 5})
+        self.client = boto3.client("s3", endpoint_url=endpoint_url, config=config)
         self.transfer = TransferConfig(multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024)
 
     def _key(self, key: str) -> str:

@@ -288,3 +288,27 @@ def test_transient_lookup_problem_is_503_transient(partner, monkeypatch):
         asyncstatus.find_job("00000000-0000-4000-8000-000000000000", partner=partner)
     assert caught.value.status == 503
     assert caught.value.outcome()["issue"][0]["code"] == "transient"
+
+
+def test_admin_shows_export_job_with_progress_counts_and_files(admin_client, partner):
+    job = complete(make_export(partner, status=AsyncJob.Status.RUNNING, progress_done=3, progress_total=4,
+                               counts={"Patient": 1}))
+    job.chunks.create(sequence=0, resource_type="Patient", member_ids=[1, 2])
+    listing = admin_client.get("/admin/exports/exportjob/")
+    assert listing.status_code == 200 and "3/4 (75%)" in listing.content.decode()
+    page = admin_client.get(f"/admin/exports/exportjob/{job.pk}/change/").content.decode()
+    assert "Patient: 1" in page
+    assert OutputFile.objects.get(job_id=job.id).storage_key.split("/")[-1].startswith("output-Patient")
+    assert "output Patient #0" in page
+    assert admin_client.get("/admin/exports/outputfile/").status_code == 200
+
+
+def test_admin_cancel_action_cancels_and_audits(admin_client, partner):
+    job = complete(make_export(partner, status=AsyncJob.Status.RUNNING))
+    response = admin_client.post("/admin/exports/exportjob/",
+                                 {"action": "cancel_jobs", "_selected_action": [str(job.pk)]})
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert job.status == AsyncJob.Status.CANCELLED
+    assert not OutputFile.objects.filter(job_id=job.id).exists()
+    assert AuditEvent.objects.get(action="bulk-cancel").reason.startswith("cancelled by admin")

@@ -1,0 +1,203 @@
+"""Manifest file downloads: token + owner checks, exact bytes, audit, signed and presigned URLs, S3 via moto."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+from django.utils import timezone
+from moto import mock_aws
+
+from exports import asyncstatus, signing
+from exports import storage as storage_module
+from exports.models import AsyncJob, ExportJob, OutputFile
+from exports.outputs import write_output_file
+from pdex.models import AuditEvent
+
+LINES = [b'{"resourceType":"Patient","id":"p1","name":[{"family":"\xc3\x96berg"}]}',
+         b'{"resourceType":"Patient","id":"p2"}']
+BYTES = b"".join(line + b"\n" for line in LINES)
+
+
+@pytest.fixture(autouse=True)
+def _settings(settings, tmp_path):
+    settings.EXPORT_STORAGE_URL = f"file://{tmp_path / 'exports'}"
+    settings.FHIR_BASE_URL = "http://testserver/fhir"
+    settings.EXPORT_PRESIGNED_MANIFEST = False
+    settings.EXPORT_PRESIGNED_URL_SECONDS = 300
+
+
+def completed_export(partner) -> tuple[ExportJob, OutputFile]:
+    job = ExportJob.objects.create(partner=partner, kind=ExportJob.Kind.GROUP, status=AsyncJob.Status.RUNNING,
+                                   request_url="http://testserver/fhir/Group/g/$export")
+    output = write_output_file(partner=partner, job_id=job.id, resource_type="Patient", lines=LINES)
+    asyncstatus.mark_completed(job)
+    return job, output
+
+
+def path_of(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def body(response) -> bytes:
+    return b"".join(response.streaming_content)
+
+
+def test_manifest_url_streams_exactly_the_file_with_the_token(api, partner):
+    job, output = completed_export(partner)
+    url = api.get(f"/fhir/bulkstatus/{job.id}").json()["output"][0]["url"]
+    response = api.get(path_of(url), HTTP_ACCEPT="application/fhir+ndjson")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/fhir+ndjson"
+    assert int(response["Content-Length"]) == len(BYTES)
+    assert body(response) == BYTES
+    event = AuditEvent.objects.get(action="bulk-download")
+    assert event.partner == partner and event.entity == f"OutputFile/{output.id}"
+    assert event.detail["job"] == str(job.id) and event.detail["type"] == "Patient"
+
+
+def test_download_needs_a_token(client, partner):
+    _, output = completed_export(partner)
+    assert client.get(f"/fhir/bulkfiles/{output.id}").status_code == 401
+
+
+def test_another_partners_token_gets_404_on_files(api_for, make_partner, partner):
+    _, output = completed_export(partner)
+    response = api_for(make_partner("Other Plan")).get(f"/fhir/bulkfiles/{output.id}")
+    assert response.status_code == 404
+    assert response.json()["resourceType"] == "OperationOutcome"
+    assert not AuditEvent.objects.filter(action="bulk-download").exists()
+
+
+def test_files_of_unfinished_cancelled_or_expired_jobs_are_404(api, partner):
+    job, output = completed_export(partner)
+    ExportJob.objects.filter(pk=job.pk).update(status=AsyncJob.Status.RUNNING)
+    assert api.get(f"/fhir/bulkfiles/{output.id}").status_code == 404
+    ExportJob.objects.filter(pk=job.pk).update(status=AsyncJob.Status.COMPLETED,
+                                               expires_at=timezone.now() - timedelta(seconds=1))
+    assert api.get(f"/fhir/bulkfiles/{output.id}").status_code == 404
+    ExportJob.objects.filter(pk=job.pk).update(expires_at=timezone.now() + timedelta(hours=1))
+    assert api.get(f"/fhir/bulkfiles/{output.id}").status_code == 200
+    assert api.delete(f"/fhir/bulkstatus/{job.id}").status_code == 202
+    assert api.get(f"/fhir/bulkfiles/{output.id}").status_code == 404
+
+
+def test_missing_object_is_404_not_a_broken_stream(api, partner):
+    _, output = completed_export(partner)
+    storage_module.get_storage().delete_prefix(output.storage_key)
+    assert api.get(f"/fhir/bulkfiles/{output.id}").status_code == 404
+
+
+# --- signed URLs (file storage) --------------------------------------------------------------------
+
+def test_signature_verifies_only_its_file_and_expiry():
+    now = timezone.now()
+    expires, sig = signing.sign("file-a", expires_in=60, now=now)
+    assert signing.verify("file-a", str(expires), sig, now=now)
+    assert not signing.verify("file-b", expires, sig, now=now)
+    assert not signing.verify("file-a", expires + 1, sig, now=now)
+    assert not signing.verify("file-a", expires, sig, now=now + timedelta(seconds=61))
+    assert not signing.verify("file-a", "soon", sig, now=now)
+    assert not signing.verify("file-a", expires, None, now=now)
+
+
+def test_presigned_manifest_with_file_storage_needs_no_token(settings, api, client, partner):
+    settings.EXPORT_PRESIGNED_MANIFEST = True
+    job, output = completed_export(partner)
+    manifest = api.get(f"/fhir/bulkstatus/{job.id}").json()
+    assert manifest["requiresAccessToken"] is False
+    expires = manifest["extension"][asyncstatus.URL_EXPIRES_EXTENSION]
+    assert expires.endswith("Z")
+    url = manifest["output"][0]["url"]
+    assert url.startswith(f"http://testserver/fhir/bulkfiles/{output.id}/signed?expires=")
+    response = client.get(path_of(url))  # no Authorization header at all
+    assert response.status_code == 200
+    assert body(response) == BYTES
+    assert AuditEvent.objects.get(action="bulk-download").detail["signed_url"] is True
+
+
+def test_tampered_or_expired_signed_urls_are_404(settings, client, partner):
+    _, output = completed_export(partner)
+    expires, sig = signing.sign(output.id, expires_in=300)
+    base = f"/fhir/bulkfiles/{output.id}/signed"
+    assert client.get(f"{base}?expires={expires}&signature={sig}").status_code == 200
+    assert client.get(f"{base}?expires={expires + 3600}&signature={sig}").status_code == 404
+    assert client.get(f"{base}?expires={expires}&signature={'0' * 64}").status_code == 404
+    old_expires, old_sig = signing.sign(output.id, expires_in=60, now=timezone.now() - timedelta(minutes=5))
+    assert client.get(f"{base}?expires={old_expires}&signature={old_sig}").status_code == 404
+    assert client.get(base).status_code == 404
+
+
+def test_signed_url_stops_working_after_cancel(api, client, partner):
+    job, output = completed_export(partner)
+    expires, sig = signing.sign(output.id, expires_in=300)
+    api.delete(f"/fhir/bulkstatus/{job.id}")
+    assert client.get(f"/fhir/bulkfiles/{output.id}/signed?expires={expires}&signature={sig}").status_code == 404
+
+
+# --- S3 (moto) -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def s3_storage(monkeypatch, settings):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        settings.EXPORT_STORAGE_URL = "s3://pdex-downloads-test/p2p"
+        settings.AWS_ENDPOINT_URL = None
+        storage_module._cached.cache_clear()
+        store = storage_module.get_storage()
+        store.client.create_bucket(Bucket="pdex-downloads-test")
+        yield store
+        storage_module._cached.cache_clear()
+
+
+def test_s3_file_streams_through_our_api_with_the_token(s3_storage, api, partner):
+    job, output = completed_export(partner)
+    assert s3_storage.exists(output.storage_key)
+    url = api.get(f"/fhir/bulkstatus/{job.id}").json()["output"][0]["url"]
+    response = api.get(path_of(url))
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/fhir+ndjson"
+    assert body(response) == BYTES
+
+
+def test_s3_presigned_manifest_points_at_the_bucket(settings, s3_storage, api, partner):
+    settings.EXPORT_PRESIGNED_MANIFEST = True
+    job, _ = completed_export(partner)
+    manifest = api.get(f"/fhir/bulkstatus/{job.id}").json()
+    assert manifest["requiresAccessToken"] is False
+    assert asyncstatus.URL_EXPIRES_EXTENSION in manifest["extension"]
+    url = manifest["output"][0]["url"]
+    assert "pdex-downloads-test" in url and "X-Amz-Expires=300" in url
+    assert requests.get(url, timeout=10).content == BYTES
+
+
+def test_s3_cancel_deletes_the_objects(s3_storage, api, partner):
+    job, output = completed_export(partner)
+    assert api.delete(f"/fhir/bulkstatus/{job.id}").status_code == 202
+    assert not s3_storage.exists(output.storage_key)
+    listed = s3_storage.client.list_objects_v2(Bucket="pdex-downloads-test", Prefix="p2p/")
+    assert listed.get("KeyCount", 0) == 0
+
+
+def test_s3_expiry_deletes_the_objects(s3_storage, partner):
+    job, output = completed_export(partner)
+    ExportJob.objects.filter(pk=job.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
+    assert asyncstatus.expire_outputs() == 1
+    assert not s3_storage.exists(output.storage_key)
+
+
+def test_s3_outage_while_downloading_is_503_transient(s3_storage, api, partner, monkeypatch):
+    from botocore.exceptions import EndpointConnectionError
+
+    _, output = completed_export(partner)
+
+    def unreachable(*args, **kwargs):
+        raise EndpointConnectionError(endpoint_url="https://s3.test")
+
+    monkeypatch.setattr(s3_storage, "exists", unreachable)
+    response = api.get(f"/fhir/bulkfiles/{output.id}")
+    assert response.status_code == 503
+    assert response.json()["issue"][0]["code"] == "transient"
