@@ -162,6 +162,13 @@ SENSITIVE_CODES_FILE = env.path("SENSITIVE_CODES_FILE", default=str(BASE_DIR / "
 # Our capability to segment sensitive data; the consent decision needs it to honour a #regular consent.
 CONSENT_CAN_SEGMENT_SENSITIVE = env.bool("CONSENT_CAN_SEGMENT_SENSITIVE", default=True)
 
+# --- Member match (docs/matching.md) ------------------------------------------------------------
+MEMBER_UMB_SYSTEM = env.str("MEMBER_UMB_SYSTEM", default="https://old-plan.example.org/fhir/umb")
+# Failed $member-match attempts (no match, several, consent) one partner may make per window before 429.
+MEMBER_MATCH_MAX_FAILURES = env.int("MEMBER_MATCH_MAX_FAILURES", default=20)
+MEMBER_MATCH_FAILURE_WINDOW_SECONDS = env.int("MEMBER_MATCH_FAILURE_WINDOW_SECONDS", default=300)
+MATCH_BATCH_SIZE = env.int("MATCH_BATCH_SIZE", default=1000)
+
 # --- Exports -------------------------------------------------------------------------------------
 EXPORT_STORAGE_URL = env.str("EXPORT_STORAGE_URL", default=f"file://{VAR_DIR / 'exports'}")
 AWS_ENDPOINT_URL = env.str("AWS_ENDPOINT_URL", default="") or None

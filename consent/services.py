@@ -70,6 +70,30 @@ def record_consent(member: Member, partner: Partner, consent_resource: Mapping[s
     return existing
 
 
+def record_consents(partner: Partner, consents: Iterable[tuple[int, Mapping[str, Any] | None]], via: str) -> int:
+    """record_consent for many members in one statement (bulk match); revoked rows are left as they are."""
+    rows = {}
+    for member_id, resource in consents:
+        if resource is None:
+            continue
+        facts = facts_from_resource(resource)
+        policy, uri = policy_of(resource)
+        rows[member_id] = Consent(
+            member_id=member_id, partner=partner, policy=policy, policy_uri=uri, status=status_of(resource),
+            period_start=facts.period_start if facts else None, period_end=facts.period_end if facts else None,
+            resource=dict(resource), submitted_via=via)
+    if not rows:
+        return 0
+    revoked = set(Consent.objects.filter(partner=partner, member_id__in=list(rows), status=Consent.Status.REVOKED)
+                  .values_list("member_id", flat=True))
+    fresh = [row for member_id, row in rows.items() if member_id not in revoked]
+    Consent.objects.bulk_create(
+        fresh, batch_size=1000, update_conflicts=True, unique_fields=["member", "partner"],
+        update_fields=["policy", "policy_uri", "status", "period_start", "period_end", "resource", "submitted_via",
+                       "updated_at"])
+    return len(fresh)
+
+
 def revoke(consent: Consent, reason: str, *, actor: str = "admin") -> Consent:
     """Revoke: effective on the next match, token or export (each re-runs the decision)."""
     consent.status = Consent.Status.REVOKED

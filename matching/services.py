@@ -1,0 +1,343 @@
+"""Member match, single and bulk: candidate lookup, the matcher, the consent decision, throttling, audit.
+
+The rules are pure (matching.matcher, consent.decision); this module does the I/O around them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from consent import services as consent_services
+from consent.decision import Decision, DecisionKind, Reason, facts_from_resource
+from consent.models import Consent
+from matching import groups
+from matching.matcher import (
+    CANDIDATE_FIELDS,
+    Candidate,
+    MatchResult,
+    OurIdentity,
+    Outcome,
+    Submitted,
+    candidate_from_row,
+    match,
+    submitted_from,
+)
+from matching.models import MatchEntry, MatchJob
+from matching.parameters import MatchRequest, parse_bulk, parse_member_match, request_from_bundle
+from pdex import audit
+from pdex.fhir import FhirError, TooManyRequests, Unprocessable, operation_outcome, outcome_issue
+from pdex.models import Member, Partner
+
+log = logging.getLogger(__name__)
+
+# One text for no match, several matches and consent refusal: a 422 must not reveal whether a person exists.
+NOT_MATCHED_TEXT = ("No unique member match could be established for the supplied member and coverage, "
+                    "or the consent cannot be complied with.")
+UMB_TYPE = {"coding": [{"system": "http://hl7.org/fhir/us/davinci-hrex/CodeSystem/hrex-temp", "code": "UMB"}]}
+MEMBER_MATCH_OUT = "http://hl7.org/fhir/us/davinci-hrex/StructureDefinition/hrex-parameters-member-match-out"
+
+
+def our_identity() -> OurIdentity:
+    return OurIdentity(npi=settings.PAYER_NPI, organization_id=settings.PAYER_ORGANIZATION_ID,
+                       member_id_system=settings.MEMBER_ID_SYSTEM)
+
+
+# --- candidates ----------------------------------------------------------------------------------
+
+def find_candidates(submitted: list[Submitted]) -> list[list[Candidate]]:
+    """Candidates for many members in at most two indexed queries: identifiers, then birth dates."""
+    member_numbers = set().union(*(s.member_numbers for s in submitted))
+    subscriber_ids = set().union(*(s.subscriber_ids for s in submitted))
+    umbs = set().union(*(s.umbs for s in submitted))
+    by_member_number: dict[str, Candidate] = {}
+    by_umb: dict[str, Candidate] = {}
+    by_subscriber: dict[str, list[Candidate]] = defaultdict(list)
+    if member_numbers or subscriber_ids or umbs:
+        query = Q(member_number__in=member_numbers) | Q(subscriber_id__in=subscriber_ids) | Q(umb__in=umbs)
+        for row in Member.objects.filter(query).values(*CANDIDATE_FIELDS):
+            candidate = candidate_from_row(row)
+            if candidate.member_number:
+                by_member_number[candidate.member_number] = candidate
+            by_umb[candidate.umb] = candidate
+            if candidate.subscriber_id:
+                by_subscriber[candidate.subscriber_id].append(candidate)
+    found: list[list[Candidate]] = []
+    for s in submitted:
+        hits = [by_member_number[n] for n in s.member_numbers if n in by_member_number]
+        hits += [by_umb[u] for u in s.umbs if u in by_umb]
+        for subscriber_id in s.subscriber_ids:
+            hits += by_subscriber.get(subscriber_id, [])
+        found.append(hits)
+    # Demographics only for members whose identifiers found nobody: by birth date (index birth_date, family).
+    need = {s.birth_date for s, hits in zip(submitted, found, strict=True) if not hits and s.birth_date}
+    if need:
+        by_birth_date: dict[Any, list[Candidate]] = defaultdict(list)
+        for row in Member.objects.filter(birth_date__in=need).values(*CANDIDATE_FIELDS):
+            by_birth_date[row["birth_date"]].append(candidate_from_row(row))
+        for index, s in enumerate(submitted):
+            if not found[index] and s.birth_date:
+                found[index] = by_birth_date.get(s.birth_date, [])
+    return found
+
+
+# --- one member: match, then consent ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What became of one member: match / nomatch / consentconstraint, and why (for the log only)."""
+
+    outcome: str
+    member_id: int | None
+    result: MatchResult
+    decision: Decision | None = None
+
+    @property
+    def reason(self) -> str:
+        parts = [self.result.outcome.value, f"score {self.result.score}", *self.result.reasons]
+        if self.decision is not None:
+            parts.append(f"consent: {self.decision.kind} ({self.decision.reason})")
+        return "; ".join(parts)
+
+
+def evaluate(request: MatchRequest, result: MatchResult, partner: Partner, *, revoked: set[int],
+             now: datetime) -> Evaluation:
+    """The consent decision for a matched member (spec §3.5); a missing Consent cannot be complied with."""
+    if result.outcome is not Outcome.MATCH:
+        return Evaluation(MatchEntry.Outcome.NO_MATCH, None, result)
+    if result.member_id in revoked:
+        decision = Decision(DecisionKind.CANNOT_COMPLY, Reason.REVOKED)
+    else:
+        decision = consent_services.decide_for_partner(facts_from_resource(request.consent), partner, now)
+    if not decision.allowed:
+        return Evaluation(MatchEntry.Outcome.CONSENT_CONSTRAINED, result.member_id, result, decision)
+    return Evaluation(MatchEntry.Outcome.MATCHED, result.member_id, result, decision)
+
+
+def revoked_members(partner: Partner, member_ids: Iterable[int | None]) -> set[int]:
+    """Members whose consent for this partner an admin revoked: that block outlives any resubmission."""
+    ids = [i for i in member_ids if i is not None]
+    if not ids:
+        return set()
+    return set(Consent.objects.filter(partner=partner, member_id__in=ids, status=Consent.Status.REVOKED)
+               .values_list("member_id", flat=True))
+
+
+# --- $member-match -------------------------------------------------------------------------------
+
+def _failure_key(partner: Partner, now: float) -> tuple[str, int]:
+    window = max(settings.MEMBER_MATCH_FAILURE_WINDOW_SECONDS, 1)
+    slot = int(now // window)
+    return f"member-match-failures:{partner.pk}:{slot}", int(window - now % window) + 1
+
+
+def check_throttle(partner: Partner) -> None:
+    """429 once a partner's failed attempts in this window reach MEMBER_MATCH_MAX_FAILURES (brute force)."""
+    key, retry_after = _failure_key(partner, time.time())
+    if (cache.get(key) or 0) >= settings.MEMBER_MATCH_MAX_FAILURES:
+        raise TooManyRequests("Too many unsuccessful member-match attempts; retry later.", retry_after=retry_after)
+
+
+def count_failure(partner: Partner) -> None:
+    key, retry_after = _failure_key(partner, time.time())
+    cache.add(key, 0, timeout=retry_after + 1)
+    try:
+        cache.incr(key)
+    except ValueError:
+        cache.set(key, 1, timeout=retry_after + 1)
+
+
+def member_match(*, partner: Partner, body: Any, request=None, now: datetime | None = None) -> Member:
+    """$member-match: the one member, with the consent stored; Unprocessable (one generic text) otherwise."""
+    now = now or timezone.now()
+    check_throttle(partner)
+    try:
+        match_request = parse_member_match(body)
+    except FhirError as exc:
+        audit.record("member-match", audit.REFUSED, partner=partner, reason=f"invalid input: {exc.code}",
+                     request=request)
+        raise
+    submitted = submitted_from(match_request, our_identity())
+    result = match(submitted, find_candidates([submitted])[0])
+    evaluation = evaluate(match_request, result, partner, revoked=revoked_members(partner, [result.member_id]),
+                          now=now)
+    entity = f"Member/{evaluation.member_id}" if evaluation.member_id else ""
+    if evaluation.outcome != MatchEntry.Outcome.MATCHED:
+        count_failure(partner)
+        audit.record("member-match", audit.REFUSED, partner=partner, entity=entity, request=request,
+                     reason=_audit_outcome(evaluation), detail={"reasons": evaluation.reason})
+        raise Unprocessable(NOT_MATCHED_TEXT, code="processing")
+    member = Member.objects.get(pk=evaluation.member_id)
+    consent_services.record_consent(member, partner, match_request.consent, "member-match")
+    audit.record("member-match", audit.SUCCESS, partner=partner, entity=f"Patient/{member.fhir_id}", request=request,
+                 reason="matched", detail={"reasons": evaluation.reason, "legacy_input": match_request.legacy})
+    return member
+
+
+def _audit_outcome(evaluation: Evaluation) -> str:
+    if evaluation.outcome == MatchEntry.Outcome.CONSENT_CONSTRAINED:
+        return "consent"
+    return "several" if evaluation.result.outcome is Outcome.SEVERAL else "no match"
+
+
+def member_match_response(member: Member) -> dict[str, Any]:
+    """hrex-parameters-member-match-out: MemberIdentifier (UMB) and MemberId."""
+    return {
+        "resourceType": "Parameters",
+        "meta": {"profile": [MEMBER_MATCH_OUT]},
+        "parameter": [
+            {"name": "MemberIdentifier", "valueIdentifier": {
+                "type": UMB_TYPE, "system": settings.MEMBER_UMB_SYSTEM, "value": member.umb,
+                "assigner": {"display": settings.PAYER_NAME}}},
+            {"name": "MemberId", "valueReference": {"reference": f"Patient/{member.fhir_id}"}},
+        ],
+    }
+
+
+# --- $bulk-member-match --------------------------------------------------------------------------
+
+def start_bulk_match(*, partner: Partner, body: Any, request_url: str, request=None) -> MatchJob:
+    """Validate the whole request now (4xx on structure), then queue a job of one entry per MemberBundle."""
+    try:
+        bundles = parse_bulk(body)
+    except FhirError as exc:
+        audit.record("bulk-member-match", audit.REFUSED, partner=partner, reason=f"invalid input: {exc.code}",
+                     request=request)
+        raise
+    from matching import tasks
+
+    with transaction.atomic():
+        job = MatchJob.objects.create(partner=partner, request_url=request_url, progress_total=len(bundles))
+        MatchEntry.objects.bulk_create(
+            [MatchEntry(job=job, index=index, bundle=bundle) for index, bundle in enumerate(bundles)],
+            batch_size=1000)
+        transaction.on_commit(lambda: tasks.start_match_job.delay(str(job.id)))
+    audit.record("bulk-member-match", audit.SUCCESS, partner=partner, entity=f"MatchJob/{job.id}",
+                 reason="accepted", detail={"members": len(bundles)}, request=request)
+    return job
+
+
+def plan_job(job_id: str) -> list[tuple[int, int]]:
+    """queued → running; the index ranges of the batches to match (empty when nothing is left to do)."""
+    from exports import asyncstatus
+
+    job = MatchJob.objects.get(pk=job_id)
+    if job.status == MatchJob.Status.QUEUED:
+        asyncstatus.mark_running(job)
+    if job.status != MatchJob.Status.RUNNING:
+        return []
+    size = max(settings.MATCH_BATCH_SIZE, 1)
+    return [(start, min(start + size, job.progress_total)) for start in range(0, job.progress_total, size)]
+
+
+def run_batch(job_id: str, start: int, end: int) -> bool:
+    """Match entries [start, end) that are still pending; True when this batch finished the job's work.
+
+    Idempotent: entries already decided are skipped, and progress counts only what this run decided, in
+    the same transaction as the entries, under the job's row lock.
+    """
+    job = MatchJob.objects.select_related("partner").get(pk=job_id)
+    if job.status != MatchJob.Status.RUNNING:
+        return False
+    entries = list(MatchEntry.objects.filter(job=job, index__gte=start, index__lt=end,
+                                             outcome=MatchEntry.Outcome.PENDING).order_by("index"))
+    now = job.transaction_time or timezone.now()
+    evaluations = evaluate_entries(job.partner, entries, now=now)
+    with transaction.atomic():
+        locked = MatchJob.objects.select_for_update().get(pk=job.pk)
+        if locked.status != MatchJob.Status.RUNNING:
+            return False
+        still_pending = set(MatchEntry.objects.filter(pk__in=[e.pk for e in entries],
+                                                      outcome=MatchEntry.Outcome.PENDING)
+                            .values_list("pk", flat=True))
+        decided = [(e, ev) for e, ev in zip(entries, evaluations, strict=True) if e.pk in still_pending]
+        for entry, evaluation in decided:
+            entry.outcome, entry.member_id, entry.reason = evaluation.outcome, evaluation.member_id, evaluation.reason
+        MatchEntry.objects.bulk_update([e for e, _ in decided], ["outcome", "member", "reason"], batch_size=1000)
+        consents = [(e.member_id, request_consent(e)) for e, ev in decided
+                    if ev.outcome == MatchEntry.Outcome.MATCHED]
+        consent_services.record_consents(job.partner, consents, "bulk-member-match")
+        counts = defaultdict(int)
+        for _, evaluation in decided:
+            counts[evaluation.outcome] += 1
+        MatchJob.objects.filter(pk=job.pk).update(
+            progress_done=F("progress_done") + len(decided),
+            matched=F("matched") + counts[MatchEntry.Outcome.MATCHED],
+            no_match=F("no_match") + counts[MatchEntry.Outcome.NO_MATCH],
+            consent_constrained=F("consent_constrained") + counts[MatchEntry.Outcome.CONSENT_CONSTRAINED])
+        locked.refresh_from_db(fields=["progress_done", "progress_total"])
+        return bool(decided) and locked.progress_done >= locked.progress_total
+
+
+def request_consent(entry: MatchEntry) -> Mapping[str, Any] | None:
+    return request_from_bundle(entry.bundle).consent
+
+
+def evaluate_entries(partner: Partner, entries: list[MatchEntry], *, now: datetime) -> list[Evaluation]:
+    """Each member on its own: one that cannot even be read goes to NonMatchedMembers, never failing the rest."""
+    ours = our_identity()
+    requests: list[MatchRequest | None] = []
+    submitted: list[Submitted] = []
+    for entry in entries:
+        try:
+            match_request = request_from_bundle(entry.bundle)
+            requests.append(match_request)
+            submitted.append(submitted_from(match_request, ours))
+        except Exception:  # a malformed member must not fail the batch
+            log.warning("bulk-member-match entry %s #%s unreadable", entry.job_id, entry.index, exc_info=True)
+            requests.append(None)
+            submitted.append(Submitted("", "", None, "", frozenset(), frozenset(), frozenset(), frozenset(),
+                                       False, ("unreadable",)))
+    candidates = find_candidates(submitted)
+    results = [match(s, c) for s, c in zip(submitted, candidates, strict=True)]
+    revoked = revoked_members(partner, [r.member_id for r in results])
+    evaluations = []
+    for match_request, result in zip(requests, results, strict=True):
+        if match_request is None:
+            evaluations.append(Evaluation(MatchEntry.Outcome.NO_MATCH, None, result))
+        else:
+            evaluations.append(evaluate(match_request, result, partner, revoked=revoked, now=now))
+    return evaluations
+
+
+def finish_job(job_id: str) -> bool:
+    """Build, persist and write the Groups, then mark the job completed (False if cancelled meanwhile)."""
+    from exports import asyncstatus
+
+    job = MatchJob.objects.select_related("partner").get(pk=job_id)
+    if job.status != MatchJob.Status.RUNNING:
+        return False
+    built = groups.build_and_store(job)
+    groups.write_outputs(job, built)
+    completed = asyncstatus.mark_completed(job)
+    job.refresh_from_db()
+    audit.record("bulk-member-match", audit.SUCCESS if completed else audit.REFUSED, partner=job.partner,
+                 entity=f"MatchJob/{job.id}", reason="completed" if completed else "cancelled before completion",
+                 detail={"matched": job.matched, "nomatch": job.no_match,
+                         "consentconstraint": job.consent_constrained})
+    return completed
+
+
+def fail_job(job_id: str, exc: BaseException) -> None:
+    """A job-level failure (not a member's): the status URL answers with this OperationOutcome."""
+    from exports import asyncstatus
+
+    job = MatchJob.objects.filter(pk=job_id).first()
+    if job is None:
+        return
+    outcome = operation_outcome(outcome_issue("error", "exception", "The bulk member match failed; "
+                                              "submit the request again."))
+    if asyncstatus.mark_failed(job, outcome):
+        audit.record("bulk-member-match", audit.FAILED, partner=job.partner, entity=f"MatchJob/{job.id}",
+                     reason=f"failed: {type(exc).__name__}")

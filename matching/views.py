@@ -1,0 +1,56 @@
+"""$member-match, $bulk-member-match, and Group read/search: parse, check, call a service, render."""
+
+from __future__ import annotations
+
+from django.http import HttpResponse
+
+from matching import selectors, services
+from pdex.auth import scopes
+from pdex.fhir import BadRequest, FhirView, fhir_json_response, operation_outcome, outcome_issue
+
+GROUP_READ = ("system/Group.rs", scopes.MATCH_GROUP_EXPORT)
+
+
+class MemberMatchView(FhirView):
+    """POST [base]/Patient/$member-match (HRex): 200 Parameters, or 422 with one generic text."""
+
+    required_scopes = (scopes.MEMBER_MATCH,)
+    http_method_names = ["post", "options"]
+
+    def post(self, request) -> HttpResponse:
+        member = services.member_match(partner=request.partner, body=request.data, request=request)
+        return fhir_json_response(services.member_match_response(member))
+
+
+class BulkMemberMatchView(FhirView):
+    """POST [base]/Group/$bulk-member-match (PDex): asynchronous, 202 + Content-Location."""
+
+    required_scopes = (scopes.BULK_MEMBER_MATCH,)
+    http_method_names = ["post", "options"]
+
+    def post(self, request) -> HttpResponse:
+        if "respond-async" not in request.headers.get("Prefer", ""):
+            raise BadRequest("$bulk-member-match is asynchronous: send 'Prefer: respond-async'.", code="not-supported")
+        job = services.start_bulk_match(partner=request.partner, body=request.data,
+                                        request_url=request.build_absolute_uri(), request=request)
+        outcome = operation_outcome(outcome_issue("information", "informational", "Bulk member match accepted."))
+        return fhir_json_response(outcome, status=202, headers={"Content-Location": selectors.status_url(job)})
+
+
+class GroupReadView(FhirView):
+    """GET [base]/Group/{id}: only the caller's Groups; anything else is 404."""
+
+    required_scopes = (GROUP_READ,)
+
+    def get(self, request, group_id: str) -> HttpResponse:
+        return fhir_json_response(selectors.read_group(partner=request.partner, group_id=group_id, request=request))
+
+
+class GroupSearchView(FhirView):
+    """GET (or POST _search) [base]/Group?…: a searchset of the caller's Groups only."""
+
+    required_scopes = (GROUP_READ,)
+
+    def get(self, request) -> HttpResponse:
+        return fhir_json_response(selectors.search_groups(partner=request.partner, params=request.query_params,
+                                                          base_url=request.build_absolute_uri(request.path)))

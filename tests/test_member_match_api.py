@@ -1,0 +1,200 @@
+"""POST /fhir/Patient/$member-match: 200 with the UMB, or 422 with one generic text; throttled; audited."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+from rest_framework.test import APIClient
+
+from consent.decision import REGULAR_POLICY_URI, SENSITIVE_POLICY_URI
+from consent.models import Consent
+from pdex.auth import scopes
+from pdex.models import AuditEvent, Member
+from tests.conftest import issue_token
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
+URL = "/fhir/Patient/$member-match"
+OLD_NPI = "9876543210"
+NEW_NPI = "0123456789"
+UMB_CODING = {"system": "http://hl7.org/fhir/us/davinci-hrex/CodeSystem/hrex-temp", "code": "UMB"}
+
+
+def load(name: str) -> dict:
+    return json.loads((EXAMPLES / name).read_text())
+
+
+def current_period() -> dict:
+    today = date.today()
+    return {"start": (today - timedelta(days=30)).isoformat(), "end": (today + timedelta(days=60)).isoformat()}
+
+
+def with_consent(body: dict, *, policy: str = SENSITIVE_POLICY_URI, period: dict | None = None) -> dict:
+    """The example request with its Consent's period moved around today (the example's is 2022)."""
+    body = copy.deepcopy(body)
+    consent = next(p for p in body["parameter"] if p["name"] == "Consent")["resource"]
+    consent["provision"]["period"] = period or current_period()
+    consent["policy"] = [{"uri": policy}]
+    return body
+
+
+def patient_part(body: dict) -> dict:
+    return next(p for p in body["parameter"] if p["name"] == "MemberPatient")["resource"]
+
+
+@pytest.fixture(autouse=True)
+def our_plan(settings):
+    settings.PAYER_NPI = OLD_NPI
+    settings.MEMBER_ID_SYSTEM = "http://example.org/old-payer"
+    settings.CONSENT_CAN_SEGMENT_SENSITIVE = True
+    settings.MEMBER_MATCH_MAX_FAILURES = 50
+
+
+@pytest.fixture
+def patricia(db) -> Member:
+    return Member.objects.create(fhir_id="pat-patricia", umb="UMB-PATRICIA", member_number="DH10001235",
+                                 subscriber_id="1234564321", family="person", given="patricia ann",
+                                 birth_date=date(1974, 12, 25), gender="female", postal_code="02134")
+
+
+@pytest.fixture
+def new_plan(make_partner):
+    return make_partner("New Health Plan", npi=NEW_NPI)
+
+
+@pytest.fixture
+def client(new_plan) -> APIClient:
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_token(new_plan)}")
+    return api
+
+
+def post(client: APIClient, body) -> object:
+    return client.post(URL, data=json.dumps(body), content_type="application/fhir+json")
+
+
+def test_exact_match_returns_umb_and_patient_and_stores_consent(client, patricia, new_plan):
+    response = post(client, with_consent(load("member-match-request.json")))
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["resourceType"] == "Parameters"
+    identifier = next(p for p in body["parameter"] if p["name"] == "MemberIdentifier")["valueIdentifier"]
+    assert identifier["type"]["coding"] == [UMB_CODING] and identifier["value"] == "UMB-PATRICIA"
+    assert next(p for p in body["parameter"] if p["name"] == "MemberId")["valueReference"] == {
+        "reference": "Patient/pat-patricia"}
+    consent = Consent.objects.get(member=patricia, partner=new_plan)
+    assert consent.policy == Consent.Policy.SENSITIVE and consent.submitted_via == "member-match"
+    event = AuditEvent.objects.get(action="member-match", partner=new_plan)
+    assert event.outcome == AuditEvent.Outcome.SUCCESS and event.reason == "matched"
+    assert "Person" not in json.dumps(event.detail) + event.reason and "1974" not in json.dumps(event.detail)
+
+
+def test_typo_in_given_name_with_right_member_id_matches(client, patricia):
+    body = with_consent(load("member-match-request.json"))
+    patient_part(body)["name"][0]["given"] = ["Patrica", "Ann"]
+    assert post(client, body).status_code == 200
+
+
+def refused(response) -> str:
+    assert response.status_code == 422, response.content
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    text = json.dumps(outcome)
+    assert "pat-patricia" not in text and "UMB-" not in text
+    return outcome["issue"][0]["diagnostics"]
+
+
+def test_no_match_several_and_consent_answer_the_same_text(client, patricia, new_plan):
+    wrong_birth = with_consent(load("member-match-request.json"))
+    patient_part(wrong_birth)["birthDate"] = "1974-12-24"
+    no_match = refused(post(client, wrong_birth))
+
+    Member.objects.create(fhir_id="pat-twin", umb="UMB-TWIN", member_number="DH2", family="person",
+                          given="patricia ann", birth_date=date(1974, 12, 25), gender="female", postal_code="02134")
+    no_identifier = with_consent(load("member-match-request.json"))
+    coverage = next(p for p in no_identifier["parameter"] if p["name"] == "CoverageToMatch")["resource"]
+    coverage["identifier"][0]["value"] = "UNKNOWN-ID"
+    patient_part(no_identifier)["address"] = [{"postalCode": "02134"}]
+    several = refused(post(client, no_identifier))
+
+    expired = with_consent(load("member-match-request.json"), period={"start": "2022-01-01", "end": "2022-01-31"})
+    consent = refused(post(client, expired))
+
+    assert no_match == several == consent
+    reasons = list(AuditEvent.objects.filter(action="member-match", partner=new_plan)
+                   .order_by("recorded").values_list("reason", flat=True))
+    assert reasons == ["no match", "several", "consent"]
+    assert not Consent.objects.exists()
+
+
+def test_wrong_requester_is_consent_constrained(make_partner, patricia):
+    other = make_partner("Another Plan", npi="5555555555")
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_token(other)}")
+    refused(post(api, with_consent(load("member-match-request.json"))))
+    assert AuditEvent.objects.get(action="member-match", partner=other).reason == "consent"
+
+
+def test_regular_policy_needs_segmentation(client, patricia, settings):
+    body = with_consent(load("member-match-request.json"), policy=REGULAR_POLICY_URI)
+    settings.CONSENT_CAN_SEGMENT_SENSITIVE = False
+    refused(post(client, body))
+    settings.CONSENT_CAN_SEGMENT_SENSITIVE = True
+    assert post(client, body).status_code == 200
+    assert Consent.objects.get(member=patricia).policy == Consent.Policy.REGULAR
+
+
+def test_missing_consent_cannot_be_complied_with(client, patricia):
+    body = with_consent(load("member-match-request.json"))
+    body["parameter"] = [p for p in body["parameter"] if p["name"] != "Consent"]
+    refused(post(client, body))
+
+
+def test_legacy_oldcoverage_newcoverage_input(client, patricia):
+    body = load("member-match-request.legacy-oldcoverage-newcoverage.json")
+    refused(post(client, body))  # HRex 0.2.0 had no Consent: nothing to comply with
+    consent = next(p for p in with_consent(load("member-match-request.json"))["parameter"] if p["name"] == "Consent")
+    body["parameter"].append(consent)
+    response = post(client, body)
+    assert response.status_code == 200, response.content
+    assert {p["name"] for p in response.json()["parameter"]} == {"MemberIdentifier", "MemberId"}
+
+
+def test_hrex_1_0_0_input(client, patricia):
+    assert post(client, with_consent(load("member-match-request.hrex-1.0.0.json"))).status_code == 200
+
+
+def test_get_is_not_allowed(client):
+    response = client.get(URL)
+    assert response.status_code == 405 and response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_scope_is_required(new_plan):
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_token(new_plan, scopes=scopes.BULK_MEMBER_MATCH)}")
+    assert post(api, with_consent(load("member-match-request.json"))).status_code == 403
+
+
+def test_malformed_input(client, patricia):
+    response = client.post(URL, data="{not json", content_type="application/fhir+json")
+    assert response.status_code == 400 and response.json()["resourceType"] == "OperationOutcome"
+    body = with_consent(load("member-match-request.json"))
+    body["parameter"] = [p for p in body["parameter"] if p["name"] != "CoverageToMatch"]
+    response = post(client, body)
+    assert response.status_code == 422 and "CoverageToMatch is missing" in response.content.decode()
+    assert post(client, {"resourceType": "Bundle"}).status_code == 400
+
+
+def test_repeated_failures_are_throttled(client, patricia, settings):
+    settings.MEMBER_MATCH_MAX_FAILURES = 3
+    body = with_consent(load("member-match-request.json"))
+    for birth in ("1974-12-20", "1974-12-21", "1974-12-22"):
+        patient_part(body)["birthDate"] = birth
+        assert post(client, body).status_code == 422
+    patient_part(body)["birthDate"] = "1974-12-25"
+    response = post(client, body)
+    assert response.status_code == 429
+    assert int(response["Retry-After"]) > 0 and response.json()["issue"][0]["code"] == "throttled"
