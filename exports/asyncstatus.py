@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -60,6 +61,16 @@ class TransientError(FhirError):
         super().__init__(diagnostics, headers={"Retry-After": str(max(settings.STATUS_RETRY_AFTER_SECONDS, 1))})
 
 
+@contextmanager
+def job_store():
+    """Turn a database failure into a transient error, so clients retry instead of giving up (spec §7.3)."""
+    try:
+        yield
+    except DatabaseError as exc:
+        log.warning("job store unavailable: %s", exc)
+        raise TransientError("The job store is unavailable; retry later.") from exc
+
+
 @dataclass
 class StatusAnswer:
     """What the status URL answers: an HTTP status, headers and a JSON body (manifest or OperationOutcome)."""
@@ -83,7 +94,7 @@ def status_url(job: AsyncJob) -> str:
 
 def find_job(job_id: UUID | str, *, partner: Partner | None = None) -> AsyncJob:
     """The job with this id, of `partner` when given; NotFound otherwise (never 403: ids reveal nothing)."""
-    try:
+    with job_store():
         for model in job_models():
             jobs = model.objects.filter(pk=job_id)
             if partner is not None:
@@ -91,9 +102,6 @@ def find_job(job_id: UUID | str, *, partner: Partner | None = None) -> AsyncJob:
             job = jobs.first()
             if job is not None:
                 return job
-    except DatabaseError as exc:
-        log.warning("job lookup failed: %s", exc)
-        raise TransientError("The job store is unavailable; retry later.") from exc
     raise NotFound(f"No bulk job {job_id}.")
 
 
@@ -138,7 +146,11 @@ def failure_status(outcome: dict[str, Any] | None) -> int:
 
 def poll(job_id: UUID | str, *, partner: Partner, now: datetime | None = None) -> StatusAnswer:
     """Answer one status request (spec §7.3)."""
-    now = now or timezone.now()
+    with job_store():
+        return _poll(job_id, partner=partner, now=now or timezone.now())
+
+
+def _poll(job_id: UUID | str, *, partner: Partner, now: datetime) -> StatusAnswer:
     job = live_job(job_id, partner=partner, now=now)
     retry_after = str(settings.STATUS_RETRY_AFTER_SECONDS)
     if job.status in IN_PROGRESS:
@@ -278,6 +290,14 @@ def cancel_job(job: AsyncJob, request=None, *, reason: str = "", now: datetime |
     return True
 
 
+def cancel(job_id: UUID | str, *, partner: Partner, request=None) -> None:
+    """DELETE on the status URL: the partner's live job is cancelled, anything else is 404."""
+    with job_store():
+        job = live_job(job_id, partner=partner)
+        if not cancel_job(job, request):
+            raise NotFound(f"Bulk job {job_id} was cancelled.")
+
+
 def expire_outputs(*, now: datetime | None = None) -> int:
     """Delete the files of jobs past expires_at, and any written after a cancel; returns jobs cleaned."""
     now = now or timezone.now()
@@ -299,13 +319,11 @@ def expire_outputs(*, now: datetime | None = None) -> int:
 
 def downloadable_file(file_id: UUID | str, *, partner: Partner | None, now: datetime | None = None) -> OutputFile:
     """The file if its job is the partner's (any partner when None, for signed URLs), completed and live."""
-    try:
+    with job_store():
         files = OutputFile.objects.filter(pk=file_id)
         if partner is not None:
             files = files.filter(partner=partner)
         output = files.first()
-    except DatabaseError as exc:
-        raise TransientError("The job store is unavailable; retry later.") from exc
     if output is None:
         raise NotFound(f"No bulk file {file_id}.")
     job = live_job(output.job_id, partner=output.partner, now=now)

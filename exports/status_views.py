@@ -49,9 +49,7 @@ class BulkStatusView(FhirView):
         return json_response(answer.http_status, answer.body, answer.headers, answer.content_type)
 
     def delete(self, request, job_id):
-        job = asyncstatus.live_job(job_id, partner=request.partner)
-        if not asyncstatus.cancel_job(job, request):
-            raise NotFound(f"Bulk job {job_id} was cancelled.")
+        asyncstatus.cancel(job_id, partner=request.partner, request=request)
         outcome = operation_outcome(outcome_issue("information", "informational", "The bulk job was cancelled."))
         return json_response(202, outcome, {}, "application/fhir+json")
 

@@ -312,3 +312,18 @@ def test_admin_cancel_action_cancels_and_audits(admin_client, partner):
     assert job.status == AsyncJob.Status.CANCELLED
     assert not OutputFile.objects.filter(job_id=job.id).exists()
     assert AuditEvent.objects.get(action="bulk-cancel").reason.startswith("cancelled by admin")
+
+
+def test_database_failure_while_polling_is_503_transient(api, partner, monkeypatch):
+    from django.db import OperationalError
+
+    job = make_export(partner, status=AsyncJob.Status.RUNNING)
+
+    def lost(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(asyncstatus, "claim_poll", lost)
+    response = api.get(status_path(job))
+    assert response.status_code == 503
+    assert response["Retry-After"] == "60"
+    assert response.json()["issue"][0]["code"] == "transient"

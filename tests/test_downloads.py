@@ -201,3 +201,38 @@ def test_s3_outage_while_downloading_is_503_transient(s3_storage, api, partner, 
     response = api.get(f"/fhir/bulkfiles/{output.id}")
     assert response.status_code == 503
     assert response.json()["issue"][0]["code"] == "transient"
+
+
+# --- over real HTTP --------------------------------------------------------------------------------
+
+def test_poll_download_and_cancel_over_http(live_server, settings, partner):
+    from tests.conftest import issue_token
+
+    settings.FHIR_BASE_URL = f"{live_server.url}/fhir"
+    settings.STATUS_RETRY_AFTER_SECONDS = 30
+    job = ExportJob.objects.create(partner=partner, kind=ExportJob.Kind.DAVINCI, status=AsyncJob.Status.RUNNING,
+                                   progress_done=1, progress_total=2, request_url="x")
+    http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {issue_token(partner)}"
+    status = asyncstatus.status_url(job)
+
+    running = http.get(status, headers={"Accept": "application/json"}, timeout=10)
+    assert (running.status_code, running.headers["X-Progress"], running.headers["Retry-After"]) == (202, "chunks 1/2",
+                                                                                                    "30")
+    assert http.get(status, timeout=10).status_code == 429
+
+    write_output_file(partner=partner, job_id=job.id, resource_type="Patient", lines=LINES)
+    asyncstatus.mark_completed(job)
+    done = http.get(status, timeout=10)
+    assert done.status_code == 200 and "Expires" in done.headers
+    url = done.json()["output"][0]["url"]
+    assert url.startswith(live_server.url)
+    with http.get(url, stream=True, timeout=10) as download:
+        assert download.status_code == 200
+        assert download.headers["Content-Type"] == "application/fhir+ndjson"
+        assert b"".join(download.iter_content(7)) == BYTES
+
+    assert http.delete(status, timeout=10).status_code == 202
+    gone = http.get(status, timeout=10)
+    assert gone.status_code == 404 and gone.json()["resourceType"] == "OperationOutcome"
+    assert http.get(url, timeout=10).status_code == 404
