@@ -138,6 +138,16 @@ OAUTH2_PROVIDER = {
     "ACCESS_TOKEN_EXPIRE_SECONDS": env.int("ACCESS_TOKEN_EXPIRE_SECONDS", default=300),
     "OAUTH2_VALIDATOR_CLASS": "pdex.auth.validator.SmartBackendValidator",
 }
+# SMART Backend Services (docs/auth.md). The token URL is the `aud` client assertions must name; by
+# default the origin of FHIR_BASE_URL + /oauth/token.
+TOKEN_ENDPOINT_URL = env.str("TOKEN_ENDPOINT_URL", default="")
+CLIENT_ASSERTION_MAX_LIFETIME = env.int("CLIENT_ASSERTION_MAX_LIFETIME", default=300)
+CLIENT_ASSERTION_CLOCK_SKEW = env.int("CLIENT_ASSERTION_CLOCK_SKEW", default=60)
+JWKS_FETCH_TIMEOUT_SECONDS = env.float("JWKS_FETCH_TIMEOUT_SECONDS", default=5.0)
+JWKS_CACHE_DEFAULT_SECONDS = env.int("JWKS_CACHE_DEFAULT_SECONDS", default=300)
+JWKS_CACHE_MAX_SECONDS = env.int("JWKS_CACHE_MAX_SECONDS", default=3600)
+# Partners' JWKS URLs must be https; plain http only for local demos and tests.
+JWKS_ALLOW_HTTP = env.bool("JWKS_ALLOW_HTTP", default=DEBUG)
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["pdex.renderers.FhirJsonRenderer", "pdex.renderers.JsonRenderer"],

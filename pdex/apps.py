@@ -4,3 +4,9 @@ from django.apps import AppConfig
 class PdexConfig(AppConfig):
     name = "pdex"
     verbose_name = "FHIR edge, partners and member data"
+
+    def ready(self) -> None:
+        from pdex import capability
+        from pdex.auth.discovery import capability_security
+
+        capability.register_security(capability_security)

@@ -44,6 +44,17 @@ class SmartScope:
         )
 
 
+# What discovery advertises: v2 and v1 spellings, and both spellings of the bulk operation scope.
+SUPPORTED = (
+    "system/*.rs", "system/*.read",
+    "system/Patient.rs", "system/Patient.read", "system/Group.rs", "system/Group.read",
+    "system/Coverage.rs", "system/ExplanationOfBenefit.rs",
+    MEMBER_MATCH, BULK_MEMBER_MATCH, "http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/bulk-member-match",
+    MATCH_GROUP_EXPORT,
+)
+_PERMISSION_ORDER = "cruds"
+
+
 def normalize(scope: str) -> str:
     return ALIASES.get(scope, scope)
 
@@ -83,3 +94,49 @@ def satisfies_all(granted: Iterable[str], requirements: Iterable[str | tuple[str
         if not any(satisfies(granted, alternative) for alternative in alternatives):
             return False
     return True
+
+
+def render(scope: SmartScope) -> str:
+    """The SMART v2 spelling of a parsed scope."""
+    permissions = "".join(p for p in _PERMISSION_ORDER if p in scope.permissions)
+    query = f"?{scope.query}" if scope.query else ""
+    return f"{scope.context}/{scope.resource_type}.{permissions}{query}"
+
+
+def intersect(a: SmartScope, b: SmartScope) -> SmartScope | None:
+    """What both scopes allow, or None when they share nothing."""
+    if a.context != b.context:
+        return None
+    if a.resource_type == "*":
+        resource_type = b.resource_type
+    elif b.resource_type in ("*", a.resource_type):
+        resource_type = a.resource_type
+    else:
+        return None
+    permissions = a.permissions & b.permissions
+    if not permissions or (a.query and b.query and a.query != b.query):
+        return None
+    return SmartScope(a.context, resource_type, permissions, a.query or b.query)
+
+
+def grant(requested: Iterable[str], allowed: Iterable[str]) -> list[str]:
+    """The scopes a token gets: requested ∩ allowed, in request order, without duplicates.
+
+    A requested scope the partner's policy fully covers is granted as spelled (v1 or v2, either
+    operation-scope spelling); one it covers only in part is narrowed to the overlap, written as v2;
+    anything unknown or outside the policy is dropped.
+    """
+    allowed = [normalize(s) for s in allowed]
+    allowed_parsed = [p for p in map(parse, allowed) if p is not None]
+    granted: list[str] = []
+    for scope in requested:
+        if is_known(scope) and satisfies(allowed, scope):
+            candidates = [scope]
+        else:
+            wanted = parse(scope)
+            overlaps = (intersect(wanted, have) for have in allowed_parsed) if wanted else ()
+            candidates = [render(overlap) for overlap in overlaps if overlap is not None]
+        for candidate in candidates:
+            if candidate not in granted:
+                granted.append(candidate)
+    return granted

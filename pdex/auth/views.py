@@ -1,0 +1,78 @@
+"""OAuth2 endpoints: token (SMART Backend Services), dynamic client registration (RFC 7591), discovery."""
+
+from __future__ import annotations
+
+import json
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.decorators import method_decorator
+from django.views import View
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET
+from oauth2_provider.views import TokenView as DotTokenView
+from oauthlib.oauth2 import BackendApplicationServer
+
+from pdex import audit
+from pdex.auth import discovery, registration
+from pdex.auth.validator import MALFORMED_REQUEST, start_attempt
+
+BEARER = "bearer"  # SMART's spelling (oauthlib says "Bearer"); clients compare case-insensitively
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def oauth_error(error: str, description: str, status: int = 400) -> JsonResponse:
+    """An RFC 6749 §5.2 / RFC 7591 §3.2.2 error body."""
+    return JsonResponse({"error": error, "error_description": description}, status=status, headers=NO_STORE)
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+class TokenView(DotTokenView):
+    """POST /oauth/token: client credentials with a signed client assertion; nothing else."""
+
+    server_class = BackendApplicationServer  # client_credentials only: no other grant is reachable
+    http_method_names = ["post"]
+
+    def post(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        attempt = start_attempt()
+        if request.GET:
+            attempt.refuse("parameters in the query string")
+            response = oauth_error("invalid_request", MALFORMED_REQUEST)
+        else:
+            response = super().post(request, *args, **kwargs)
+        body = json.loads(response.content or b"{}")
+        if response.status_code == 200:
+            body["token_type"] = BEARER
+            response.content = json.dumps(body)
+            audit.record("token", audit.SUCCESS, partner=attempt.partner, reason="token issued",
+                         detail={"scope": body.get("scope", ""), "expires_in": body.get("expires_in")},
+                         request=request)
+        else:
+            audit.record("token", audit.REFUSED, partner=attempt.partner, client_id=attempt.client_id,
+                         reason="; ".join(attempt.reasons) or body.get("error", "refused"),
+                         detail={"error": body.get("error", "")}, request=request)
+        response["Content-Type"] = "application/json"
+        return response
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+class RegistrationView(View):
+    """POST /oauth/register: RFC 7591 dynamic client registration."""
+
+    http_method_names = ["post"]
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        try:
+            metadata = json.loads(request.body or b"")
+        except (ValueError, UnicodeError):
+            metadata = None
+        try:
+            client = registration.register_client(metadata, request=request)
+        except registration.RegistrationError as exc:
+            return oauth_error(exc.error, exc.description)
+        return JsonResponse(client, status=201, headers=NO_STORE)
+
+
+@require_GET
+def smart_configuration(request: HttpRequest) -> JsonResponse:
+    """Public and always application/json, whatever the Accept header (spec §8.2)."""
+    return JsonResponse(discovery.smart_configuration())
