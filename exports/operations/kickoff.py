@@ -1,0 +1,57 @@
+"""What every export kick-off shares: Prefer: respond-async, parameters, scopes per type, the 202 answer.
+
+The three operations (one module each) differ only in who is exported; this is the service they call.
+"""
+
+from __future__ import annotations
+
+from django.http import JsonResponse
+from django.utils import timezone
+
+from exports import asyncstatus, jobs, rules
+from exports.models import ExportJob
+from exports.params import ExportParams
+from matching.models import MemberMatchGroup
+from pdex.auth import scopes
+from pdex.fhir import BadRequest, FhirError, fhir_json_response, operation_outcome, outcome_issue
+
+
+class Forbidden(FhirError):
+    status, code = 403, "forbidden"
+
+
+def require_async(request) -> None:
+    """PDex: the kick-off SHALL carry `Prefer: respond-async` (spec §5.1, §7.1)."""
+    if "respond-async" not in (request.headers.get("Prefer") or "").replace(" ", "").lower():
+        raise BadRequest("This operation is asynchronous only: send the header 'Prefer: respond-async'.")
+
+
+def require_type_scopes(request, types: tuple[str, ...]) -> None:
+    """The token must cover every exported type (Bulk Data): `system/<Type>.rs` or a wildcard."""
+    granted = (request.auth.scope or "").split() if request.auth is not None else []
+    missing = [t for t in (types or rules.EXPORT_TYPES) if not scopes.satisfies(granted, f"system/{t}.rs")]
+    if missing:
+        raise Forbidden(f"The token's scopes do not cover the requested types: {', '.join(missing)}.")
+
+
+def kick_off(request, *, kind: str, operation: str, group: MemberMatchGroup | None = None) -> ExportJob:
+    """Validate the request and start the job; FhirError (400/403/429) otherwise."""
+    require_async(request)
+    params = ExportParams.from_request(request, operation=operation)
+    require_type_scopes(request, params.types)
+    window = rules.export_window(request_time=timezone.now(), since=params.since, until=params.until)
+    return jobs.start_export(partner=request.partner, kind=kind, group=group, params=params.to_job_params(),
+                             request_url=request_url(request), request=request,
+                             messages=[*params.messages, *window.informational_issues()])
+
+
+def request_url(request) -> str:
+    """The manifest's `request`: the kick-off URL as the client called it (POST body parameters left out)."""
+    return request.build_absolute_uri()
+
+
+def accepted(job: ExportJob) -> JsonResponse:
+    """202 Accepted with the status URL in Content-Location (Bulk Data 2.0.0)."""
+    outcome = operation_outcome(outcome_issue("information", "informational",
+                                              f"Export accepted; poll {asyncstatus.status_url(job)} for status."))
+    return fhir_json_response(outcome, status=202, headers={"Content-Location": asyncstatus.status_url(job)})

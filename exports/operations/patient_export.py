@@ -1,0 +1,22 @@
+"""`Patient/$export` (Bulk Data 2.0.0): every member the caller has matched and still holds consent for.
+
+The members are the partner's consented members, re-checked at execution time like any export; the
+`patient` parameter narrows them further (spec §6 item 3).
+"""
+
+from __future__ import annotations
+
+from exports.models import ExportJob
+from exports.operations.kickoff import accepted, kick_off
+from exports.params import EXPORT
+from pdex.fhir import FhirView
+
+
+class PatientExportView(FhirView):
+    required_scopes = (("system/Patient.rs",),)
+
+    def post(self, request):
+        job = kick_off(request, kind=ExportJob.Kind.PATIENT, operation=EXPORT)
+        return accepted(job)
+
+    get = post

@@ -1,0 +1,196 @@
+"""Streaming a chunk's rows from PostgreSQL straight into NDJSON files in storage.
+
+The rows come out of a `COPY (SELECT …) TO STDOUT` on a connection of their own: PostgreSQL renders each
+resource as text (`body::text`, or the non-financial view of a claim) and libpq hands over one row at a
+time, so nothing is parsed or re-serialised in Python and memory does not grow with the export. The CSV
+format with control characters as delimiter and quote turns COPY into a plain pass-through: JSONB text never
+contains a raw control character (it escapes them), so no row is ever quoted or escaped.
+
+Each row carries its id and its references to shared resources next to the JSON, so the chunk can name
+its rows in the transmitter Provenance and the export can add the Organizations, Practitioners and
+Locations they reference, once each, at the end.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+
+from exports import planning, provenance, rules
+from exports.jobs import ChunkResult
+from exports.models import ExportChunk, ExportJob, OutputFile
+from exports.outputs import output_key
+from exports.storage import get_storage
+
+FIELD = b"\x02"
+COPY_OPTIONS = "WITH (FORMAT csv, DELIMITER e'\\x02', QUOTE e'\\x01')"
+HEARTBEAT_EVERY_ROWS = 2000
+PROVENANCE_TYPE = "Provenance"
+# The namespace of the transmitter Provenance ids: the same chunk of the same job always gets the same id.
+PROVENANCE_NAMESPACE = uuid.UUID("5b0d0c2e-6a55-4f0e-9d3c-2f4b6f1f0a11")
+
+
+@contextmanager
+def stream_connection() -> Iterator[Any]:
+    """A separate connection for the COPY stream, so heartbeats can use Django's connection meanwhile."""
+    raw = connection.get_new_connection(connection.get_connection_params())
+    try:
+        yield raw
+    finally:
+        raw.close()
+
+
+def copy_rows(sql: str, params: dict[str, Any]) -> Iterator[bytes]:
+    """Rows of `sql` (fhir_id, refs, NDJSON text) as COPY delivers them, one per item, ending in a newline."""
+    with stream_connection() as raw, raw.cursor() as cursor, cursor.copy(f"COPY ({sql}) TO STDOUT {COPY_OPTIONS}",
+                                                                        params) as copy:
+        for row in copy:
+            yield bytes(row)
+
+
+def chunk_sql(resource_type: str, member_ids: Sequence[int], context: rules.ExportContext) -> tuple[str, dict]:
+    """The chunk's rows through the one set of export rules, with the id and shared references beside them."""
+    rows = rules.selection(resource_type, member_ids, context)
+    sql = (f"SELECT r.fhir_id, array_to_string(r.refs, ','), {rules.body_sql(resource_type)} {rows.sql}"
+           f" ORDER BY r.id")
+    return sql, dict(rows.params)
+
+
+class PartWriter:
+    """NDJSON parts of one (kind, type) under deterministic keys, split at EXPORT_FILE_MAX_BYTES."""
+
+    def __init__(self, job: ExportJob, resource_type: str, chunk_sequence: int,
+                 kind: str = OutputFile.Kind.OUTPUT, max_bytes: int | None = None):
+        self.job = job
+        self.resource_type = resource_type
+        self.chunk_sequence = chunk_sequence
+        self.kind = kind
+        self.max_bytes = max_bytes or settings.EXPORT_FILE_MAX_BYTES
+        self.storage = get_storage()
+        self.part = None  # the open storage writer (a context manager) of the current part
+        self.handle = None
+        self.parts: list[list] = []  # [key, count, size] per part
+        self.count = self.size = 0
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            if self.part is not None:
+                self.part.__exit__(exc_type, exc, tb)  # abandons the half-written part
+            return
+        self._close_part()
+        self._record()
+
+    def _close_part(self) -> None:
+        if self.part is not None:
+            part, self.part, self.handle = self.part, None, None
+            part.__exit__(None, None, None)  # commits the object (atomic rename / upload)
+
+    def write(self, line: bytes) -> None:
+        """`line` ends with its newline."""
+        size = len(line)
+        if self.part is None or (self.parts[-1][2] and self.parts[-1][2] + size > self.max_bytes):
+            self._close_part()
+            sequence = planning.part_sequence(self.chunk_sequence, len(self.parts))
+            key = output_key(self.job.partner_id, self.job.id, self.kind, self.resource_type, sequence)
+            self.part = self.storage.writer(key)
+            self.handle = self.part.__enter__()
+            self.parts.append([key, 0, 0])
+        self.handle.write(line)
+        self.parts[-1][1] += 1
+        self.parts[-1][2] += size
+        self.count += 1
+        self.size += size
+
+    def _record(self) -> None:
+        """Upsert the parts' OutputFile rows and drop rows a previous, longer run left beyond them."""
+        for index, (key, count, size) in enumerate(self.parts):
+            OutputFile.objects.update_or_create(storage_key=key, defaults={
+                "job_id": self.job.id, "partner_id": self.job.partner_id, "kind": self.kind,
+                "resource_type": self.resource_type, "count": count, "size": size,
+                "sequence": planning.part_sequence(self.chunk_sequence, index)})
+        stale = OutputFile.objects.filter(
+            job_id=self.job.id, kind=self.kind, resource_type=self.resource_type,
+            sequence__gte=planning.part_sequence(self.chunk_sequence, len(self.parts)),
+            sequence__lt=planning.part_sequence(self.chunk_sequence + 1, 0))
+        for key in stale.values_list("storage_key", flat=True):
+            self.storage.delete_prefix(key)
+        stale.delete()
+
+
+def write_chunk(chunk: ExportChunk, context: rules.ExportContext, *,
+                heartbeat: Callable[[], None] = lambda: None) -> ChunkResult:
+    """Write one chunk's rows (and its transmitter Provenance) to storage; a rerun overwrites the same keys.
+
+    `heartbeat` is called every few thousand rows and at least every third of the lease; it raises when the
+    lease was lost, which abandons the half-written part (storage writers only commit on success).
+    """
+    job = chunk.job
+    sql, params = chunk_sql(chunk.resource_type, chunk.member_ids, context)
+    result = ChunkResult()
+    targets: list[str] = []
+    interval = max(settings.EXPORT_LEASE_SECONDS / 3, 0.5)
+    last_beat = time.monotonic()
+    with PartWriter(job, chunk.resource_type, chunk.sequence) as parts:
+        for n, row in enumerate(copy_rows(sql, params), 1):
+            fhir_id, refs, line = row.split(FIELD, 2)
+            parts.write(line)
+            targets.append(f"{chunk.resource_type}/{fhir_id.decode()}")
+            if refs:
+                result.refs.update(refs.decode().split(","))
+            if n % HEARTBEAT_EVERY_ROWS == 0 or time.monotonic() - last_beat > interval:
+                heartbeat()
+                last_beat = time.monotonic()
+    result.count, result.size, result.parts = parts.count, parts.size, len(parts.parts)
+    if targets and chunk.resource_type != PROVENANCE_TYPE:
+        write_transmitter_provenance(job, chunk.sequence, targets)
+    return result
+
+
+def write_transmitter_provenance(job: ExportJob, chunk_sequence: int, targets: list[str]) -> None:
+    """One Provenance naming us as transmitter of this chunk's resources (spec §5.6, §5.7 rule 8)."""
+    provenance_id = str(uuid.uuid5(PROVENANCE_NAMESPACE, f"{job.id}/{chunk_sequence}"))
+    line = provenance.transmitter_provenance_line(targets, recorded=job.transaction_time,
+                                                  provenance_id=provenance_id)
+    with PartWriter(job, PROVENANCE_TYPE, chunk_sequence) as parts:
+        parts.write(line)
+
+
+def shared_rows(resource_type: str, fhir_ids: Sequence[str]) -> Iterable[bytes]:
+    sql = ("SELECT r.fhir_id, '', r.body::text FROM pdex_resource r WHERE r.resource_type = %(type)s"
+           " AND r.member_id IS NULL AND r.fhir_id = ANY(%(ids)s) ORDER BY r.fhir_id")
+    return copy_rows(sql, {"type": resource_type, "ids": list(fhir_ids)})
+
+
+def write_shared(job: ExportJob, refs: Iterable[str], *, first_sequence: int,
+                 types: Sequence[str] | None = None) -> dict[str, int]:
+    """The shared resources (Organization, Practitioner, …) the exported rows reference, once per export.
+
+    Only the requested types are written; returns resources written per type.
+    """
+    wanted = set(types if types is not None else rules.EXPORT_TYPES)
+    by_type: dict[str, list[str]] = {}
+    for ref in refs:
+        resource_type, _, fhir_id = ref.partition("/")
+        if resource_type in planning.SHARED_TYPES and resource_type in wanted and fhir_id:
+            by_type.setdefault(resource_type, []).append(fhir_id)
+    counts: dict[str, int] = {}
+    targets: list[str] = []
+    for offset, resource_type in enumerate(sorted(by_type)):
+        with PartWriter(job, resource_type, first_sequence + offset) as parts:
+            for row in shared_rows(resource_type, sorted(set(by_type[resource_type]))):
+                fhir_id, _, line = row.split(FIELD, 2)
+                parts.write(line)
+                targets.append(f"{resource_type}/{fhir_id.decode()}")
+        counts[resource_type] = parts.count
+    if targets:
+        write_transmitter_provenance(job, first_sequence + len(by_type), targets)
+    return counts

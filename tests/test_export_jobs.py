@@ -1,0 +1,216 @@
+"""The export job's state machine, driven directly (no Celery): plan, lease, write, finish, finalize, recover."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from exports import asyncstatus, jobs
+from exports.models import ExportChunk, ExportJob, OutputFile
+from pdex.fhir import TooManyRequests
+from pdex.models import AuditEvent
+from tests.export_world import assert_p2p_export, build_world, exported_lines
+
+# The chunk writer streams on a connection of its own, which sees only committed rows.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _storage(settings, tmp_path):
+    settings.EXPORT_STORAGE_URL = f"file://{tmp_path}/exports"
+    settings.EXPORT_CHUNK_MEMBERS = 1
+    settings.EXPORT_MAX_CHUNK_ATTEMPTS = 3
+
+
+@pytest.fixture
+def world(partner):
+    return build_world(partner)
+
+
+def new_job(partner, world, **params) -> ExportJob:
+    return ExportJob.objects.create(partner=partner, kind=ExportJob.Kind.DAVINCI, group=world.group,
+                                    params=params, request_url="http://testserver/fhir/Group/x/$davinci-data-export",
+                                    transaction_time=timezone.now())
+
+
+def run_all(job: ExportJob) -> list[str]:
+    states = [jobs.run_chunk(chunk_id).state for chunk_id in jobs.plan(job.id)]
+    job.refresh_from_db()
+    return states
+
+
+def test_plan_rechecks_consent_and_splits_members_by_policy(partner, world):
+    job = new_job(partner, world, types=["Patient", "Encounter", "Organization"])
+    chunk_ids = jobs.plan(job.id)
+    job.refresh_from_db()
+    chunks = ExportChunk.objects.filter(pk__in=chunk_ids)
+    assert job.status == ExportJob.Status.RUNNING and job.member_count == 2
+    assert job.progress_total == len(chunk_ids) == 4  # 2 members (1 per chunk) × 2 member types
+    planned = {m for c in chunks for m in c.member_ids}
+    assert planned == {world.members["sens"].pk, world.members["reg"].pk}
+    assert {(c.member_ids[0], c.include_sensitive) for c in chunks} == {
+        (world.members["sens"].pk, True), (world.members["reg"].pk, False)}
+    [excluded] = job.messages
+    assert excluded["severity"] == "warning" and "1 member(s) excluded" in excluded["diagnostics"]
+    assert world.members["revoked"].fhir_id not in excluded["diagnostics"]
+
+
+def test_plan_runs_once(partner, world):
+    job = new_job(partner, world)
+    first = jobs.plan(job.id)
+    assert sorted(jobs.plan(job.id)) == sorted(first)  # a redelivered plan only re-nudges pending chunks
+    assert ExportChunk.objects.filter(job=job).count() == len(first)
+
+
+def test_a_whole_export_keeps_every_p2p_rule(partner, world):
+    job = new_job(partner, world)
+    states = run_all(job)
+    assert states.count("finalized") == 1 and set(states) <= {"done", "finalized"}
+    assert job.status == ExportJob.Status.COMPLETED and job.progress_done == job.progress_total
+    resources = assert_p2p_export(exported_lines(job), world)
+    assert job.counts["Encounter"] == 2 and job.counts["Practitioner"] == 2
+    assert sum(job.counts.values()) == len(resources)
+    error = OutputFile.objects.get(job_id=job.id, kind=OutputFile.Kind.ERROR)
+    assert error.resource_type == "OperationOutcome" and error.count == 1
+    manifest = asyncstatus.build_manifest(job)
+    assert {item["type"] for item in manifest["output"]} >= {"Patient", "Encounter", "Provenance", "Organization"}
+    assert AuditEvent.objects.filter(action="export-complete", partner=partner).exists()
+
+
+def test_types_limit_what_is_written(partner, world):
+    job = new_job(partner, world, types=["Encounter"])
+    run_all(job)
+    types = set(OutputFile.objects.filter(job_id=job.id, kind="output").values_list("resource_type", flat=True))
+    assert types == {"Encounter", "Provenance"}  # the transmitter Provenance always comes along
+
+
+def test_a_chunk_run_twice_overwrites_its_own_files(partner, world):
+    job = new_job(partner, world, types=["Encounter", "Observation"])
+    chunk_ids = jobs.plan(job.id)
+    jobs.run_chunk(chunk_ids[0])
+    before = set(OutputFile.objects.filter(job_id=job.id).values_list("storage_key", "count"))
+    assert jobs.run_chunk(chunk_ids[0]).state == "skipped"  # a redelivered message finds it done
+    ExportChunk.objects.filter(pk=chunk_ids[0]).update(status=ExportChunk.Status.PENDING)
+    ExportJob.objects.filter(pk=job.pk).update(progress_done=0)
+    assert jobs.run_chunk(chunk_ids[0]).state == "done"
+    assert set(OutputFile.objects.filter(job_id=job.id).values_list("storage_key", "count")) == before
+
+
+def test_files_split_at_the_size_limit(partner, world, settings):
+    settings.EXPORT_FILE_MAX_BYTES = 600
+    job = new_job(partner, world, types=["Encounter", "Observation", "Patient"])
+    run_all(job)
+    files = OutputFile.objects.filter(job_id=job.id, resource_type="Observation")
+    assert files.count() >= 2 and all(f.size <= 600 or f.count == 1 for f in files)
+    assert_p2p_export(exported_lines(job), type(world)(world.group, world.members,
+                                                      {r for r in world.expected if r.split("/")[0] in
+                                                       ("Encounter", "Observation", "Patient")},
+                                                      world.withheld))
+
+
+def test_only_one_worker_holds_a_lease(partner, world):
+    job = new_job(partner, world)
+    chunk_id = jobs.plan(job.id)[0]
+    assert jobs.lease(chunk_id, "a") is not None
+    assert jobs.lease(chunk_id, "b") is None
+    later = timezone.now() + timedelta(seconds=3600)
+    assert jobs.lease(chunk_id, "c", now=later) is not None  # a's lease expired: c takes over
+    with pytest.raises(jobs.LeaseLost):
+        jobs.heartbeat(chunk_id, "a")
+    chunk = ExportChunk.objects.get(pk=chunk_id)
+    with pytest.raises(jobs.LeaseLost):
+        jobs.finish_chunk(chunk, "a", jobs.ChunkResult())
+    assert chunk.attempts == 2
+
+
+def test_the_last_chunk_to_finish_is_counted_once(partner, world):
+    job = new_job(partner, world, types=["Patient"])
+    chunk_ids = jobs.plan(job.id)
+    assert len(chunk_ids) == 2
+    results = []
+    for n, chunk_id in enumerate(chunk_ids):
+        chunk = jobs.lease(chunk_id, f"w{n}")
+        results.append(jobs.finish_chunk(chunk, f"w{n}", jobs.ChunkResult()))
+    assert results == [False, True]
+    job.refresh_from_db()
+    assert job.progress_done == 2 and job.finalize_started_at is not None
+
+
+def test_stale_leases_are_requeued_and_exhausted_ones_fail_the_job(partner, world):
+    job = new_job(partner, world, types=["Patient"])
+    first, second = jobs.plan(job.id)
+    jobs.lease(first, "dead")
+    later = timezone.now() + timedelta(seconds=3600)
+    assert jobs.requeue_stale(now=later).chunks == [first]
+    ExportChunk.objects.filter(pk=second).update(status=ExportChunk.Status.RUNNING, attempts=3,
+                                                 lease_expires=timezone.now())
+    jobs.requeue_stale(now=later)
+    job.refresh_from_db()
+    assert job.status == ExportJob.Status.FAILED
+    assert job.error["issue"][0]["severity"] == "error"
+
+
+def test_a_chunk_that_keeps_failing_fails_the_job(partner, world, monkeypatch):
+    from exports import writer
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(writer, "write_chunk", broken)
+    job = new_job(partner, world, types=["Patient"])
+    chunk_id = jobs.plan(job.id)[0]
+    outcomes = [jobs.run_chunk(chunk_id) for _ in range(3)]
+    assert [o.state for o in outcomes] == ["retry", "retry", "failed"]
+    assert outcomes[0].retry_in == 2
+    job.refresh_from_db()
+    assert job.status == ExportJob.Status.FAILED
+    assert "failed 3 times" in job.error["issue"][0]["diagnostics"]
+
+
+def test_cancelled_jobs_write_nothing_more(partner, world):
+    job = new_job(partner, world, types=["Patient", "Encounter"])
+    chunk_ids = jobs.plan(job.id)
+    jobs.run_chunk(chunk_ids[0])
+    asyncstatus.cancel_job(job)
+    assert [jobs.run_chunk(c).state for c in chunk_ids[1:]] == ["skipped"] * (len(chunk_ids) - 1)
+    assert not OutputFile.objects.filter(job_id=job.id).exists()
+
+
+def test_a_chunk_finishing_after_a_cancel_removes_its_files(partner, world):
+    job = new_job(partner, world, types=["Patient"])
+    chunk_id = jobs.plan(job.id)[0]
+    chunk = jobs.lease(chunk_id, "w")
+    from exports import writer
+
+    result = writer.write_chunk(chunk, jobs.export_context(job))
+    assert OutputFile.objects.filter(job_id=job.id).exists()
+    ExportJob.objects.filter(pk=job.pk).update(status=ExportJob.Status.CANCELLED)
+    assert jobs.finish_chunk(chunk, "w", result) is False
+    assert not OutputFile.objects.filter(job_id=job.id, sequence__lt=1000).exists()
+
+
+def test_no_consenting_member_completes_with_only_the_error_file(partner, world):
+    from consent.models import Consent
+
+    Consent.objects.filter(partner=partner).update(status=Consent.Status.REVOKED)
+    job = new_job(partner, world)
+    assert jobs.plan(job.id) == []
+    job.refresh_from_db()
+    assert job.status == ExportJob.Status.COMPLETED
+    assert list(OutputFile.objects.filter(job_id=job.id).values_list("kind", flat=True)) == ["error"]
+
+
+def test_too_many_running_exports_answer_429(partner, world, settings):
+    settings.EXPORT_MAX_RUNNING_JOBS = 2
+    for _ in range(2):
+        new_job(partner, world)
+    with pytest.raises(TooManyRequests) as caught:
+        jobs.start_export(partner=partner, kind=ExportJob.Kind.DAVINCI, params={}, request_url="x", group=world.group)
+    assert caught.value.headers["Retry-After"]
+    ExportJob.objects.filter(partner=partner).update(status=ExportJob.Status.COMPLETED)
+    job = jobs.start_export(partner=partner, kind=ExportJob.Kind.DAVINCI, params={}, request_url="x",
+                            group=world.group)
+    assert job.status == ExportJob.Status.QUEUED
+    assert AuditEvent.objects.filter(action="export", outcome=AuditEvent.Outcome.MINOR_FAILURE).count() == 1
