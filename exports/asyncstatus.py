@@ -290,9 +290,21 @@ def cancel_job(job: AsyncJob, request=None, *, reason: str = "", now: datetime |
     return True
 
 
+@contextmanager
+def refusal_audited(action: str, *, partner: Partner | None, entity: str, request=None):
+    """Audit a 404 answered to a partner (unknown, foreign, cancelled or expired id) as a refusal."""
+    try:
+        yield
+    except NotFound as exc:
+        audit.record(action, audit.REFUSED, partner=partner, entity=entity, reason=exc.diagnostics,
+                     request=request)
+        raise
+
+
 def cancel(job_id: UUID | str, *, partner: Partner, request=None) -> None:
     """DELETE on the status URL: the partner's live job is cancelled, anything else is 404."""
-    with job_store():
+    with refusal_audited("bulk-cancel", partner=partner, entity=f"bulkstatus/{job_id}", request=request), \
+            job_store():
         job = live_job(job_id, partner=partner)
         if not cancel_job(job, request):
             raise NotFound(f"Bulk job {job_id} was cancelled.")
@@ -345,6 +357,19 @@ def open_file(output: OutputFile) -> tuple[Iterator[bytes], int]:
     if not present:
         raise NotFound(f"No bulk file {output.id}.")
     return storage.read(output.storage_key), size
+
+
+def download(file_id: UUID | str, *, partner: Partner | None, request=None,
+             signed: bool = False) -> tuple[OutputFile, Iterator[bytes], int]:
+    """A manifest file for `partner` (None: a signed URL already vouched for it): the row, its bytes, its size.
+
+    Audited either way: a refusal (404) with the caller, a download with the file's partner and job.
+    """
+    with refusal_audited("bulk-download", partner=partner, entity=f"OutputFile/{file_id}", request=request):
+        output = downloadable_file(file_id, partner=partner)
+        content, size = open_file(output)
+    audit_download(output, request, signed=signed)
+    return output, content, size
 
 
 def audit_download(output: OutputFile, request=None, *, signed: bool = False) -> None:

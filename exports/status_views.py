@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 from django.http import HttpResponse, StreamingHttpResponse
 from rest_framework.negotiation import BaseContentNegotiation
@@ -29,8 +30,7 @@ def json_response(status: int, body: dict | None, headers: dict[str, str], conte
     return response
 
 
-def file_response(output: OutputFile) -> StreamingHttpResponse:
-    content, size = asyncstatus.open_file(output)
+def file_response(output: OutputFile, content: Iterator[bytes], size: int) -> StreamingHttpResponse:
     response = StreamingHttpResponse(content, content_type=FHIR_NDJSON)
     response["Content-Length"] = str(size)
     name = f"{output.kind}-{output.resource_type}-{output.sequence:05d}.ndjson"
@@ -60,10 +60,7 @@ class BulkFileView(FhirView):
     content_negotiation_class = AnyAccept
 
     def get(self, request, file_id):
-        output = asyncstatus.downloadable_file(file_id, partner=request.partner)
-        response = file_response(output)
-        asyncstatus.audit_download(output, request)
-        return response
+        return file_response(*asyncstatus.download(file_id, partner=request.partner, request=request))
 
 
 class SignedBulkFileView(PublicFhirView):
@@ -74,7 +71,4 @@ class SignedBulkFileView(PublicFhirView):
     def get(self, request, file_id):
         if not signing.verify(file_id, request.GET.get("expires"), request.GET.get("signature")):
             raise NotFound(f"No bulk file {file_id}.")
-        output = asyncstatus.downloadable_file(file_id, partner=None)
-        response = file_response(output)
-        asyncstatus.audit_download(output, request, signed=True)
-        return response
+        return file_response(*asyncstatus.download(file_id, partner=None, request=request, signed=True))

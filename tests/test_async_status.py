@@ -190,6 +190,8 @@ def test_another_partners_token_gets_404_on_status_and_cancel(api_for, make_part
     job.refresh_from_db()
     assert job.status == AsyncJob.Status.COMPLETED
     assert OutputFile.objects.filter(job_id=job.id).count() == 1
+    refusal = AuditEvent.objects.get(action="bulk-cancel")
+    assert refusal.outcome == AuditEvent.Outcome.MINOR_FAILURE and refusal.partner.name == "Other Plan"
 
 
 def test_cancel_running_job_is_202_then_404_and_files_gone(api, partner):
@@ -205,7 +207,7 @@ def test_cancel_running_job_is_202_then_404_and_files_gone(api, partner):
     assert not OutputFile.objects.filter(job_id=job.id).exists()
     assert api.get(status_path(job)).status_code == 404
     assert api.delete(status_path(job)).status_code == 404
-    event = AuditEvent.objects.get(action="bulk-cancel")
+    event = AuditEvent.objects.get(action="bulk-cancel", outcome=AuditEvent.Outcome.SUCCESS)
     assert event.partner == partner and str(job.id) in event.entity
 
 

@@ -69,7 +69,9 @@ def test_another_partners_token_gets_404_on_files(api_for, make_partner, partner
     response = api_for(make_partner("Other Plan")).get(f"/fhir/bulkfiles/{output.id}")
     assert response.status_code == 404
     assert response.json()["resourceType"] == "OperationOutcome"
-    assert not AuditEvent.objects.filter(action="bulk-download").exists()
+    refusal = AuditEvent.objects.get(action="bulk-download")
+    assert refusal.outcome == AuditEvent.Outcome.MINOR_FAILURE
+    assert refusal.partner.name == "Other Plan" and refusal.entity == f"OutputFile/{output.id}"
 
 
 def test_files_of_unfinished_cancelled_or_expired_jobs_are_404(api, partner):
