@@ -329,3 +329,21 @@ def test_database_failure_while_polling_is_503_transient(api, partner, monkeypat
     assert response.status_code == 503
     assert response["Retry-After"] == "60"
     assert response.json()["issue"][0]["code"] == "transient"
+
+
+def test_expire_outputs_runs_on_a_real_worker(celery_worker_process, partner):
+    import time
+
+    from exports.tasks.maintenance import expire_outputs
+
+    job = complete(make_export(partner, status=AsyncJob.Status.RUNNING))
+    ExportJob.objects.filter(pk=job.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
+    key = OutputFile.objects.get(job_id=job.id).storage_key
+    worker = celery_worker_process(concurrency=1)
+    expire_outputs.delay()
+    deadline = time.monotonic() + 60
+    while OutputFile.objects.filter(job_id=job.id).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not OutputFile.objects.filter(job_id=job.id).exists(), worker.output()[-2000:]
+    assert not get_storage().exists(key)
+    assert AuditEvent.objects.filter(action="bulk-expire", entity__endswith=str(job.id)).exists()
