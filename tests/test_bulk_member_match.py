@@ -1,0 +1,251 @@
+"""POST /fhir/Group/$bulk-member-match: synchronous validation, then each member lands in the right Group."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+from rest_framework.test import APIClient
+
+from consent.models import Consent
+from exports import asyncstatus
+from exports.models import OutputFile
+from exports.storage import get_storage
+from matching import groups, services
+from matching.models import GroupMember, MatchEntry, MatchJob, MemberMatchGroup
+from pdex.models import Member
+from tests.conftest import issue_token
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
+URL = "/fhir/Group/$bulk-member-match"
+OLD_NPI = "9876543210"
+NEW_NPI = "0123456789"
+RUN_AT = datetime(2026, 7, 15, 13, 45, tzinfo=UTC)  # the example's match date; its consents cover 2026
+
+
+def load(name: str) -> dict:
+    return json.loads((EXAMPLES / name).read_text())
+
+
+@pytest.fixture(autouse=True)
+def our_plan(settings):
+    settings.PAYER_NPI = OLD_NPI
+    settings.PAYER_NAME = "Old Health Plan"
+    settings.MEMBER_ID_SYSTEM = "http://example.org/old-payer"
+    settings.CONSENT_CAN_SEGMENT_SENSITIVE = True
+    settings.MATCH_BATCH_SIZE = 2
+
+
+@pytest.fixture
+def example_members(db) -> dict[str, Member]:
+    """Our records of the example's members 1, 2 and 4 (member 3's card number is unknown here)."""
+    rows = [("pat-1001", "DH10001235", "1234564321", "person", "patricia ann", date(1974, 12, 25), "female"),
+            ("pat-2002", "DH10001236", "9876543789", "smith", "william john", date(1958, 12, 25), "male"),
+            ("pat-4004", "DH10001237", "7777700000", "noway", "janis noelle", date(1956, 12, 25), "female")]
+    return {fhir_id: Member.objects.create(fhir_id=fhir_id, umb=f"UMB-{fhir_id}", member_number=number,
+                                           subscriber_id=subscriber, family=family, given=given, birth_date=birth,
+                                           gender=gender)
+            for fhir_id, number, subscriber, family, given, birth, gender in rows}
+
+
+@pytest.fixture
+def new_plan(make_partner):
+    return make_partner("New Health Plan", npi=NEW_NPI)
+
+
+@pytest.fixture
+def client(new_plan) -> APIClient:
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_token(new_plan)}")
+    return api
+
+
+def kick_off(client: APIClient, body, *, prefer: str | None = "respond-async"):
+    headers = {"HTTP_PREFER": prefer} if prefer else {}
+    return client.post(URL, data=json.dumps(body), content_type="application/fhir+json", **headers)
+
+
+def run_job(job: MatchJob, *, at: datetime = RUN_AT) -> MatchJob:
+    """What the Celery tasks do, in order, in this process: plan, every batch, finish."""
+    MatchJob.objects.filter(pk=job.pk).update(transaction_time=at)
+    finished = [services.run_batch(str(job.pk), start, end) for start, end in services.plan_job(str(job.pk))]
+    assert finished.count(True) == 1 and finished[-1]
+    assert services.finish_job(str(job.pk))
+    job.refresh_from_db()
+    return job
+
+
+def read_output(job: MatchJob, resource_type: str) -> bytes:
+    output = OutputFile.objects.get(job_id=job.pk, resource_type=resource_type)
+    return b"".join(get_storage().read(output.storage_key))
+
+
+def comparable(group: dict, references: dict[str, str]) -> dict:
+    """A Group without what legitimately differs between servers: ids, meta timestamps, quantity."""
+    group = copy.deepcopy(group)
+    group.pop("id", None)
+    group.pop("quantity", None)
+    group["meta"] = {"profile": group["meta"]["profile"]}
+    for member in group.get("member", []):
+        reference = member["entity"]["reference"]
+        member["entity"]["reference"] = references.get(reference, reference)
+    return group
+
+
+def test_example_request_matches_the_constructed_example_response(client, example_members, new_plan):
+    response = kick_off(client, load("bulk-member-match-request.json"))
+    assert response.status_code == 202, response.content
+    job = MatchJob.objects.get(partner=new_plan)
+    assert response["Content-Location"] == asyncstatus.status_url(job)
+    assert job.entries.count() == 4 and job.progress_total == 4
+
+    job = run_job(job)
+    assert (job.status, job.progress_done, job.matched, job.no_match, job.consent_constrained) == (
+        "completed", 4, 2, 1, 1)
+    envelope = json.loads(read_output(job, "Parameters"))
+    expected = load("bulk-member-match-response.constructed.parameters.json")
+    ours = {"Patient/pat-1001": "Patient/1001", "Patient/pat-2002": "Patient/2002"}
+    assert [p["name"] for p in envelope["parameter"]] == [p["name"] for p in expected["parameter"]]
+    for got, want in zip(envelope["parameter"], expected["parameter"], strict=True):
+        assert comparable(got["resource"], ours) == comparable(want["resource"], {})
+    assert envelope["meta"]["profile"] == expected["meta"]["profile"]
+
+
+def test_groups_are_persisted_and_only_matched_members_are_members(client, example_members, new_plan):
+    kick_off(client, load("bulk-member-match-request.json"))
+    job = run_job(MatchJob.objects.get(partner=new_plan))
+    stored = {g.code: g for g in MemberMatchGroup.objects.filter(job=job)}
+    assert set(stored) == {"match", "nomatch", "consentconstraint"}
+    assert all(g.partner == new_plan for g in stored.values())
+    assert set(GroupMember.objects.filter(group=stored["match"]).values_list("member__fhir_id", flat=True)) == {
+        "pat-1001", "pat-2002"}
+    assert not GroupMember.objects.filter(group__in=[stored["nomatch"], stored["consentconstraint"]]).exists()
+    constrained = json.dumps(stored["consentconstraint"].resource)
+    assert "pat-4004" not in constrained and "UMB-" not in constrained
+    assert set(Consent.objects.filter(partner=new_plan).values_list("member__fhir_id", flat=True)) == {
+        "pat-1001", "pat-2002"}
+    files = {f.resource_type: f for f in OutputFile.objects.filter(job_id=job.pk)}
+    assert (files["Group"].count, files["Parameters"].count) == (3, 1)
+    manifest = asyncstatus.build_manifest(job)
+    assert [item["type"] for item in manifest["output"]] == ["Group", "Parameters"] and manifest["error"] == []
+
+
+def bundle_of(example: dict, index: int) -> dict:
+    return copy.deepcopy(example["parameter"][index])
+
+
+def test_mixed_request_each_member_lands_in_its_group_and_bad_members_do_not_fail_the_batch(
+        client, example_members, new_plan):
+    example = load("bulk-member-match-request.json")
+    no_birth_date = bundle_of(example, 0)
+    del no_birth_date["part"][0]["resource"]["birthDate"]
+    no_coverage = bundle_of(example, 1)
+    no_coverage["part"] = [p for p in no_coverage["part"] if p["name"] != "CoverageToMatch"]
+    unknown_policy = bundle_of(example, 1)
+    next(p for p in unknown_policy["part"] if p["name"] == "Consent")["resource"]["policy"] = [
+        {"uri": "http://example.org/some-other-policy"}]
+    unknown_policy["part"][0]["resource"]["id"] = "2b"
+    wrong_payor = bundle_of(example, 0)
+    wrong_payor["part"][1]["resource"]["payor"][0]["identifier"]["value"] = "1111111111"
+    wrong_payor["part"][0]["resource"]["id"] = "1b"
+    body = {"resourceType": "Parameters", "parameter": [
+        bundle_of(example, 0), no_birth_date, no_coverage, unknown_policy, wrong_payor, bundle_of(example, 3),
+        bundle_of(example, 2)]}
+    kick_off(client, body)
+    job = run_job(MatchJob.objects.get(partner=new_plan))
+    outcomes = list(MatchEntry.objects.filter(job=job).order_by("index").values_list("outcome", flat=True))
+    assert outcomes == ["match", "nomatch", "nomatch", "consentconstraint", "nomatch", "consentconstraint",
+                        "nomatch"]
+    reason = MatchEntry.objects.get(job=job, index=3).reason
+    assert "unknown policy" in reason
+
+
+def test_same_patient_id_twice_is_contained_once_with_coverages(client, example_members, new_plan):
+    example = load("bulk-member-match-request.json")
+    second = bundle_of(example, 0)
+    second["part"][1]["resource"]["id"] = "coverage-1-other"
+    kick_off(client, {"resourceType": "Parameters", "parameter": [bundle_of(example, 0), second]})
+    job = run_job(MatchJob.objects.get(partner=new_plan))
+    matched = MemberMatchGroup.objects.get(job=job, code="match").resource
+    assert [c["id"] for c in matched["contained"]] == ["1", "coverage-1", "coverage-1-other"]
+    coverage_refs = [e["valueReference"]["reference"] for m in matched["member"] for e in m["entity"]["extension"]
+                     if e["url"] == groups.EXT_COVERAGE]
+    assert coverage_refs == ["#coverage-1", "#coverage-1-other"]
+    assert GroupMember.objects.filter(group__job=job).count() == 1
+
+
+def test_contained_patients_are_cleaned():
+    patient = {"resourceType": "Patient", "id": "p", "meta": {"versionId": "3", "lastUpdated": "2026-01-01T00:00:00Z",
+                                                              "security": [{"code": "R"}], "profile": ["x"]},
+               "contained": [{"resourceType": "Organization", "id": "o"}], "birthDate": "2000-01-01"}
+    assert groups.clean_contained(patient) == {"resourceType": "Patient", "id": "p", "meta": {"profile": ["x"]},
+                                               "birthDate": "2000-01-01"}
+
+
+def test_empty_match_group_is_always_emitted(client, new_plan, db):
+    example = load("bulk-member-match-request.json")
+    kick_off(client, {"resourceType": "Parameters", "parameter": [bundle_of(example, 2)]})
+    job = run_job(MatchJob.objects.get(partner=new_plan))
+    matched = MemberMatchGroup.objects.get(job=job, code="match").resource
+    assert matched["member"] == [] and matched["quantity"] == 0
+    assert matched["characteristic"][0]["valueReference"]["identifier"]["value"] == NEW_NPI
+
+
+def test_batches_are_idempotent_and_counted_once(client, example_members, new_plan):
+    kick_off(client, load("bulk-member-match-request.json"))
+    job = MatchJob.objects.get(partner=new_plan)
+    MatchJob.objects.filter(pk=job.pk).update(transaction_time=RUN_AT)
+    batches = services.plan_job(str(job.pk))
+    assert batches == [(0, 2), (2, 4)]
+    assert services.run_batch(str(job.pk), 0, 2) is False
+    assert services.run_batch(str(job.pk), 0, 2) is False  # delivered twice: nothing left to do
+    assert services.run_batch(str(job.pk), 2, 4) is True
+    assert services.finish_job(str(job.pk)) and not services.finish_job(str(job.pk))
+    job.refresh_from_db()
+    assert (job.progress_done, job.matched + job.no_match + job.consent_constrained) == (4, 4)
+    assert MemberMatchGroup.objects.filter(job=job).count() == 3
+
+
+def test_cancelled_job_stops_work(client, example_members, new_plan):
+    kick_off(client, load("bulk-member-match-request.json"))
+    job = MatchJob.objects.get(partner=new_plan)
+    batches = services.plan_job(str(job.pk))
+    asyncstatus.cancel_job(job)
+    assert [services.run_batch(str(job.pk), *b) for b in batches] == [False, False]
+    assert not MatchEntry.objects.filter(job=job).exclude(outcome="pending").exists()
+    assert not services.finish_job(str(job.pk))
+
+
+def test_prefer_respond_async_is_required(client, example_members):
+    response = kick_off(client, load("bulk-member-match-request.json"), prefer=None)
+    assert response.status_code == 400 and "respond-async" in response.content.decode()
+    assert not MatchJob.objects.exists()
+
+
+@pytest.mark.parametrize("body,status,text", [
+    ({"resourceType": "Patient"}, 400, "Parameters"),
+    ({"resourceType": "Parameters", "parameter": [{"name": "Other", "valueString": "x"}]}, 422, "MemberBundle"),
+    ({"resourceType": "Parameters", "parameter": [{"name": "MemberBundle", "part": [
+        {"name": "MemberPatient", "valueString": "not a resource"}]}]}, 422, "must carry a resource"),
+    ({"resourceType": "Parameters", "parameter": [{"name": "MemberBundle", "part": [
+        {"name": "Consent", "resource": {"resourceType": "Consent"}}]}]}, 422, "no MemberPatient"),
+])
+def test_structural_errors_fail_the_whole_request(client, body, status, text):
+    response = kick_off(client, body)
+    assert response.status_code == status and text in response.content.decode()
+    assert response.json()["resourceType"] == "OperationOutcome"
+    assert not MatchJob.objects.exists()
+
+
+def test_either_bulk_scope_spelling_and_post_only(new_plan, example_members):
+    api = APIClient()
+    lower = "http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/bulk-member-match"
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_token(new_plan, scopes=lower)}")
+    assert kick_off(api, load("bulk-member-match-request.json")).status_code == 202
+    assert api.get(URL).status_code == 405
+    api.credentials(HTTP_AUTHORIZATION="Bearer " + issue_token(
+        new_plan, scopes="http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match"))
+    assert kick_off(api, load("bulk-member-match-request.json")).status_code == 403
