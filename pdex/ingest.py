@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 
 from pdex.extract import SHARED_TYPES, extract, format_instant, normalize_name
 
@@ -321,8 +321,8 @@ def _parsed(lines: Iterator[tuple[str, int, str]], config: ParseConfig, workers:
         for chunk in _batched(lines, POOL_CHUNK):
             yield from _parse_chunk(chunk)
         return
-    connections.close_all()  # forked children must not share the parent's database socket
-    context = multiprocessing.get_context("fork")
+    # spawn, not fork: children never inherit the parent's database connection (or its transaction).
+    context = multiprocessing.get_context("spawn")
     with context.Pool(workers, initializer=_init_worker, initargs=(config,)) as pool:
         for parsed in pool.imap(_parse_chunk, _batched(lines, POOL_CHUNK), chunksize=1):
             yield from parsed
