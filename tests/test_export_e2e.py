@@ -1,0 +1,236 @@
+"""$davinci-data-export end to end: real HTTP (live_server), a real Celery worker on Redis, file and S3 storage.
+
+token → kick-off → poll the status URL → download every file with the same token → check the P2P rules
+on every line (tests/export_world.py says which resource each rule keeps or withholds).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+
+import pytest
+import requests
+
+from exports.models import ExportJob
+from matching.models import MemberMatchGroup
+from tests.conftest import issue_token
+from tests.export_world import assert_p2p_export, build_world, give_consent, match_group
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+P2P = "hl7.fhir.us.davinci-pdex#payertopayer"
+POLL_LIMIT_SECONDS = 180
+
+
+class Client:
+    """A partner's HTTP client over the live server."""
+
+    def __init__(self, base: str, token: str):
+        self.base = base
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def kick_off(self, path: str, parameters: list[dict] | None = None, prefer: str = "respond-async",
+                 method: str = "POST") -> requests.Response:
+        headers = {"Accept": "application/fhir+json", "Prefer": prefer}
+        if method == "GET":
+            return self.session.get(f"{self.base}/{path}", headers=headers, timeout=30)
+        body = {"resourceType": "Parameters", "parameter": parameters or []}
+        return self.session.post(f"{self.base}/{path}", json=body,
+                                 headers={**headers, "Content-Type": "application/fhir+json"}, timeout=30)
+
+    def wait(self, status_url: str) -> requests.Response:
+        """Poll as a client should: at the pace Retry-After asks for, until the job is no longer running."""
+        deadline = time.monotonic() + POLL_LIMIT_SECONDS
+        while time.monotonic() < deadline:
+            response = self.session.get(status_url, headers={"Accept": "application/json"}, timeout=30)
+            if response.status_code not in (202, 429):
+                return response
+            if response.status_code == 202:
+                assert response.headers["X-Progress"]
+            time.sleep(float(response.headers.get("Retry-After", "1")))
+        raise AssertionError("the export did not finish in time")
+
+    def download(self, manifest: dict, kind: str = "output") -> list[bytes]:
+        lines: list[bytes] = []
+        for item in manifest[kind]:
+            response = self.session.get(item["url"], timeout=60)
+            assert response.status_code == 200, response.text
+            assert response.headers["Content-Type"].startswith("application/fhir+ndjson")
+            file_lines = response.content.splitlines()
+            assert len(file_lines) == item["count"]
+            assert all(json.loads(line)["resourceType"] == item["type"] for line in file_lines)
+            lines.extend(file_lines)
+        return lines
+
+
+@pytest.fixture
+def fhir_base(live_server, settings):
+    settings.FHIR_BASE_URL = f"{live_server.url}/fhir"
+    settings.STATUS_RETRY_AFTER_SECONDS = 1
+    return settings.FHIR_BASE_URL
+
+
+@pytest.fixture
+def file_storage(settings, tmp_path):
+    settings.EXPORT_STORAGE_URL = f"file://{tmp_path}/exports"
+    settings.EXPORT_CHUNK_MEMBERS = 1
+
+
+def export_and_download(client: Client, world, parameters=None) -> tuple[dict, list[bytes], list[bytes]]:
+    response = client.kick_off(f"Group/{world.group.pk}/$davinci-data-export", parameters)
+    assert response.status_code == 202, response.text
+    status_url = response.headers["Content-Location"]
+    done = client.wait(status_url)
+    assert done.status_code == 200, done.text
+    manifest = done.json()
+    assert manifest["requiresAccessToken"] is True
+    assert manifest["request"].endswith(f"/Group/{world.group.pk}/$davinci-data-export")
+    return manifest, client.download(manifest), client.download(manifest, "error")
+
+
+def test_davinci_data_export_end_to_end(fhir_base, file_storage, partner, celery_worker_process):
+    world = build_world(partner)
+    celery_worker_process()
+    client = Client(fhir_base, issue_token(partner))
+    manifest, lines, errors = export_and_download(client, world, [{"name": "exportType", "valueCanonical": P2P}])
+    resources = assert_p2p_export(lines, world)
+    assert {item["type"] for item in manifest["output"]} >= {
+        "Patient", "Encounter", "Observation", "Condition", "ExplanationOfBenefit", "DocumentReference",
+        "Organization", "Practitioner", "Provenance"}
+    assert len(resources) == len(lines)
+    outcomes = [json.loads(line) for line in errors]
+    assert any("excluded" in o["issue"][0]["diagnostics"] for o in outcomes)
+    assert not any(world.members["revoked"].fhir_id in line.decode() for line in errors)
+    job = ExportJob.objects.get(group=world.group)
+    assert job.status == ExportJob.Status.COMPLETED and job.progress_done == job.progress_total > 1
+
+
+def test_export_type_absent_is_payer_to_payer_with_a_note(fhir_base, file_storage, partner, celery_worker_process):
+    world = build_world(partner)
+    celery_worker_process()
+    client = Client(fhir_base, issue_token(partner))
+    _, lines, errors = export_and_download(client, world, [{"name": "_type", "valueString": "Patient,Encounter"}])
+    notes = [json.loads(line)["issue"][0] for line in errors]
+    assert any(n["severity"] == "information" and "exportType" in n["diagnostics"] for n in notes)
+    types = {json.loads(line)["resourceType"] for line in lines}
+    assert types == {"Patient", "Encounter", "Provenance"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def s3_storage(settings, monkeypatch):
+    """A moto S3 server in this process; the worker subprocess reaches it through AWS_ENDPOINT_URL."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", endpoint)):
+        monkeypatch.setenv(name, value)
+    bucket = f"exports-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    settings.AWS_ENDPOINT_URL = endpoint
+    settings.EXPORT_STORAGE_URL = f"s3://{bucket}/p2p"
+    settings.EXPORT_CHUNK_MEMBERS = 1
+    yield boto3.client("s3", endpoint_url=endpoint), bucket
+    server.stop()
+
+
+def test_export_to_s3(fhir_base, s3_storage, partner, celery_worker_process):
+    s3, bucket = s3_storage
+    world = build_world(partner)
+    celery_worker_process()
+    client = Client(fhir_base, issue_token(partner))
+    manifest, lines, _ = export_and_download(client, world, [{"name": "exportType", "valueString": P2P}])
+    assert_p2p_export(lines, world)
+    job = ExportJob.objects.get(group=world.group)
+    keys = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert keys and all(key.startswith(f"p2p/{partner.pk}/{job.id}/") for key in keys)
+    head = s3.head_object(Bucket=bucket, Key=keys[0])
+    assert head["ServerSideEncryption"] == "AES256"
+    assert len(keys) == len(manifest["output"]) + len(manifest["error"])
+
+
+def test_cancel_mid_export_stops_it_and_removes_files(fhir_base, file_storage, partner, settings,
+                                                       celery_worker_process):
+    world = build_world(partner)
+    client = Client(fhir_base, issue_token(partner))
+    response = client.kick_off(f"Group/{world.group.pk}/$davinci-data-export")
+    status_url = response.headers["Content-Location"]
+    celery_worker_process()  # the job is queued before any worker runs, so the cancel lands mid-job
+    assert client.session.delete(status_url, timeout=30).status_code == 202
+    assert client.session.get(status_url, timeout=30).status_code == 404
+    job = ExportJob.objects.get(group=world.group)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and job.chunks.filter(status="running").exists():
+        time.sleep(0.5)
+    from exports.models import OutputFile
+    from exports.tasks.maintenance import expire_outputs
+
+    expire_outputs()  # the beat sweep removes anything a chunk finished writing after the cancel
+    job.refresh_from_db()
+    assert job.status == ExportJob.Status.CANCELLED
+    assert not OutputFile.objects.filter(job_id=job.id).exists()
+
+
+def test_too_many_running_exports_answer_429(fhir_base, file_storage, partner, settings):
+    settings.EXPORT_MAX_RUNNING_JOBS = 1
+    world = build_world(partner)
+    client = Client(fhir_base, issue_token(partner))
+    assert client.kick_off(f"Group/{world.group.pk}/$davinci-data-export").status_code == 202
+    refused = client.kick_off(f"Group/{world.group.pk}/$davinci-data-export")
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+    assert refused.json()["resourceType"] == "OperationOutcome"
+
+
+def test_kick_off_refusals(fhir_base, file_storage, partner, make_partner):
+    world = build_world(partner)
+    client = Client(fhir_base, issue_token(partner))
+    path = f"Group/{world.group.pk}/$davinci-data-export"
+    other = Client(fhir_base, issue_token(make_partner("Another Plan")))
+    assert other.kick_off(path).status_code == 404  # another partner's Group does not exist for them
+    assert client.kick_off("Group/nope/$davinci-data-export").status_code == 404
+    assert client.kick_off(path, prefer="").status_code == 400
+    unknown = client.kick_off(path, [{"name": "exportType", "valueString": "hl7.fhir.us.davinci-atr"}])
+    assert unknown.status_code == 400
+    nomatch = match_group(partner, [world.members["sens"]], code=MemberMatchGroup.Code.NO_MATCH)
+    refused = client.kick_off(f"Group/{nomatch.pk}/$davinci-data-export")
+    assert refused.status_code == 400 and refused.json()["resourceType"] == "OperationOutcome"
+    narrow = Client(fhir_base, issue_token(partner, "system/Group.rs system/Patient.rs"))
+    assert narrow.kick_off(path, [{"name": "_type", "valueString": "Patient,Encounter"}]).status_code == 403
+    assert not ExportJob.objects.exists()
+
+
+def test_group_export_get_and_patient_export(fhir_base, file_storage, partner, celery_worker_process):
+    world = build_world(partner)
+    celery_worker_process()
+    client = Client(fhir_base, issue_token(partner))
+    response = client.kick_off(f"Group/{world.group.pk}/$export?_type=Patient", method="GET")
+    assert response.status_code == 202, response.text
+    manifest = client.wait(response.headers["Content-Location"]).json()
+    exported = [json.loads(line) for line in client.download(manifest)]
+    patients = {r["id"] for r in exported if r["resourceType"] == "Patient"}
+    assert patients == {world.members["sens"].fhir_id, world.members["reg"].fhir_id}
+
+    outsider = world.members["outsider"]
+    give_consent(outsider, partner)  # matched by $member-match some other day: Patient/$export includes them
+    response = client.kick_off("Patient/$export", [
+        {"name": "_type", "valueString": "Patient"},
+        {"name": "patient", "valueReference": {"reference": f"Patient/{outsider.fhir_id}"}},
+        {"name": "patient", "valueReference": {"reference": f"Patient/{world.members['revoked'].fhir_id}"}}])
+    assert response.status_code == 202, response.text
+    manifest = client.wait(response.headers["Content-Location"]).json()
+    lines = [json.loads(line) for line in client.download(manifest)]
+    assert {r["id"] for r in lines if r["resourceType"] == "Patient"} == {outsider.fhir_id}
