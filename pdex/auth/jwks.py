@@ -6,6 +6,7 @@ timeout and cached no longer than its Cache-Control allows (capped by JWKS_CACHE
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from typing import Any
@@ -38,6 +39,15 @@ class JwksUnavailable(RuntimeError):
     """A JWKS URL could not be fetched or did not hold a JWK Set."""
 
 
+def _modulus_bits(n: Any) -> int:
+    if not isinstance(n, str):
+        return 0
+    try:
+        return int.from_bytes(base64.urlsafe_b64decode(n + "=" * (-len(n) % 4)), "big").bit_length()
+    except ValueError:
+        return 0
+
+
 def validate_public_jwks(jwks: Any) -> dict[str, Any]:
     """A cleaned JWK Set of public RS384/ES384 signing keys, or InvalidKeySet."""
     if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
@@ -63,13 +73,13 @@ def validate_public_jwks(jwks: Any) -> dict[str, Any]:
             raise InvalidKeySet(f"key {kid!r}: alg must be RS384 or ES384")
         if jwk.get("use") not in (None, "sig"):
             raise InvalidKeySet(f"key {kid!r}: use must be 'sig'")
+        if jwk["kty"] == "RSA" and _modulus_bits(jwk.get("n")) < MIN_RSA_BITS:
+            raise InvalidKeySet(f"key {kid!r}: RSA keys must have at least {MIN_RSA_BITS} bits")
         public = {name: value for name, value in jwk.items() if name in _PUBLIC_MEMBERS}
         try:
-            key = import_key(public)
+            import_key(public)
         except (JoseError, ValueError, TypeError) as exc:
             raise InvalidKeySet(f"key {kid!r} is not a valid JWK") from exc
-        if jwk["kty"] == "RSA" and key.raw_value.key_size < MIN_RSA_BITS:
-            raise InvalidKeySet(f"key {kid!r}: RSA keys must have at least {MIN_RSA_BITS} bits")
         cleaned.append(public)
     return {"keys": cleaned}
 
