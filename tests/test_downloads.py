@@ -238,3 +238,49 @@ def test_poll_download_and_cancel_over_http(live_server, settings, partner):
     gone = http.get(status, timeout=10)
     assert gone.status_code == 404 and gone.json()["resourceType"] == "OperationOutcome"
     assert http.get(url, timeout=10).status_code == 404
+
+
+# --- S3 through moto's server, shared with a real worker process -------------------------------------
+
+@pytest.fixture
+def moto_server_storage(monkeypatch, settings):
+    """S3 storage on a moto server (another process can reach it through AWS_ENDPOINT_URL)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    aws_env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
+    for name, value in aws_env.items():
+        monkeypatch.setenv(name, value)
+    settings.EXPORT_STORAGE_URL = "s3://pdex-worker-test/p2p"
+    settings.AWS_ENDPOINT_URL = endpoint
+    storage_module._cached.cache_clear()
+    store = storage_module.get_storage()
+    store.client.create_bucket(Bucket="pdex-worker-test")
+    yield store, aws_env
+    storage_module._cached.cache_clear()
+    server.stop()
+
+
+def test_s3_files_download_and_expire_on_a_real_worker(moto_server_storage, celery_worker_process, api, partner):
+    import time
+
+    from exports.tasks.maintenance import expire_outputs
+
+    store, aws_env = moto_server_storage
+    job, output = completed_export(partner)
+    assert store.client.head_object(Bucket="pdex-worker-test",
+                                    Key=f"p2p/{output.storage_key}")["ServerSideEncryption"] == "AES256"
+    assert body(api.get(f"/fhir/bulkfiles/{output.id}")) == BYTES
+
+    ExportJob.objects.filter(pk=job.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
+    worker = celery_worker_process(concurrency=1, extra_env=aws_env)
+    expire_outputs.delay()
+    deadline = time.monotonic() + 60
+    while OutputFile.objects.filter(job_id=job.id).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not OutputFile.objects.filter(job_id=job.id).exists(), worker.output()[-2000:]
+    assert store.client.list_objects_v2(Bucket="pdex-worker-test", Prefix="p2p/").get("KeyCount", 0) == 0
