@@ -381,7 +381,8 @@ def chunk_query(resource_type: str, member_ids: Sequence[int], context: ExportCo
 
 
 def keyed_query(resource_type: str, member_ids: Sequence[int], context: ExportContext) -> tuple[str, dict]:
-    """Like `chunk_query` but with `id` and `resource_type` first, for keyset paging ($everything, search)."""
+    """Like `chunk_query` but with `id`, `resource_type`, `fhir_id` and `refs` first, for keyset paging
+    ($everything, search); the caller orders and limits."""
     rows = selection(resource_type, member_ids, context)
-    return (f"SELECT r.id, r.resource_type, r.fhir_id, {body_sql(resource_type)} AS body_text {rows.sql}",
+    return (f"SELECT r.id, r.resource_type, r.fhir_id, r.refs, {body_sql(resource_type)} AS body_text {rows.sql}",
             dict(rows.params))

@@ -194,3 +194,36 @@ def load_shared_member(data_dir: Path, *, largest: bool = False, limit_types: tu
         if f"{resource['resourceType']}/{resource['id']}" in wanted:
             store(resource)
     return member
+
+
+def consent_for(member: Member, partner, *, policy: str = "sensitive", start: str = "2026-01-01",
+                end: str = "2027-12-31"):
+    """A stored HRex consent from `member` for `partner` that the decision accepts (us as source)."""
+    from django.conf import settings
+
+    from consent.services import record_consent
+
+    npi = "http://hl7.org/fhir/sid/us-npi"
+    resource = {
+        "resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                              "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IDSCL"}]}],
+        "patient": {"reference": f"Patient/{member.fhir_id}"},
+        "performer": [{"reference": f"Patient/{member.fhir_id}"}],
+        "policy": [{"uri": f"http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html#{policy}"}],
+        "provision": {
+            "type": "permit", "period": {"start": start, "end": end},
+            "action": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction",
+                                    "code": "disclose"}]}],
+            "actor": [
+                {"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                                      "code": "performer"}]},
+                 "reference": {"identifier": {"system": npi, "value": settings.PAYER_NPI}}},
+                {"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                      "code": "IRCP"}]},
+                 "reference": {"identifier": {"system": npi, "value": partner.npi}}},
+            ],
+        },
+    }
+    return record_consent(member, partner, resource, via="member-match")

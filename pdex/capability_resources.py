@@ -1,0 +1,23 @@
+"""What single-member retrieval adds to the CapabilityStatement: read and search per exported type,
+their search parameters, _include/_revinclude, and Patient/$everything. Imported by pdex.fhir_urls, so it
+registers when the URLs load (only what is routed is listed)."""
+
+from __future__ import annotations
+
+from exports import rules
+from pdex import capability, search
+from pdex.resource_views import PATIENT_EVERYTHING
+
+
+def register() -> None:
+    for resource_type in rules.EXPORT_TYPES:
+        if resource_type in search.SEARCHABLE_TYPES:
+            capability.register_interactions(resource_type, "read", "search-type")
+            for name, type_ in search.searchable_params(resource_type):
+                capability.register_search_param(resource_type, name, type_)
+        else:
+            capability.register_interactions(resource_type, "read")
+    capability.register_operation("Patient", "everything", PATIENT_EVERYTHING)
+
+
+register()

@@ -1,0 +1,84 @@
+"""FHIR views of single-member retrieval: Patient/{id}/$everything, {Type}?patient=, {Type}/{id}.
+
+Thin: parse, call pdex.everything / pdex.search, render. Every refusal is a FhirError (404 for anything
+the partner may not see, so ids reveal nothing).
+"""
+
+from __future__ import annotations
+
+from django.http import HttpResponse
+
+from exports import jobs
+from exports.asyncstatus import status_url
+from exports.models import ExportJob
+from pdex import everything, search
+from pdex.fhir import FHIR_JSON, FhirView
+
+PATIENT_EVERYTHING = "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+
+
+def _query(request) -> dict[str, list[str]]:
+    return {name: list(values) for name, values in request.query_params.lists()}
+
+
+def _path(request) -> str:
+    """The request path relative to the FHIR base, for paging links."""
+    return request.path.removeprefix("/fhir")
+
+
+def _granted(request) -> list[str]:
+    return request.auth.scope.split() if request.auth is not None else []
+
+
+def _json(text: str, status: int = 200) -> HttpResponse:
+    return HttpResponse(text, status=status, content_type=FHIR_JSON)
+
+
+class EverythingView(FhirView):
+    """GET|POST /fhir/Patient/{id}/$everything; `Prefer: respond-async` runs it as a bulk job."""
+
+    required_scopes = ("system/Patient.r",)
+
+    def get(self, request, patient_id: str):
+        return self._everything(request, patient_id, body=None)
+
+    def post(self, request, patient_id: str):
+        return self._everything(request, patient_id, body=request.data)
+
+    def _everything(self, request, patient_id: str, *, body):
+        params = everything.parse_everything_params(query=_query(request), body=body,
+                                                    prefer=request.headers.get("Prefer"))
+        access = everything.member_access(request.partner, patient_id, request=request, action="everything")
+        if params.respond_async:
+            job = jobs.start_export(partner=request.partner, kind=ExportJob.Kind.EVERYTHING,
+                                    params=everything.everything_job_params(access, params),
+                                    request_url=request.build_absolute_uri(), request=request)
+            response = HttpResponse(status=202)
+            response["Content-Location"] = status_url(job)
+            return response
+        page = everything.everything_page(access, params, path=_path(request), granted_scopes=_granted(request))
+        return _json(everything.bundle_text(page))
+
+
+class SearchView(FhirView):
+    """GET /fhir/{Type}?patient={id}&… for every exported type."""
+
+    @property
+    def required_scopes(self) -> tuple[str, ...]:
+        return (f"system/{self.kwargs.get('resource_type', '')}.rs",)
+
+    def get(self, request, resource_type: str):
+        params = search.parse_search_params(resource_type, _query(request), prefer=request.headers.get("Prefer"))
+        page = search.search_page(request.partner, params, path=_path(request), request=request)
+        return _json(everything.bundle_text(page))
+
+
+class ReadView(FhirView):
+    """GET /fhir/{Type}/{id} under the same access rule and export rules."""
+
+    @property
+    def required_scopes(self) -> tuple[str, ...]:
+        return (f"system/{self.kwargs.get('resource_type', '')}.r",)
+
+    def get(self, request, resource_type: str, fhir_id: str):
+        return _json(search.read_resource(request.partner, resource_type, fhir_id, request=request))

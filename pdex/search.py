@@ -1,0 +1,225 @@
+"""Per-resource search `GET /fhir/{Type}?patient={id}` and read `GET /fhir/{Type}/{id}` (spec §6 method 1).
+
+Search parameters become SQL through exports.typefilter (the `_typeFilter` table) and rows are selected
+through exports.rules: a search can never see what an export of the same member would withhold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db import connection
+from django.utils import timezone
+
+from exports import rules
+from exports.params import parse_prefer
+from exports.typefilter import SEARCH_PARAMS, all_of, condition_for
+from pdex.everything import (
+    DEFAULT_COUNT,
+    Cursor,
+    MemberAccess,
+    Page,
+    Row,
+    count_rows,
+    decode_cursor,
+    link_url,
+    member_access,
+    page_rows,
+    parse_count,
+    readable_members,
+    shared_rows,
+    transmitter_for,
+)
+from pdex.extract import SHARED_TYPES
+from pdex.fhir import BadRequest, NotFound, outcome_issue
+from pdex.models import Member, Resource
+
+CONTROL_PARAMS = ("patient", "_count", "_page", "_include", "_revinclude")
+SEARCHABLE_TYPES = tuple(t for t in rules.EXPORT_TYPES if t in SEARCH_PARAMS)
+# _include=Type:param → the shared types that param may point at (the included rows are the shared
+# resources of those types that the matched resources reference).
+INCLUDE_TARGETS: dict[str, tuple[str, ...]] = {
+    "practitioner": ("Practitioner",),
+    "participant": ("Practitioner", "PractitionerRole"),
+    "performer": ("Practitioner", "PractitionerRole", "Organization"),
+    "requester": ("Practitioner", "PractitionerRole", "Organization"),
+    "provider": ("Practitioner", "PractitionerRole", "Organization"),
+    "care-team": ("Practitioner", "PractitionerRole", "Organization"),
+    "author": ("Practitioner", "PractitionerRole", "Organization"),
+    "organization": ("Organization",),
+    "service-provider": ("Organization",),
+    "insurer": ("Organization",),
+    "payor": ("Organization",),
+    "location": ("Location",),
+    "medication": ("Medication",),
+}
+REVINCLUDE_PROVENANCE = "Provenance:target"
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """A validated search on one type for one member."""
+
+    resource_type: str
+    patient_id: str
+    conditions: rules.Fragment | None = None
+    count: int = DEFAULT_COUNT
+    cursor: Cursor | None = None
+    include_types: frozenset[str] = frozenset()
+    revinclude_provenance: bool = False
+    issues: tuple[dict[str, Any], ...] = ()
+    query: Mapping[str, list[str]] = field(default_factory=dict)
+
+
+def _include_types(resource_type: str, value: str) -> tuple[str, ...]:
+    source, _, rest = value.partition(":")
+    name, _, target = rest.partition(":")
+    if source != resource_type or name not in INCLUDE_TARGETS:
+        raise BadRequest(f"_include={value} is not supported; use {resource_type}:<reference parameter> "
+                         f"with one of {', '.join(sorted(INCLUDE_TARGETS))}.", code="not-supported")
+    targets = INCLUDE_TARGETS[name]
+    if target:
+        if target not in targets:
+            raise BadRequest(f"_include={value}: {name} does not point at {target}.", code="not-supported")
+        return (target,)
+    return targets
+
+
+def parse_search_params(resource_type: str, query: Mapping[str, list[str]], *, prefer: str | None = None,
+                        patient_id: str | None = None) -> SearchParams:
+    """Validate a search: unknown parameters → 400, or with `Prefer: handling=lenient` ignored and reported."""
+    if resource_type not in SEARCHABLE_TYPES:
+        raise NotFound(f"Search on {resource_type} is not supported by this server.")
+    lenient = "handling=lenient" in parse_prefer(prefer)
+    values = {name: list(v) for name, v in query.items()}
+    issues: list[dict[str, Any]] = []
+    supported = set(SEARCH_PARAMS[resource_type]) | set(CONTROL_PARAMS)
+    for name in sorted(values):
+        if name.partition(":")[0] not in supported:
+            if not lenient:
+                raise BadRequest(f"Search parameter '{name}' is not supported on {resource_type}.",
+                                 code="not-supported")
+            issues.append(outcome_issue("warning", "not-supported", f"Ignored search parameter '{name}'.",
+                                        expression=[name]))
+            del values[name]
+    if patient_id is None:
+        selector = "_id" if resource_type == "Patient" else "patient"
+        chosen = values.get(selector) or values.get("patient") or []
+        if len(chosen) != 1 or not chosen[0] or "," in chosen[0]:
+            raise BadRequest(f"A search on {resource_type} needs exactly one '{selector}' (one member at a time).")
+        patient_id = chosen[0].removeprefix("Patient/")
+    for name in ("_count", "_page"):
+        if len(values.get(name, [])) > 1:
+            raise BadRequest(f"Parameter '{name}' may appear only once.")
+    conditions = []
+    for n, (name, raw_values) in enumerate(sorted(values.items())):
+        if name in CONTROL_PARAMS:
+            continue
+        for m, raw in enumerate(raw_values):  # repeated parameters AND together
+            conditions.append(condition_for(resource_type, name, raw, f"s{n}_{m}"))
+    include_types: set[str] = set()
+    for value in values.get("_include", []):
+        include_types.update(_include_types(resource_type, value))
+    revinclude = values.get("_revinclude", [])
+    if any(v != REVINCLUDE_PROVENANCE for v in revinclude):
+        raise BadRequest(f"Only _revinclude={REVINCLUDE_PROVENANCE} is supported.", code="not-supported")
+    return SearchParams(
+        resource_type=resource_type, patient_id=patient_id,
+        conditions=all_of(conditions) if conditions else None,
+        count=parse_count(values["_count"][0]) if values.get("_count") else DEFAULT_COUNT,
+        cursor=decode_cursor(values["_page"][0]) if values.get("_page") else None,
+        include_types=frozenset(include_types), revinclude_provenance=bool(revinclude), issues=tuple(issues),
+        query={k: v for k, v in values.items() if k != "_page"},
+    )
+
+
+def search_context(access: MemberAccess, resource_type: str, *, request_time: datetime,
+                   conditions: rules.Fragment | None = None) -> rules.ExportContext:
+    filters = {resource_type: [conditions]} if conditions is not None else {}
+    return rules.export_context(request_time=request_time, types=[resource_type], type_filters=filters,
+                                regular_member_ids=access.regular_member_ids)
+
+
+def provenance_rows(access: MemberAccess, references: list[str], *, request_time: datetime) -> list[Row]:
+    """The member's stored Provenance, under the rules, whose target is one of `references`."""
+    if not references:
+        return []
+    targets = rules.Fragment(
+        "EXISTS (SELECT 1 FROM jsonb_array_elements({r}.body -> 'target') AS rev(target)"
+        " WHERE rev.target ->> 'reference' = ANY(%(rev_targets)s))", {"rev_targets": references})
+    context = search_context(access, "Provenance", request_time=request_time, conditions=targets)
+    return page_rows([rules.keyed_query("Provenance", [access.member.pk], context)], after=0, limit=10_000)
+
+
+def search_page(partner, params: SearchParams, *, path: str, request=None, now: datetime | None = None) -> Page:
+    """One page of a per-resource search, with its _include / _revinclude rows."""
+    access = member_access(partner, params.patient_id, request=request, action="search")
+    request_time = params.cursor.request_time if params.cursor else (now or timezone.now())
+    context = search_context(access, params.resource_type, request_time=request_time, conditions=params.conditions)
+    queries = [rules.keyed_query(params.resource_type, [access.member.pk], context)]
+    rows = page_rows(queries, after=params.cursor.after if params.cursor else 0, limit=params.count + 1)
+    matches = rows[:params.count]
+    includes: list[Row] = []
+    if params.include_types:
+        refs = [ref for row in matches for ref in row.refs if ref.partition("/")[0] in params.include_types]
+        includes += shared_rows(refs)
+    generated: list[dict[str, Any]] = []
+    if params.revinclude_provenance:
+        includes += provenance_rows(access, [row.reference for row in matches], request_time=request_time)
+        generated = transmitter_for(matches, request_time)
+    return Page(
+        total=count_rows(queries), matches=matches, includes=includes, generated=generated,
+        self_url=link_url(path, params.query, params.cursor),
+        next_url=link_url(path, params.query, Cursor(matches[-1].pk, request_time))
+        if len(rows) > params.count else None,
+        issues=list(params.issues),
+    )
+
+
+def _one(query: tuple[str, dict], fhir_id: str) -> str | None:
+    sql, params = query
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT q.body_text FROM ({sql}) AS q WHERE q.fhir_id = %(read_id)s",  # noqa: S608
+                       {**params, "read_id": fhir_id})
+        found = cursor.fetchone()
+    return found[0] if found else None
+
+
+def read_resource(partner, resource_type: str, fhir_id: str, *, request=None,
+                  now: datetime | None = None) -> str:
+    """`GET /fhir/{Type}/{id}` as JSON text, under the access rule and the export rules; else 404."""
+    if resource_type not in rules.EXPORT_TYPES:
+        raise NotFound(f"{resource_type} is not available from this server.")
+    missing = NotFound(f"{resource_type}/{fhir_id} is not known to this server or not available to this client.")
+    stored = Resource.objects.filter(resource_type=resource_type, fhir_id=fhir_id).values("member_id").first()
+    if stored is None:
+        raise missing
+    now = now or timezone.now()
+    if resource_type in SHARED_TYPES:
+        member_ids, regular = readable_members(partner, now=now)
+        if not member_ids:
+            raise missing
+        context = rules.export_context(request_time=now, regular_member_ids=regular)
+        body = _one(rules.keyed_query(resource_type, member_ids, context), fhir_id)
+    else:
+        member = Member.objects.filter(pk=stored["member_id"]).first()
+        if member is None:
+            raise missing
+        access = member_access(partner, member.fhir_id, request=request, action="read")
+        context = search_context(access, resource_type, request_time=now)
+        body = _one(rules.keyed_query(resource_type, [member.pk], context), fhir_id)
+    if body is None:
+        raise missing
+    return body
+
+
+def searchable_params(resource_type: str) -> Iterable[tuple[str, str]]:
+    """(name, FHIR search type) of every parameter a search on this type accepts, for the CapabilityStatement."""
+    kinds = {"date": "date", "last-updated": "date", "token": "token", "code": "token", "id": "token"}
+    if resource_type != "Patient":
+        yield "patient", "reference"
+    for name, param in sorted(SEARCH_PARAMS[resource_type].items()):
+        yield name, kinds[param.kind]

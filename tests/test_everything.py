@@ -1,0 +1,215 @@
+"""Patient/{id}/$everything: the same rows as an export of the member, paged, under the access rule."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+from fhir.resources.R4B import get_fhir_model_class
+
+from consent.services import revoke
+from exports import rules
+from exports.models import ExportJob
+from tests.conftest import SHARED_DATA
+from tests.export_fixtures import consent_for, encounter, load_shared_member, prior_auth, store
+
+
+@pytest.fixture
+def world(db, partner, settings):
+    settings.EXPORT_WINDOW_MODE = "cap"
+    settings.FHIR_BASE_URL = "http://testserver/fhir"
+    member = load_shared_member(SHARED_DATA)
+    recent = timezone.now().strftime("%Y-%m-%dT%H:%M:%SZ")
+    store(encounter("everything-sensitive", member.fhir_id, recent, security=("PSY",)), member)
+    store(prior_auth("everything-pa", member.fhir_id, "approved", changed=recent, period_end="2030-01-01"), member)
+    store(prior_auth("everything-pa-denied", member.fhir_id, "denied", changed=recent), member)
+    consent = consent_for(member, partner, policy="sensitive")
+    return member, consent
+
+
+def url(member, query: str = "") -> str:
+    return f"/fhir/Patient/{member.fhir_id}/$everything" + (f"?{query}" if query else "")
+
+
+def pages(api, first_url: str) -> list[dict]:
+    """Every Bundle of a paged $everything, following `next`."""
+    bundles, next_url = [], first_url
+    while next_url:
+        response = api.get(next_url)
+        assert response.status_code == 200, response.content
+        bundle = response.json()
+        bundles.append(bundle)
+        next_link = [link["url"] for link in bundle["link"] if link["relation"] == "next"]
+        next_url = None
+        if next_link:
+            parts = urlsplit(next_link[0])
+            next_url = f"{parts.path}?{parts.query}"
+    return bundles
+
+
+def matches(bundles: list[dict]) -> dict[str, dict]:
+    found = {}
+    for bundle in bundles:
+        for entry in bundle["entry"]:
+            if entry["search"]["mode"] == "match":
+                resource = entry["resource"]
+                key = f"{resource['resourceType']}/{resource['id']}"
+                assert key not in found, f"{key} on two pages"
+                found[key] = resource
+    return found
+
+
+def export_of(member, **context_args) -> dict[str, dict]:
+    """What a bulk export of this member writes, through the rules' chunk SQL."""
+    context = rules.export_context(request_time=timezone.now(), **context_args)
+    exported = {}
+    for resource_type in context.types:
+        sql, params = rules.chunk_query(resource_type, [member.pk], context)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            for (line,) in cursor.fetchall():
+                resource = json.loads(line)
+                exported[f"{resource['resourceType']}/{resource['id']}"] = resource
+    return exported
+
+
+def test_pages_together_equal_the_export_of_the_member(api, world):
+    member, _ = world
+    bundles = pages(api, url(member, "_count=20"))
+    assert len(bundles) > 2
+    found = matches(bundles)
+    assert found == export_of(member)
+    assert {b["total"] for b in bundles} == {len(found)}
+    assert "ExplanationOfBenefit/everything-pa" in found and "ExplanationOfBenefit/everything-pa-denied" not in found
+    claims = [r for r in found.values() if r["resourceType"] == "ExplanationOfBenefit" and r["use"] == "claim"]
+    assert claims and not any("payment" in c or "total" in c for c in claims)
+
+
+def test_every_entry_parses_and_each_page_has_a_transmitter_provenance(api, world):
+    member, _ = world
+    for bundle in pages(api, url(member, "_count=500")):
+        assert bundle["resourceType"] == "Bundle" and bundle["type"] == "searchset"
+        get_fhir_model_class("Bundle").model_validate(bundle)
+        page_refs = {f"{e['resource']['resourceType']}/{e['resource']['id']}"
+                     for e in bundle["entry"] if e["search"]["mode"] == "match"}
+        [provenance] = [e["resource"] for e in bundle["entry"]
+                        if e["search"]["mode"] == "include" and e["resource"]["resourceType"] == "Provenance"]
+        assert {t["reference"] for t in provenance["target"]} == page_refs
+        assert provenance["agent"][0]["type"]["coding"][0]["code"] == "transmitter"
+
+
+def test_next_links_are_stable(api, world):
+    member, _ = world
+    first = api.get(url(member, "_count=10")).json()
+    next_url = urlsplit([link["url"] for link in first["link"] if link["relation"] == "next"][0])
+    again = [api.get(f"{next_url.path}?{next_url.query}").json() for _ in range(2)]
+    assert [e["fullUrl"] for e in again[0]["entry"]] == [e["fullUrl"] for e in again[1]["entry"]]
+    first_ids = {e["fullUrl"] for e in first["entry"] if e["search"]["mode"] == "match"}
+    assert not first_ids & {e["fullUrl"] for e in again[0]["entry"] if e["search"]["mode"] == "match"}
+
+
+def test_a_forged_page_token_is_refused(api, world):
+    member, _ = world
+    assert api.get(url(member, "_page=abc")).status_code == 400
+
+
+def test_count_sets_the_page_size(api, world):
+    member, _ = world
+    bundle = api.get(url(member, "_count=7")).json()
+    assert len([e for e in bundle["entry"] if e["search"]["mode"] == "match"]) == 7
+    assert api.get(url(member, "_count=0")).status_code == 400
+
+
+def test_type_limits_the_types(api, world):
+    member, _ = world
+    found = matches(pages(api, url(member, "_type=Encounter,Condition&_count=1000")))
+    assert found and {r["resourceType"] for r in found.values()} == {"Encounter", "Condition"}
+    assert found == export_of(member, types=["Encounter", "Condition"])
+    assert api.get(url(member, "_type=Basic")).status_code == 400
+
+
+def test_since_is_on_last_updated_and_capped(api, world):
+    member, _ = world
+    since = "2026-06-01T00:00:00Z"
+    found = matches(pages(api, url(member, f"_since={since}&_count=1000")))
+    assert found == export_of(member, since=datetime(2026, 6, 1, tzinfo=UTC))
+    old = api.get(url(member, "_since=2001-01-01T00:00:00Z&_count=5")).json()
+    outcome = [e["resource"] for e in old["entry"] if e["search"]["mode"] == "outcome"]
+    assert outcome and outcome[0]["issue"][0]["severity"] == "information"
+
+
+def test_start_and_end_bound_the_date_of_service(api, world):
+    member, _ = world
+    found = matches(pages(api, url(member, "start=2024-01-01&end=2024-12-31&_type=Encounter&_count=1000")))
+    assert found
+    for resource in found.values():
+        assert "2024-01-01" <= resource["period"]["start"][:10] <= "2024-12-31"
+
+
+def test_regular_consent_withholds_sensitive_resources(api, world, partner):
+    member, _ = world
+    assert "Encounter/everything-sensitive" in matches(pages(api, url(member, "_type=Encounter&_count=1000")))
+    consent_for(member, partner, policy="regular")
+    assert "Encounter/everything-sensitive" not in matches(pages(api, url(member, "_type=Encounter&_count=1000")))
+
+
+def test_after_revocation_the_member_is_not_found(api, world):
+    member, consent = world
+    revoke(consent, "member asked")
+    response = api.get(url(member))
+    assert response.status_code == 404
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_another_partner_gets_not_found(world, make_partner, api_for):
+    member, _ = world
+    other = api_for(make_partner("Other Plan"))
+    assert other.get(url(member)).status_code == 404
+    assert other.get("/fhir/Patient/nobody/$everything").status_code == 404
+
+
+def test_unknown_parameters_are_refused_unless_lenient(api, world):
+    member, _ = world
+    assert api.get(url(member, "color=blue")).status_code == 400
+    response = api.get(url(member, "color=blue&_count=1"), HTTP_PREFER="handling=lenient")
+    assert response.status_code == 200
+    outcome = [e["resource"] for e in response.json()["entry"] if e["search"]["mode"] == "outcome"]
+    assert "color" in outcome[0]["issue"][0]["diagnostics"]
+
+
+def test_post_with_parameters(api, world):
+    member, _ = world
+    body = {"resourceType": "Parameters", "parameter": [{"name": "_type", "valueCode": "Patient"},
+                                                        {"name": "_count", "valueInteger": 5}]}
+    response = api.post(url(member), data=json.dumps(body), content_type="application/fhir+json")
+    assert response.status_code == 200, response.content
+    assert [e["resource"]["resourceType"] for e in response.json()["entry"] if e["search"]["mode"] == "match"] == [
+        "Patient"]
+
+
+def test_scopes_narrow_the_types(world, partner, api_for):
+    member, _ = world
+    client = api_for(partner, "system/Patient.rs system/Encounter.rs")
+    found = matches(pages(client, url(member, "_count=1000")))
+    assert {r["resourceType"] for r in found.values()} == {"Patient", "Encounter"}
+
+
+def test_respond_async_starts_an_everything_export(api, world, partner):
+    member, _ = world
+    response = api.get(url(member, "_type=Encounter"), HTTP_PREFER="respond-async")
+    assert response.status_code == 202
+    job = ExportJob.objects.get(partner=partner)
+    assert job.kind == ExportJob.Kind.EVERYTHING
+    assert response["Content-Location"].endswith(f"/bulkstatus/{job.id}")
+    assert job.params["patients"] == [f"Patient/{member.fhir_id}"] and job.params["types"] == ["Encounter"]
+
+
+def test_capability_statement_lists_everything(api, world):
+    statement = api.get("/fhir/metadata").json()
+    patient = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Patient")
+    assert {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"} in \
+        patient["operation"]
