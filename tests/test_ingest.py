@@ -186,3 +186,23 @@ def test_load_ndjson_command_prints_a_count_table_and_the_bad_lines(tmp_path):
 
 def test_no_progress_bar_off_a_terminal():
     assert isinstance(ingest._progress_bar(False), ingest._NoBar)
+
+
+@pytest.mark.django_db
+def test_admin_shows_members_and_resources_read_only(admin_client):
+    ingest.load_resources([PATIENT, OBSERVATION])
+    member = Member.objects.get(fhir_id="p-ingest-1")
+    observation = Resource.objects.get(fhir_id="o-ingest-1")
+
+    page = admin_client.get("/admin/pdex/member/", {"q": member.umb})
+    assert page.status_code == 200 and member.umb in page.content.decode()
+    listing = admin_client.get("/admin/pdex/resource/", {"q": member.umb, "resource_type": "Observation",
+                                                          "sensitive": "no"})
+    assert listing.status_code == 200 and "Observation/o-ingest-1" in listing.content.decode()
+    assert "Observation/o-ingest-1" not in admin_client.get(
+        "/admin/pdex/resource/", {"sensitive": "yes"}).content.decode()
+    detail = admin_client.get(f"/admin/pdex/resource/{observation.pk}/change/").content.decode()
+    assert "&quot;resourceType&quot;: &quot;Observation&quot;,\n" in detail   # indented JSON
+    assert admin_client.get("/admin/pdex/resource/add/").status_code == 403
+    assert admin_client.post(f"/admin/pdex/member/{member.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert Member.objects.filter(pk=member.pk).exists()
