@@ -10,10 +10,11 @@ import copy
 import gzip
 import json
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pdex.extract import extract_configured
+from pdex.extract import Extracted, extract_configured
 from pdex.models import Member, Resource
 
 REQUEST_TIME = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -167,32 +168,53 @@ def shared(resource_type: str, fhir_id: str) -> dict:
     return body
 
 
-def load_shared_member(data_dir: Path, *, largest: bool = False, limit_types: tuple[str, ...] = ()) -> Member:
-    """Load one person of ../shared/data (the first, or the one with most resources) and the shared
-    resources their data references."""
-    by_patient: dict[str, list[dict]] = {}
-    shared_rows: list[dict] = []
+@lru_cache(maxsize=2)
+def _shared_index(data_dir: Path) -> tuple[dict[str, list[tuple[dict, Extracted]]], dict[str, tuple[dict, Extracted]]]:
+    """../shared/data parsed and extracted once per test run: {patient id: rows}, {Type/id: shared row}."""
+    by_patient: dict[str, list[tuple[dict, Extracted]]] = {}
+    shared_rows: dict[str, tuple[dict, Extracted]] = {}
     for path in sorted(data_dir.glob("*.ndjson.gz")):
-        resource_type = path.name.split(".")[0]
-        if limit_types and resource_type not in limit_types and resource_type != "Patient":
-            continue
         with gzip.open(path, "rt") as lines:
             for line in lines:
                 resource = json.loads(line)
                 columns = extract_configured(resource)
                 if columns.patient_id is None:
-                    shared_rows.append(resource)
+                    shared_rows[f"{columns.resource_type}/{columns.fhir_id}"] = (resource, columns)
                 else:
-                    by_patient.setdefault(columns.patient_id, []).append(resource)
-    patient_id = (max(by_patient, key=lambda p: len(by_patient[p])) if largest else sorted(by_patient)[0])
+                    by_patient.setdefault(columns.patient_id, []).append((resource, columns))
+    return by_patient, shared_rows
+
+
+def _row(resource: dict, columns: Extracted, member: Member | None) -> Resource:
+    return Resource(
+        resource_type=columns.resource_type, fhir_id=columns.fhir_id, member=member, body=copy.deepcopy(resource),
+        last_updated=columns.last_updated, service_start=columns.service_start,
+        service_end=columns.service_end, sensitive=columns.sensitive, clinical_status=columns.clinical_status,
+        eob_use=columns.eob_use, pa_status=columns.pa_status, pa_status_changed=columns.pa_status_changed,
+        pa_period_end=columns.pa_period_end, pa_drug=columns.pa_drug, refs=columns.refs,
+    )
+
+
+def shared_patient_ids(data_dir: Path) -> list[str]:
+    """Patient ids of ../shared/data, most resources first."""
+    by_patient, _ = _shared_index(data_dir)
+    return sorted(by_patient, key=lambda p: (-len(by_patient[p]), p))
+
+
+def load_shared_member(data_dir: Path, *, patient_id: str | None = None, largest: bool = False) -> Member:
+    """Load one person of ../shared/data (the first by id, the largest, or `patient_id`) and the shared
+    resources their data references."""
+    by_patient, shared_rows = _shared_index(data_dir)
+    if patient_id is None:
+        patient_id = shared_patient_ids(data_dir)[0] if largest else sorted(by_patient)[0]
     member = Member.objects.create(fhir_id=patient_id, umb=f"umb-{patient_id}", member_number=f"mb-{patient_id}")
-    wanted: set[str] = set()
-    for resource in by_patient[patient_id]:
-        row = store(copy.deepcopy(resource), member)
-        wanted.update(row.refs)
-    for resource in shared_rows:
-        if f"{resource['resourceType']}/{resource['id']}" in wanted:
-            store(resource)
+    rows = [_row(resource, columns, member) for resource, columns in by_patient[patient_id]]
+    wanted = {ref for row in rows for ref in row.refs}
+    existing = set(Resource.objects.filter(member__isnull=True).values_list("resource_type", "fhir_id"))
+    for ref in sorted(wanted):
+        if ref in shared_rows and tuple(ref.split("/", 1)) not in existing:
+            rows.append(_row(*shared_rows[ref], None))
+    Resource.objects.bulk_create(rows, batch_size=1000)
     return member
 
 

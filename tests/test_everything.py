@@ -105,7 +105,7 @@ def test_every_entry_parses_and_each_page_has_a_transmitter_provenance(api, worl
 def test_next_links_are_stable(api, world):
     member, _ = world
     first = api.get(url(member, "_count=10")).json()
-    next_url = urlsplit([link["url"] for link in first["link"] if link["relation"] == "next"][0])
+    next_url = urlsplit(next(link["url"] for link in first["link"] if link["relation"] == "next"))
     again = [api.get(f"{next_url.path}?{next_url.query}").json() for _ in range(2)]
     assert [e["fullUrl"] for e in again[0]["entry"]] == [e["fullUrl"] for e in again[1]["entry"]]
     first_ids = {e["fullUrl"] for e in first["entry"] if e["search"]["mode"] == "match"}
