@@ -67,9 +67,9 @@ def suspend(partner: Partner, *, actor: str = "", reason: str = "", request=None
     """Stop a partner at once: no new tokens, and its live tokens are revoked."""
     partner.status = Partner.Status.SUSPENDED
     partner.save(update_fields=["status", "updated_at"])
-    revoked = 0
-    if partner.application_id:
-        revoked, _ = AccessToken.objects.filter(application_id=partner.application_id).delete()
+    tokens = AccessToken.objects.filter(application_id=partner.application_id)
+    revoked = tokens.count()
+    tokens.delete()
     audit.record("partner-suspend", audit.SUCCESS, partner=partner,
                  reason=reason or f"suspended by {actor or 'admin'}", detail={"tokens_revoked": revoked},
                  request=request)

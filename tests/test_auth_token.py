@@ -329,6 +329,19 @@ def test_refusals_say_nothing_specific(client, smart_partner, es_key):
     assert len(reasons) == 2  # the audit trail keeps the real reasons apart
 
 
+def test_token_request_must_be_form_encoded(client, smart_partner, es_key):
+    form = good_form(smart_partner, es_key[0])
+    assert_refused(client.post("/oauth/token", form), 400, "invalid_request")  # multipart
+    assert_refused(client.post("/oauth/token", json.dumps(form), content_type="application/json"), 400,
+                   "invalid_request")
+
+
+def test_parameters_in_the_query_string_are_refused(client, smart_partner, es_key):
+    form = good_form(smart_partner, es_key[0])
+    response = client.post(f"/oauth/token?{urlencode(form)}", "", content_type="application/x-www-form-urlencoded")
+    assert_refused(response, 400, "invalid_request")
+
+
 def test_get_is_not_allowed(client, db):
     assert client.get("/oauth/token").status_code == 405
 

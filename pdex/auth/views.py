@@ -17,6 +17,8 @@ from pdex.auth import discovery, registration
 from pdex.auth.validator import MALFORMED_REQUEST, start_attempt
 
 BEARER = "bearer"  # SMART's spelling (oauthlib says "Bearer"); clients compare case-insensitively
+FORM = "application/x-www-form-urlencoded"
+MAX_REGISTRATION_BYTES = 64 * 1024
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -36,6 +38,9 @@ class TokenView(DotTokenView):
         attempt = start_attempt()
         if request.GET:
             attempt.refuse("parameters in the query string")
+            response = oauth_error("invalid_request", MALFORMED_REQUEST)
+        elif request.content_type != FORM:
+            attempt.refuse("body is not application/x-www-form-urlencoded")
             response = oauth_error("invalid_request", MALFORMED_REQUEST)
         else:
             response = super().post(request, *args, **kwargs)
@@ -61,10 +66,12 @@ class RegistrationView(View):
     http_method_names = ["post"]
 
     def post(self, request: HttpRequest) -> HttpResponse:
-        try:
-            metadata = json.loads(request.body or b"")
-        except (ValueError, UnicodeError):
-            metadata = None
+        metadata = None
+        if int(request.META.get("CONTENT_LENGTH") or 0) <= MAX_REGISTRATION_BYTES:
+            try:
+                metadata = json.loads(request.body or b"")
+            except (ValueError, UnicodeError):
+                metadata = None
         try:
             client = registration.register_client(metadata, request=request)
         except registration.RegistrationError as exc:
