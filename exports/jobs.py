@@ -18,6 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -383,6 +384,23 @@ class Requeue:
     finalizes: list[str] = field(default_factory=list)
 
 
+def stalled_pending_chunks(*, stale_before: datetime, now: datetime) -> list[int]:
+    """Pending chunks of jobs that stopped moving: no live lease and nothing started or finished for a lease's
+    length. Their messages were lost with a worker killed outright (its reserved messages stay unacknowledged
+    in Redis until the visibility timeout), so they are sent again; a duplicate finds the chunk done."""
+    pending: list[int] = []
+    running = ExportJob.objects.filter(status=ExportJob.Status.RUNNING, started_at__lt=stale_before,
+                                       chunks__status=ExportChunk.Status.PENDING).distinct()
+    for job in running:
+        chunks = job.chunks.all()
+        moving = chunks.filter(
+            Q(status=ExportChunk.Status.RUNNING, lease_expires__gte=now)
+            | Q(started_at__gte=stale_before) | Q(finished_at__gte=stale_before)).exists()
+        if not moving:
+            pending.extend(chunks.filter(status=ExportChunk.Status.PENDING).values_list("id", flat=True))
+    return pending
+
+
 def requeue_stale(*, now: datetime | None = None) -> Requeue:
     """Find work whose worker died (expired leases, stuck planning or finalizing) and say what to re-send.
 
@@ -401,6 +419,7 @@ def requeue_stale(*, now: datetime | None = None) -> Requeue:
                          f"{attempts} attempts; the export was stopped.", now=now)
         else:
             found.chunks.append(chunk_id)
+    found.chunks.extend(stalled_pending_chunks(stale_before=stale_before, now=now))
     found.plans = [str(pk) for pk in ExportJob.objects.filter(
         status=ExportJob.Status.QUEUED, created_at__lt=stale_before).values_list("id", flat=True)]
     for job_id in ExportJob.objects.filter(status=ExportJob.Status.RUNNING,

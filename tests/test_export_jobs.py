@@ -143,7 +143,7 @@ def test_stale_leases_are_requeued_and_exhausted_ones_fail_the_job(partner, worl
     first, second = jobs.plan(job.id)
     jobs.lease(first, "dead")
     later = timezone.now() + timedelta(seconds=3600)
-    assert jobs.requeue_stale(now=later).chunks == [first]
+    assert jobs.requeue_stale(now=later).chunks == [first, second]  # stale lease; stalled pending chunk
     ExportChunk.objects.filter(pk=second).update(status=ExportChunk.Status.RUNNING, attempts=3,
                                                  lease_expires=timezone.now())
     jobs.requeue_stale(now=later)

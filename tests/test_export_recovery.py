@@ -1,0 +1,148 @@
+"""Durability: a worker killed (SIGKILL) mid-export loses nothing and duplicates nothing.
+
+The 98 members of ../shared/data are loaded with the ingest, all matched and consented; the export runs on
+a real worker whose processes are killed while chunks are being written. The leases of the killed chunks
+expire (EXPORT_LEASE_SECONDS is short here), the recovery sweep (the beat task, run from the test) sends
+them again, a fresh worker finishes the job, and its files hold exactly what an undisturbed export holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+
+import psutil
+import pytest
+
+from exports import jobs
+from exports.models import ExportChunk, ExportJob
+from exports.tasks.export import requeue_stale_chunks
+from pdex import ingest
+from pdex.models import Member
+from tests.conftest import SHARED_DATA, issue_token
+from tests.export_world import give_consent, match_group
+from tests.test_export_e2e import Client
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+LEASE = "3"
+DEADLINE_SECONDS = 240
+
+
+@pytest.fixture
+def shared_members(partner):
+    ingest.load_paths([SHARED_DATA], validate=False, workers=1, progress=False)
+    members = list(Member.objects.all())
+    for member in members:
+        give_consent(member, partner, "sensitive")
+    return match_group(partner, members)
+
+
+@pytest.fixture
+def fhir_base(live_server, settings, tmp_path):
+    settings.FHIR_BASE_URL = f"{live_server.url}/fhir"
+    settings.STATUS_RETRY_AFTER_SECONDS = 1
+    settings.EXPORT_STORAGE_URL = f"file://{tmp_path}/exports"
+    settings.EXPORT_CHUNK_MEMBERS = 25
+    settings.EXPORT_LEASE_SECONDS = int(LEASE)
+    return settings.FHIR_BASE_URL
+
+
+def kick_off(client: Client, group) -> ExportJob:
+    response = client.kick_off(f"Group/{group.pk}/$davinci-data-export")
+    assert response.status_code == 202, response.text
+    return ExportJob.objects.get(pk=response.headers["Content-Location"].rsplit("/", 1)[1])
+
+
+def wait_until(predicate, what: str, seconds: float = DEADLINE_SECONDS, sweep: bool = False) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if sweep:
+            requeue_stale_chunks()  # what beat does every EXPORT_REQUEUE_SWEEP_SECONDS
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def resource_keys(lines: list[bytes]) -> Counter:
+    """(type, id) of every line but the transmitter Provenance, whose ids belong to one job."""
+    keys: Counter = Counter()
+    for line in lines:
+        resource = json.loads(line)
+        if resource["resourceType"] == "Provenance":
+            continue
+        keys[(resource["resourceType"], resource["id"])] += 1
+    return keys
+
+
+def test_sigkilled_worker_loses_and_duplicates_nothing(fhir_base, partner, shared_members, celery_worker_process):
+    client = Client(fhir_base, issue_token(partner))
+    worker = celery_worker_process(extra_env={"EXPORT_LEASE_SECONDS": LEASE})
+    job = kick_off(client, shared_members)
+
+    def chunk_running() -> bool:
+        return ExportChunk.objects.filter(job=job, status=ExportChunk.Status.RUNNING).exists()
+
+    hits = 0
+    for _ in range(3):  # kill the pool's processes while a chunk is being written, three times over
+        wait_until(chunk_running, "a chunk to be running", seconds=60)
+        kill(worker.child_pids())
+        hits += 1
+    # …and then the whole worker, master included: its reserved messages are never acknowledged.
+    kill([*worker.child_pids(), worker.process.pid])
+    worker.process.wait()
+    job.refresh_from_db()
+    assert job.status == ExportJob.Status.RUNNING and job.progress_done < job.progress_total
+
+    celery_worker_process(extra_env={"EXPORT_LEASE_SECONDS": LEASE})
+    wait_until(lambda: ExportJob.objects.get(pk=job.pk).status != ExportJob.Status.RUNNING,
+               "the export to finish after recovery", sweep=True)
+    job.refresh_from_db()
+    assert job.status == ExportJob.Status.COMPLETED, job.error
+    retried = ExportChunk.objects.filter(job=job, attempts__gt=1).count()
+    assert retried >= 1, "no chunk was interrupted mid-write"
+    manifest = client.wait(jobs_status_url(job)).json()
+    recovered = resource_keys(client.download(manifest))
+    assert max(recovered.values()) == 1, "a resource was written twice"
+
+    reference = kick_off(client, shared_members)
+    wait_until(lambda: ExportJob.objects.get(pk=reference.pk).status == ExportJob.Status.COMPLETED,
+               "the undisturbed export")
+    expected = resource_keys(client.download(client.wait(jobs_status_url(reference)).json()))
+    assert recovered == expected
+    assert sum(expected.values()) > 10000
+    assert hits == 3 and not psutil.pid_exists(worker.process.pid)
+
+
+def jobs_status_url(job: ExportJob) -> str:
+    from exports.asyncstatus import status_url
+
+    return status_url(job)
+
+
+def test_stalled_jobs_get_their_pending_chunks_sent_again(partner, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    member = Member.objects.create(fhir_id="p1", umb="u1")
+    give_consent(member, partner)
+    group = match_group(partner, [member])
+    job = ExportJob.objects.create(partner=partner, kind=ExportJob.Kind.DAVINCI, group=group, params={},
+                                   request_url="x", transaction_time=timezone.now())
+    chunk_ids = jobs.plan(job.id)
+    assert jobs.requeue_stale().chunks == []  # just planned: its messages are still on their way
+    later = timezone.now() + timedelta(seconds=settings.EXPORT_LEASE_SECONDS + 1)
+    assert sorted(jobs.requeue_stale(now=later).chunks) == sorted(chunk_ids)
