@@ -154,10 +154,10 @@ def document(fhir_id: str, patient: str, date: str, *, updated: str = "2026-06-0
 
 
 def provenance(fhir_id: str, patient: str, targets: list[str], *, updated: str = "2026-06-01T00:00:00Z") -> dict:
+    """An author Provenance of the member's data (store it with the member: it names no patient itself)."""
     return {
         "resourceType": "Provenance", "id": fhir_id, "meta": meta(updated),
         "target": [{"reference": t} for t in targets], "recorded": "2026-06-01T00:00:00Z",
-        "patient": {"reference": f"Patient/{patient}"},
         "agent": [{"who": {"reference": "Organization/org-near"}}],
     }
 
