@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export PORT
 
-.PHONY: venv demo run test lint migrate services stop bench-ingest bench-match bench-export bench-everything clean
+.PHONY: venv demo run test lint migrate services stop bench-ingest bench-match bench-export bench-everything bench-token clean
 
 $(VENV)/.installed: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -36,6 +36,9 @@ test: venv lint
 
 bench-ingest: migrate
 	$(PY) scripts/bench_ingest.py
+
+bench-token: migrate  ## token endpoint: signed assertions in, bearer tokens out, per second
+	$(PY) scripts/bench_token.py
 
 stop:
 	$(PY) -m config.embedded stop

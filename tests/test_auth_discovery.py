@@ -82,3 +82,12 @@ def test_capability_statement_security_names_smart_and_the_oauth_uris(client):
     uris = {ext.url: ext.valueUri for ext in oauth.extension}
     assert uris == {"token": "https://old-payer.example.org/oauth/token",
                     "register": "https://old-payer.example.org/oauth/register"}
+
+
+@pytest.mark.urls("config.urls")
+def test_site_urlconf_serves_discovery_token_and_registration(client, db):
+    assert client.get("/fhir/.well-known/smart-configuration").json()["token_endpoint"].endswith("/oauth/token")
+    assert client.post("/oauth/token", "", content_type="application/x-www-form-urlencoded").status_code == 400
+    assert client.post("/oauth/register", "{}", content_type="application/json").status_code == 400
+    security = client.get("/fhir/metadata").json()["rest"][0]["security"]
+    assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"

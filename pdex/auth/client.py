@@ -6,13 +6,15 @@ database: it needs only the discovery document (or token URL), a client id and a
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from functools import lru_cache
 from typing import Any
 
 import requests
 from joserfc import jwt
-from joserfc.jwk import import_key
+from joserfc.jwk import Key, import_key
 
 from pdex.auth.assertion import ASSERTION_TYPE
 
@@ -27,11 +29,17 @@ class TokenRequestFailed(RuntimeError):
         self.description = description
 
 
+@lru_cache(maxsize=32)
+def _private_key(jwk_json: str) -> Key:
+    """Importing an RSA private key costs ~0.2 s (cryptography checks it); a client signs many assertions."""
+    return import_key(json.loads(jwk_json))
+
+
 def make_client_assertion(private_jwk: dict[str, Any], client_id: str, token_url: str, *, alg: str | None = None,
                           lifetime: int = 240, now: int | None = None, jti: str | None = None,
                           jku: str | None = None, kid: str | None = None) -> str:
     """A signed client assertion (spec §8.3): iss = sub = client id, aud = token URL, short exp, fresh jti."""
-    key = import_key(private_jwk)
+    key = _private_key(json.dumps(private_jwk, sort_keys=True))
     alg = alg or private_jwk.get("alg") or ("ES384" if private_jwk.get("kty") == "EC" else "RS384")
     header: dict[str, Any] = {"alg": alg, "typ": "JWT", "kid": kid or private_jwk["kid"]}
     if jku:
