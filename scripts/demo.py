@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""`make demo`: load the sample members and payer data, start web + worker + beat, print where to look.
+
+Runs after `manage.py migrate`. Idempotent: loading and synthesizing twice changes nothing, and the admin
+password is generated once and kept in var/demo-admin-password. If scripts/partner_play.py exists, its
+main(base_url) plays a requesting payer against the running service. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+ADMIN_USER = "admin"
+READY_TIMEOUT = 90
+
+
+def prepare_data() -> None:
+    from django.core.management import call_command
+
+    print("Loading the sample members (sample/) …", flush=True)
+    call_command("load_ndjson", str(ROOT / "sample"), "--no-progress")
+    print("Adding payer data (Coverage, prior authorizations, sensitivity labels) …", flush=True)
+    call_command("synthesize_payer_data", "--seed", "42")
+
+
+def admin_password(var_dir: Path) -> str:
+    """The demo admin's password: generated on the first run, then read back so every run prints it."""
+    from django.contrib.auth import get_user_model
+
+    secret = var_dir / "demo-admin-password"
+    if not secret.exists():
+        var_dir.mkdir(parents=True, exist_ok=True)
+        secret.write_text(secrets.token_urlsafe(12))
+        secret.chmod(0o600)
+    password = secret.read_text().strip()
+    user, _ = get_user_model().objects.get_or_create(username=ADMIN_USER, defaults={"email": "admin@localhost"})
+    user.is_staff = user.is_superuser = user.is_active = True
+    if not user.check_password(password):
+        user.set_password(password)
+    user.save()
+    return password
+
+
+def start_services(port: int) -> subprocess.Popen:
+    """honcho runs the Procfile (web, worker, beat) in the foreground process group, so Ctrl-C reaches it."""
+    env = {**os.environ, "PORT": str(port)}
+    env.setdefault("FHIR_BASE_URL", f"http://127.0.0.1:{port}/fhir")
+    honcho = ROOT / ".venv" / "bin" / "honcho"
+    command = [str(honcho) if honcho.exists() else "honcho", "start", "-f", "Procfile", "-p", str(port)]
+    return subprocess.Popen(command, cwd=ROOT, env=env)
+
+
+def wait_ready(base: str, services: subprocess.Popen) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if services.poll() is not None:
+            sys.exit(f"the services stopped (exit {services.returncode}) before /readyz answered")
+        try:
+            if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    stop(services)
+    sys.exit(f"{base}/readyz did not answer 200 within {READY_TIMEOUT} s")
+
+
+def stop(services: subprocess.Popen, *, interrupted: bool = False) -> None:
+    """Let honcho stop web, worker and beat; a terminal's Ctrl-C has already reached it, else ask it to."""
+    if services.poll() is None and not interrupted:
+        services.send_signal(signal.SIGINT)
+    try:
+        services.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        services.terminate()
+        services.wait(timeout=10)
+
+
+def play_partner(base: str) -> None:
+    """Run scripts/partner_play.py's main(base_url) when that module exists."""
+    path = ROOT / "scripts" / "partner_play.py"
+    if not path.exists():
+        return
+    spec = importlib.util.spec_from_file_location("partner_play", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    print("\nA requesting payer plays the exchange (scripts/partner_play.py) …", flush=True)
+    try:
+        module.main(base)
+    except Exception as exc:  # noqa: BLE001 - the demo keeps serving even if the scripted partner fails
+        print(f"partner_play failed: {type(exc).__name__}: {exc}", flush=True)
+
+
+def main() -> None:
+    import django
+
+    django.setup()
+    from django.conf import settings
+
+    port = int(os.environ.get("PORT", "8000"))
+    base = f"http://127.0.0.1:{port}"
+    prepare_data()
+    password = admin_password(Path(settings.VAR_DIR))
+    print(f"\nStarting web, worker and beat on port {port} …", flush=True)
+    services = start_services(port)
+    interrupted = False
+    try:
+        wait_ready(base, services)
+        print(f"""
+The payer-to-payer service is up.
+  FHIR base        {base}/fhir
+  metadata         {base}/fhir/metadata
+  SMART discovery  {base}/fhir/.well-known/smart-configuration
+  admin            {base}/admin/   user: {ADMIN_USER}   password: {password}
+  health           {base}/healthz   {base}/readyz
+Press Ctrl-C to stop.
+""", flush=True)
+        play_partner(base)
+        services.wait()
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\nStopping …", flush=True)
+    finally:
+        stop(services, interrupted=interrupted)
+
+
+if __name__ == "__main__":
+    main()
