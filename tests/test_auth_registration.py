@@ -160,12 +160,14 @@ def test_statement_from_an_inactive_anchor_is_unapproved(client, trust_anchor, a
     {"jwks": None},
     {"jwks_uri": "https://newplan.example.com/jwks.json"},
     {"jwks": None, "jwks_uri": "http://newplan.example.com/jwks.json"},
+    {"jwks": None, "jwks_uri": "https://169.254.169.254/latest/meta-data"},
+    {"jwks": None, "jwks_uri": "https://localhost/jwks.json"},
     {"jwks": {"keys": []}},
     {"scope": "launch openid"},
     {"scope": None},
     {"npi": "12"},
 ], ids=["no-name", "no-auth-method", "secret-auth", "code-grant", "no-keys", "jwks-and-uri", "http-uri",
-        "empty-jwks", "unknown-scopes", "no-scope", "bad-npi"])
+        "metadata-ip-uri", "localhost-uri", "empty-jwks", "unknown-scopes", "no-scope", "bad-npi"])
 def test_bad_metadata_is_invalid_client_metadata(client, db, client_key, changes):
     assert_registration_refused(register(client, metadata(client_key, **changes)), "invalid_client_metadata")
 

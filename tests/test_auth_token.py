@@ -319,6 +319,12 @@ def test_client_secret_is_never_enough(client, smart_partner):
     assert_refused(post_token(client, form), 400, "invalid_request")
 
 
+def test_client_id_parameter_must_match_the_assertion(client, smart_partner, es_key, make_partner):
+    other = make_partner("Other Plan")
+    form = dict(good_form(smart_partner, es_key[0]), client_id=other.client_id)
+    assert_refused(post_token(client, form), 401, "invalid_client")
+
+
 def test_refusals_say_nothing_specific(client, smart_partner, es_key):
     bodies = [
         post_token(client, good_form(smart_partner, es_key[0], kid="no-such-kid")).json(),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 from typing import Any
 from urllib.parse import urlsplit
@@ -121,12 +122,29 @@ def cache_seconds(cache_control: str | None, *, default: int, cap: int) -> int:
     return max(0, min(default, cap))
 
 
+def _is_internal_host(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not address.is_global
+
+
 def check_jwks_url(url: str) -> str:
-    """A JWKS URL we may fetch: https (http only when JWKS_ALLOW_HTTP), with a host, no credentials."""
+    """A JWKS URL we may fetch: https to a public host, no credentials in it.
+
+    JWKS_ALLOW_HTTP (demos, tests) also allows http and local addresses; otherwise a partner could make
+    this server fetch from its own network.
+    """
     parts = urlsplit(url)
-    schemes = ("https", "http") if settings.JWKS_ALLOW_HTTP else ("https",)
+    local_ok = settings.JWKS_ALLOW_HTTP
+    schemes = ("https", "http") if local_ok else ("https",)
     if parts.scheme not in schemes or not parts.hostname or parts.username or parts.password:
         raise InvalidKeySet("jwks_uri must be an https URL")
+    if not local_ok and _is_internal_host(parts.hostname):
+        raise InvalidKeySet("jwks_uri must name a public host")
     return url
 
 

@@ -93,6 +93,9 @@ class SmartBackendValidator(OAuth2Validator):
         except AssertionRejected as exc:
             attempt.refuse(exc.reason, client_id=exc.client_id)
             raise errors.InvalidClientError(description=CLIENT_AUTH_FAILED, request=request) from None
+        if request.client_id and request.client_id != verified.client_id:
+            attempt.refuse("client_id parameter differs from the assertion's iss", client_id=verified.client_id)
+            raise errors.InvalidClientError(description=CLIENT_AUTH_FAILED, request=request)
         ttl = verified.exp - now + settings.CLIENT_ASSERTION_CLOCK_SKEW
         if not replay.remember_jti(verified.client_id, verified.jti, ttl=ttl):
             attempt.refuse("jti already used", client_id=verified.client_id)
