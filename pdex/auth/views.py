@@ -14,7 +14,7 @@ from oauthlib.oauth2 import BackendApplicationServer
 
 from pdex import audit
 from pdex.auth import discovery, registration
-from pdex.auth.validator import MALFORMED_REQUEST, start_attempt
+from pdex.auth.validator import MALFORMED_REQUEST, TokenAttempt, start_attempt
 
 BEARER = "bearer"  # SMART's spelling (oauthlib says "Bearer"); clients compare case-insensitively
 FORM = "application/x-www-form-urlencoded"
@@ -48,15 +48,20 @@ class TokenView(DotTokenView):
         if response.status_code == 200:
             body["token_type"] = BEARER
             response.content = json.dumps(body)
-            audit.record("token", audit.SUCCESS, partner=attempt.partner, reason="token issued",
-                         detail={"scope": body.get("scope", ""), "expires_in": body.get("expires_in")},
-                         request=request)
-        else:
-            audit.record("token", audit.REFUSED, partner=attempt.partner, client_id=attempt.client_id,
-                         reason="; ".join(attempt.reasons) or body.get("error", "refused"),
-                         detail={"error": body.get("error", "")}, request=request)
+        record_attempt(attempt, body, request=request)
         response["Content-Type"] = "application/json"
         return response
+
+
+def record_attempt(attempt: TokenAttempt, body: dict, *, request: HttpRequest) -> None:
+    """Audit one token request: what was granted, or the real reason it was refused (never sent back)."""
+    if "access_token" in body:
+        audit.record("token", audit.SUCCESS, partner=attempt.partner, reason="token issued",
+                     detail={"scope": body.get("scope", ""), "expires_in": body.get("expires_in")}, request=request)
+    else:
+        audit.record("token", audit.REFUSED, partner=attempt.partner, client_id=attempt.client_id,
+                     reason="; ".join(attempt.reasons) or body.get("error", "refused"),
+                     detail={"error": body.get("error", "")}, request=request)
 
 
 @method_decorator(csrf_exempt, name="dispatch")
@@ -67,11 +72,11 @@ class RegistrationView(View):
 
     def post(self, request: HttpRequest) -> HttpResponse:
         metadata = None
-        if int(request.META.get("CONTENT_LENGTH") or 0) <= MAX_REGISTRATION_BYTES:
-            try:
+        try:
+            if int(request.META.get("CONTENT_LENGTH") or 0) <= MAX_REGISTRATION_BYTES:
                 metadata = json.loads(request.body or b"")
-            except (ValueError, UnicodeError):
-                metadata = None
+        except (ValueError, UnicodeError):
+            metadata = None
         try:
             client = registration.register_client(metadata, request=request)
         except registration.RegistrationError as exc:

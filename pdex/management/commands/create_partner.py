@@ -9,7 +9,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from pdex import partners
 from pdex.auth.jwks import InvalidKeySet
+from pdex.auth.scopes import BULK_MEMBER_MATCH, MEMBER_MATCH
 from pdex.models import Partner
+
+PAYER_TO_PAYER_SCOPES = ("system/*.read", MEMBER_MATCH, BULK_MEMBER_MATCH)
 
 
 class Command(BaseCommand):
@@ -19,8 +22,9 @@ class Command(BaseCommand):
         parser.add_argument("--name", required=True)
         parser.add_argument("--jwks", type=Path, help="file holding the partner's public JWK Set")
         parser.add_argument("--jwks-url", default="", help="the partner's JWKS URL (https)")
-        parser.add_argument("--scope", nargs="+", default=["system/*.read"],
-                            help="allowed scopes (several words or one quoted, space-separated string)")
+        parser.add_argument("--scope", nargs="+", default=list(PAYER_TO_PAYER_SCOPES),
+                            help="allowed scopes (several words or one quoted, space-separated string); "
+                                 "default: system/*.read and the member-match / bulk-member-match operations")
         parser.add_argument("--npi", default="")
         parser.add_argument("--payer-id", default="")
         parser.add_argument("--pending", action="store_true", help="create it pending admin approval")
