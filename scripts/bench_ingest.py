@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark ingest: load ../shared/data into a fresh database and print resources per second.
 
-    python scripts/bench_ingest.py [--data ../shared/data] [--database pdex_bench] [--workers N] [--multiply K]
+    python scripts/bench_ingest.py [--data ../shared/data] [--database pdex_bench] [--workers N] [--multiply 10]
 
 Runs against the same PostgreSQL server as the app (DATABASE_URL or the embedded default) but in its own
 database, dropped and re-created each run. Prints four figures: a validated load (fhir.resources R4B in a
@@ -41,7 +41,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--database", default="pdex_bench")
     parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--multiply", type=int, default=1, help="also time synthesize_payer_data --multiply K")
+    parser.add_argument("--multiply", type=int, default=10,
+                        help="also time synthesize_payer_data --multiply K (1 = skip)")
     args = parser.parse_args()
     if not args.data.exists():
         sys.exit(f"no data at {args.data} (the benchmark needs ../shared/data; try --data sample)")
