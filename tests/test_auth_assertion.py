@@ -1,6 +1,8 @@
-"""Client assertion rules as pure functions: a frozen clock, a fake key source, no HTTP, no database."""
+"""Client assertion rules as pure functions (a frozen clock, a fake key source), and the JWKS fetch limits."""
 
 from __future__ import annotations
+
+import socket
 
 import pytest
 from joserfc import jwt
@@ -9,7 +11,7 @@ from joserfc.jwk import import_key
 from pdex.auth import jwks as jwks_lib
 from pdex.auth.assertion import AssertionRejected, ClientKeys, verify_client_assertion
 from pdex.auth.client import make_client_assertion
-from tests.fixtures.smart import new_client_key
+from tests.fixtures.smart import JwksServer, new_client_key
 
 NOW = 1_784_124_000
 TOKEN_URL = "https://old-payer.example.org/oauth/token"
@@ -150,3 +152,23 @@ def test_plain_http_jwks_url_is_not_fetched_unless_allowed(settings):
     settings.JWKS_ALLOW_HTTP = False
     with pytest.raises(jwks_lib.JwksUnavailable):
         jwks_lib.fetch_jwks("http://new-payer.example.com/jwks.json", fresh=True)
+
+
+def test_jwks_fetch_gives_up_at_its_timeout(settings):
+    settings.JWKS_ALLOW_HTTP = True
+    settings.JWKS_FETCH_TIMEOUT_SECONDS = 0.3
+    with socket.socket() as silent:  # accepts the connection, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        with pytest.raises(jwks_lib.JwksUnavailable, match="ReadTimeout"):
+            jwks_lib.fetch_jwks(f"http://127.0.0.1:{silent.getsockname()[1]}/jwks.json", fresh=True)
+
+
+def test_oversized_jwks_is_not_accepted(settings):
+    settings.JWKS_ALLOW_HTTP = True
+    server = JwksServer({"keys": [{"kid": "x" * (jwks_lib.MAX_JWKS_BYTES + 1)}]})
+    try:
+        with pytest.raises(jwks_lib.JwksUnavailable, match="too large"):
+            jwks_lib.fetch_jwks(server.url, fresh=True)
+    finally:
+        server.stop()
