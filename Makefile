@@ -37,6 +37,9 @@ test: venv lint
 bench-ingest: migrate
 	$(PY) scripts/bench_ingest.py
 
+bench-match: migrate  ## 10,000 MemberBundles through bulk-member-match and a real worker: members/s
+	$(PY) scripts/bench_match.py
+
 bench-token: migrate  ## token endpoint: signed assertions in, bearer tokens out, per second
 	$(PY) scripts/bench_token.py
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from consent.decision import (
@@ -71,27 +74,36 @@ def record_consent(member: Member, partner: Partner, consent_resource: Mapping[s
 
 
 def record_consents(partner: Partner, consents: Iterable[tuple[int, Mapping[str, Any] | None]], via: str) -> int:
-    """record_consent for many members in one statement (bulk match); revoked rows are left as they are."""
-    rows = {}
+    """record_consent for many members in one statement (bulk match); revoked rows stay revoked."""
+    rows: dict[int, tuple] = {}
     for member_id, resource in consents:
         if resource is None:
             continue
         facts = facts_from_resource(resource)
         policy, uri = policy_of(resource)
-        rows[member_id] = Consent(
-            member_id=member_id, partner=partner, policy=policy, policy_uri=uri, status=status_of(resource),
-            period_start=facts.period_start if facts else None, period_end=facts.period_end if facts else None,
-            resource=dict(resource), submitted_via=via)
+        rows[member_id] = (member_id, policy, uri, facts.period_start if facts else None,
+                           facts.period_end if facts else None, status_of(resource), json.dumps(resource))
     if not rows:
         return 0
-    revoked = set(Consent.objects.filter(partner=partner, member_id__in=list(rows), status=Consent.Status.REVOKED)
-                  .values_list("member_id", flat=True))
-    fresh = [row for member_id, row in rows.items() if member_id not in revoked]
-    Consent.objects.bulk_create(
-        fresh, batch_size=1000, update_conflicts=True, unique_fields=["member", "partner"],
-        update_fields=["policy", "policy_uri", "status", "period_start", "period_end", "resource", "submitted_via",
-                       "updated_at"])
-    return len(fresh)
+    members, policies, uris, starts, ends, statuses, resources = (list(c) for c in zip(*rows.values(), strict=True))
+    connection.ensure_connection()
+    with psycopg.Cursor(connection.connection) as cursor:  # server-side binding: arrays, no client quoting
+        cursor.execute(
+            """
+            INSERT INTO consent_consent (member_id, partner_id, policy, policy_uri, period_start, period_end, status,
+                                         resource, submitted_via, submitted_at, updated_at, revoked_reason)
+            SELECT v.member_id, %s, v.policy, v.uri, v.period_start, v.period_end, v.status, v.resource::jsonb, %s,
+                   now(), now(), ''
+              FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::date[], %b::date[], %b::text[], %b::text[])
+                   AS v(member_id, policy, uri, period_start, period_end, status, resource)
+            ON CONFLICT (member_id, partner_id) DO UPDATE
+               SET policy = EXCLUDED.policy, policy_uri = EXCLUDED.policy_uri, period_start = EXCLUDED.period_start,
+                   period_end = EXCLUDED.period_end, status = EXCLUDED.status, resource = EXCLUDED.resource,
+                   submitted_via = EXCLUDED.submitted_via, updated_at = now()
+             WHERE consent_consent.status <> 'revoked'
+            """,
+            (partner.pk, via, members, policies, uris, starts, ends, statuses, resources))
+        return cursor.rowcount
 
 
 def revoke(consent: Consent, reason: str, *, actor: str = "admin") -> Consent:

@@ -6,7 +6,6 @@ ConsentConstrainedMembers point only at the submitted Patients, contained — ou
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Mapping
 from datetime import date
@@ -15,8 +14,9 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from matching.models import GroupMember, MatchEntry, MatchJob, MemberMatchGroup
-from pdex.models import Member, Partner
+from matching import store
+from matching.models import MatchJob, MemberMatchGroup
+from pdex.models import Partner
 
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
 RESULT_SYSTEM = "http://hl7.org/fhir/us/davinci-pdex/CodeSystem/PdexMultiMemberMatchResultCS"
@@ -37,13 +37,13 @@ KINDS = {
 
 def clean_contained(resource: Mapping[str, Any]) -> dict[str, Any]:
     """A submitted resource as FHIR allows it contained: no versionId, lastUpdated, security, nested contained."""
-    cleaned = copy.deepcopy(dict(resource))
+    cleaned = dict(resource)  # shallow: only top-level keys and meta change, the rest is shared
     cleaned.pop("contained", None)
-    meta = cleaned.get("meta")
-    if isinstance(meta, dict):
-        for key in ("versionId", "lastUpdated", "security"):
-            meta.pop(key, None)
-        if not meta:
+    if isinstance(cleaned.get("meta"), dict):
+        meta = {k: v for k, v in cleaned["meta"].items() if k not in ("versionId", "lastUpdated", "security")}
+        if meta:
+            cleaned["meta"] = meta
+        else:
             cleaned.pop("meta")
     return cleaned
 
@@ -109,43 +109,61 @@ def group_resource(*, group_id: str, code: str, partner: Partner, run_date: date
     return group
 
 
-def _submitted(entry: MatchEntry) -> dict[str, Any]:
-    from matching.parameters import request_from_bundle
+def build_and_store(job: MatchJob) -> dict[str, str]:
+    """Persist the job's Groups (match always; the others when they have members); code → Group JSON text.
 
-    request = request_from_bundle(entry.bundle)
-    return {"patient": request.patient, "coverage": request.coverage_to_match}
-
-
-def build_and_store(job: MatchJob) -> dict[str, dict[str, Any]]:
-    """Persist the job's Groups (match always; the others when they have members); code → Group resource."""
-    by_code: dict[str, list[MatchEntry]] = {code: [] for code in KINDS}
-    for entry in MatchEntry.objects.filter(job=job).order_by("index").iterator(chunk_size=2000):
-        if entry.outcome in by_code:
-            by_code[entry.outcome].append(entry)
-    fhir_ids = dict(Member.objects.filter(pk__in={e.member_id for e in by_code[MemberMatchGroup.Code.MATCH]})
-                    .values_list("pk", "fhir_id"))
+    Each Group is serialized once: the same text is stored, written to the Group file and wrapped in the
+    Parameters envelope (a MatchedMembers Group of 10,000 members is megabytes of JSON).
+    """
+    by_code: dict[str, list[tuple]] = {code: [] for code in KINDS}
+    for row in store.decided_entries(job.id):
+        if row[1] in by_code:
+            by_code[row[1]].append(row)
     run_date = (job.transaction_time or job.created_at).date()
-    built: dict[str, dict[str, Any]] = {}
+    built: dict[str, str] = {}
     with transaction.atomic():
-        for code, entries in by_code.items():
-            if not entries and code != MemberMatchGroup.Code.MATCH:
+        for code, rows in by_code.items():
+            if not rows and code != MemberMatchGroup.Code.MATCH:
                 continue
             group = (MemberMatchGroup.objects.filter(job=job, code=code).first()
-                     or MemberMatchGroup(job=job, code=code, partner=job.partner))
-            matched = code == MemberMatchGroup.Code.MATCH
-            references = [f"Patient/{fhir_ids[e.member_id]}" if matched else None for e in entries]
-            group.resource = group_resource(group_id=group.id, code=code, partner=job.partner, run_date=run_date,
-                                            members=[_submitted(e) for e in entries], our_references=references)
+                     or MemberMatchGroup(job=job, code=code, partner=job.partner, resource={}))
             group.name = KINDS[code][1]
             group.identifier_system, group.identifier_value = (NPI_SYSTEM, job.partner.npi) if job.partner.npi \
                 else ("", "")
-            group.save()
+            group.save(update_fields=None if group._state.adding else ["name", "identifier_system",
+                                                                       "identifier_value", "last_updated"])
+            matched = code == MemberMatchGroup.Code.MATCH
+            resource = group_resource(
+                group_id=group.id, code=code, partner=job.partner, run_date=run_date,
+                members=[_Submitted(patient, coverage) for _, _, _, _, patient, coverage in rows],
+                our_references=[f"Patient/{fhir_id}" if matched else None for _, _, _, fhir_id, _, _ in rows])
+            resource["meta"].update(versionId=str(group.version), lastUpdated=instant(group.last_updated))
+            built[code] = json.dumps(resource, separators=(",", ":"))
+            store.set_group_resource(group.id, built[code])
             if matched:
-                GroupMember.objects.bulk_create(
-                    [GroupMember(group=group, member_id=member_id) for member_id in {e.member_id for e in entries}],
-                    batch_size=2000, ignore_conflicts=True)
-            built[code] = served(group)
+                store.add_group_members(group.id, [member_id for _, _, member_id, _, _, _ in rows])
     return built
+
+
+def instant(moment: Any) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _Submitted(dict):
+    """A decided entry's submitted Patient and CoverageToMatch, parsed from JSON text only when read."""
+
+    def __init__(self, patient: str | None, coverage: str | None):
+        super().__init__()
+        self._text = {"patient": patient, "coverage": coverage}
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self:
+            text = self._text[key]
+            super().__setitem__(key, json.loads(text) if text else {})
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] or default
 
 
 def served(group: MemberMatchGroup) -> dict[str, Any]:
@@ -153,25 +171,23 @@ def served(group: MemberMatchGroup) -> dict[str, Any]:
     resource = dict(group.resource)
     meta = dict(resource.get("meta") or {})
     meta["versionId"] = str(group.version)
-    meta["lastUpdated"] = group.last_updated.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    meta["lastUpdated"] = instant(group.last_updated)
     resource["meta"] = meta
     return resource
 
 
-def parameters_envelope(built: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
-    """The 2.1.0-style pdex-parameters-multi-member-match-bundle-out wrapping the same Groups."""
-    return {"resourceType": "Parameters", "meta": {"profile": [OUT_PROFILE]},
-            "parameter": [{"name": KINDS[code][2], "resource": built[code]} for code in KINDS if code in built]}
+def parameters_envelope(built: Mapping[str, str]) -> str:
+    """The 2.1.0-style pdex-parameters-multi-member-match-bundle-out wrapping the same Groups (as text)."""
+    head = json.dumps({"resourceType": "Parameters", "meta": {"profile": [OUT_PROFILE]}}, separators=(",", ":"))
+    parts = ",".join(f'{{"name":"{KINDS[code][2]}","resource":{built[code]}}}' for code in KINDS if code in built)
+    return f'{head[:-1]},"parameter":[{parts}]}}'
 
 
-def write_outputs(job: MatchJob, built: Mapping[str, dict[str, Any]]) -> None:
+def write_outputs(job: MatchJob, built: Mapping[str, str]) -> None:
     """Group NDJSON (the Groups) and Parameters NDJSON (one envelope) through the shared output writer."""
     from exports.outputs import write_output_file
 
-    def line(resource: dict[str, Any]) -> bytes:
-        return json.dumps(resource, separators=(",", ":")).encode()
-
     write_output_file(partner=job.partner, job_id=job.id, resource_type="Group",
-                      lines=(line(built[code]) for code in KINDS if code in built), sequence=0)
+                      lines=(built[code].encode() for code in KINDS if code in built), sequence=0)
     write_output_file(partner=job.partner, job_id=job.id, resource_type="Parameters",
-                      lines=[line(parameters_envelope(built))], sequence=1)
+                      lines=[parameters_envelope(built).encode()], sequence=1)

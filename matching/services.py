@@ -16,15 +16,14 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from consent import services as consent_services
 from consent.decision import Decision, DecisionKind, Reason, facts_from_resource
 from consent.models import Consent
-from matching import groups
+from matching import groups, store
 from matching.matcher import (
-    CANDIDATE_FIELDS,
     Candidate,
     MatchResult,
     OurIdentity,
@@ -64,15 +63,13 @@ def find_candidates(submitted: list[Submitted]) -> list[list[Candidate]]:
     by_member_number: dict[str, Candidate] = {}
     by_umb: dict[str, Candidate] = {}
     by_subscriber: dict[str, list[Candidate]] = defaultdict(list)
-    if member_numbers or subscriber_ids or umbs:
-        query = Q(member_number__in=member_numbers) | Q(subscriber_id__in=subscriber_ids) | Q(umb__in=umbs)
-        for row in Member.objects.filter(query).values(*CANDIDATE_FIELDS):
-            candidate = candidate_from_row(row)
-            if candidate.member_number:
-                by_member_number[candidate.member_number] = candidate
-            by_umb[candidate.umb] = candidate
-            if candidate.subscriber_id:
-                by_subscriber[candidate.subscriber_id].append(candidate)
+    for row in store.candidate_rows(member_numbers=member_numbers, subscriber_ids=subscriber_ids, umbs=umbs):
+        candidate = candidate_from_row(row)
+        if candidate.member_number:
+            by_member_number[candidate.member_number] = candidate
+        by_umb[candidate.umb] = candidate
+        if candidate.subscriber_id:
+            by_subscriber[candidate.subscriber_id].append(candidate)
     found: list[list[Candidate]] = []
     for s in submitted:
         hits = [by_member_number[n] for n in s.member_numbers if n in by_member_number]
@@ -84,7 +81,7 @@ def find_candidates(submitted: list[Submitted]) -> list[list[Candidate]]:
     need = {s.birth_date for s, hits in zip(submitted, found, strict=True) if not hits and s.birth_date}
     if need:
         by_birth_date: dict[Any, list[Candidate]] = defaultdict(list)
-        for row in Member.objects.filter(birth_date__in=need).values(*CANDIDATE_FIELDS):
+        for row in store.candidate_rows(birth_dates=need):
             by_birth_date[row["birth_date"]].append(candidate_from_row(row))
         for index, s in enumerate(submitted):
             if not found[index] and s.birth_date:
@@ -102,6 +99,7 @@ class Evaluation:
     member_id: int | None
     result: MatchResult
     decision: Decision | None = None
+    consent: Mapping[str, Any] | None = None
 
     @property
     def reason(self) -> str:
@@ -122,7 +120,7 @@ def evaluate(request: MatchRequest, result: MatchResult, partner: Partner, *, re
         decision = consent_services.decide_for_partner(facts_from_resource(request.consent), partner, now)
     if not decision.allowed:
         return Evaluation(MatchEntry.Outcome.CONSENT_CONSTRAINED, result.member_id, result, decision)
-    return Evaluation(MatchEntry.Outcome.MATCHED, result.member_id, result, decision)
+    return Evaluation(MatchEntry.Outcome.MATCHED, result.member_id, result, decision, request.consent)
 
 
 def revoked_members(partner: Partner, member_ids: Iterable[int | None]) -> set[int]:
@@ -219,9 +217,7 @@ def start_bulk_match(*, partner: Partner, body: Any, request_url: str, request=N
 
     with transaction.atomic():
         job = MatchJob.objects.create(partner=partner, request_url=request_url, progress_total=len(bundles))
-        MatchEntry.objects.bulk_create(
-            [MatchEntry(job=job, index=index, bundle=bundle) for index, bundle in enumerate(bundles)],
-            batch_size=1000)
+        store.insert_entries(job.id, bundles)
         transaction.on_commit(lambda: tasks.start_match_job.delay(str(job.id)))
     audit.record("bulk-member-match", audit.SUCCESS, partner=partner, entity=f"MatchJob/{job.id}",
                  reason="accepted", detail={"members": len(bundles)}, request=request)
@@ -250,23 +246,20 @@ def run_batch(job_id: str, start: int, end: int) -> bool:
     job = MatchJob.objects.select_related("partner").get(pk=job_id)
     if job.status != MatchJob.Status.RUNNING:
         return False
-    entries = list(MatchEntry.objects.filter(job=job, index__gte=start, index__lt=end,
-                                             outcome=MatchEntry.Outcome.PENDING).order_by("index"))
+    began = time.perf_counter()
+    entries = store.pending_bundles(job.id, start, end)
     now = job.transaction_time or timezone.now()
-    evaluations = evaluate_entries(job.partner, entries, now=now)
+    evaluations = evaluate_entries(job.partner, [bundle for _, _, bundle in entries], now=now)
     with transaction.atomic():
         locked = MatchJob.objects.select_for_update().get(pk=job.pk)
         if locked.status != MatchJob.Status.RUNNING:
             return False
-        still_pending = set(MatchEntry.objects.filter(pk__in=[e.pk for e in entries],
-                                                      outcome=MatchEntry.Outcome.PENDING)
-                            .values_list("pk", flat=True))
-        decided = [(e, ev) for e, ev in zip(entries, evaluations, strict=True) if e.pk in still_pending]
-        for entry, evaluation in decided:
-            entry.outcome, entry.member_id, entry.reason = evaluation.outcome, evaluation.member_id, evaluation.reason
-        MatchEntry.objects.bulk_update([e for e, _ in decided], ["outcome", "member", "reason"], batch_size=1000)
-        consents = [(e.member_id, request_consent(e)) for e, ev in decided
-                    if ev.outcome == MatchEntry.Outcome.MATCHED]
+        decided_ids = set(store.record_outcomes(
+            [entry_id for entry_id, _, _ in entries], [ev.outcome for ev in evaluations],
+            [ev.member_id for ev in evaluations], [ev.reason for ev in evaluations]))
+        decided = [(entry_id, ev) for (entry_id, _, _), ev in zip(entries, evaluations, strict=True)
+                   if entry_id in decided_ids]
+        consents = [(ev.member_id, ev.consent) for _, ev in decided if ev.outcome == MatchEntry.Outcome.MATCHED]
         consent_services.record_consents(job.partner, consents, "bulk-member-match")
         counts = defaultdict(int)
         for _, evaluation in decided:
@@ -277,25 +270,23 @@ def run_batch(job_id: str, start: int, end: int) -> bool:
             no_match=F("no_match") + counts[MatchEntry.Outcome.NO_MATCH],
             consent_constrained=F("consent_constrained") + counts[MatchEntry.Outcome.CONSENT_CONSTRAINED])
         locked.refresh_from_db(fields=["progress_done", "progress_total"])
-        return bool(decided) and locked.progress_done >= locked.progress_total
+    log.info("bulk-member-match %s batch [%d, %d): %d members in %.2f s", job.id, start, end, len(decided),
+             time.perf_counter() - began)
+    return bool(decided) and locked.progress_done >= locked.progress_total
 
 
-def request_consent(entry: MatchEntry) -> Mapping[str, Any] | None:
-    return request_from_bundle(entry.bundle).consent
-
-
-def evaluate_entries(partner: Partner, entries: list[MatchEntry], *, now: datetime) -> list[Evaluation]:
+def evaluate_entries(partner: Partner, bundles: list[Mapping[str, Any]], *, now: datetime) -> list[Evaluation]:
     """Each member on its own: one that cannot even be read goes to NonMatchedMembers, never failing the rest."""
     ours = our_identity()
     requests: list[MatchRequest | None] = []
     submitted: list[Submitted] = []
-    for entry in entries:
+    for bundle in bundles:
         try:
-            match_request = request_from_bundle(entry.bundle)
+            match_request = request_from_bundle(bundle)
             requests.append(match_request)
             submitted.append(submitted_from(match_request, ours))
         except Exception:  # a malformed member must not fail the batch
-            log.warning("bulk-member-match entry %s #%s unreadable", entry.job_id, entry.index, exc_info=True)
+            log.warning("a bulk-member-match entry is unreadable", exc_info=True)
             requests.append(None)
             submitted.append(Submitted("", "", None, "", frozenset(), frozenset(), frozenset(), frozenset(),
                                        False, ("unreadable",)))
@@ -318,9 +309,11 @@ def finish_job(job_id: str) -> bool:
     job = MatchJob.objects.select_related("partner").get(pk=job_id)
     if job.status != MatchJob.Status.RUNNING:
         return False
+    began = time.perf_counter()
     built = groups.build_and_store(job)
     groups.write_outputs(job, built)
     completed = asyncstatus.mark_completed(job)
+    log.info("bulk-member-match %s groups and files written in %.2f s", job.id, time.perf_counter() - began)
     job.refresh_from_db()
     audit.record("bulk-member-match", audit.SUCCESS if completed else audit.REFUSED, partner=job.partner,
                  entity=f"MatchJob/{job.id}", reason="completed" if completed else "cancelled before completion",
