@@ -7,8 +7,11 @@ ConsentConstrainedMembers point only at the submitted Patients, contained — ou
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date
+from functools import cached_property
 from typing import Any
 
 from django.conf import settings
@@ -48,31 +51,46 @@ def clean_contained(resource: Mapping[str, Any]) -> dict[str, Any]:
     return cleaned
 
 
+@dataclass
+class SubmittedMember:
+    """A decided entry's submitted Patient and CoverageToMatch, kept as JSON text until a Group needs them."""
+
+    patient_json: str | None
+    coverage_json: str | None = None
+
+    @cached_property
+    def patient(self) -> dict[str, Any]:
+        return json.loads(self.patient_json) if self.patient_json else {}
+
+    @cached_property
+    def coverage(self) -> dict[str, Any] | None:
+        return json.loads(self.coverage_json) if self.coverage_json else None
+
+
 def group_resource(*, group_id: str, code: str, partner: Partner, run_date: date,
-                   members: list[dict[str, Any]], our_references: list[str | None]) -> dict[str, Any]:
-    """One Group. `members` holds per member {patient, coverage}; `our_references` our Patient refs (match only).
+                   members: list[SubmittedMember], our_references: list[str | None]) -> dict[str, Any]:
+    """One Group of the submitted members; `our_references` are our Patient references (match Group only).
 
     The submitted Patient is contained once per id; when an id comes back more than once, each member also
     carries its contained CoverageToMatch (base-ext-match-coverage), as spec §12.20 asks.
     """
     display, name, _, profile = KINDS[code]
     coding = {"system": RESULT_SYSTEM, "code": code, "display": display}
-    patient_ids = [str(m["patient"].get("id") or f"member-{i}") for i, m in enumerate(members)]
-    repeated = {pid for pid in patient_ids if patient_ids.count(pid) > 1} if len(set(patient_ids)) < len(
-        patient_ids) else set()
+    patient_ids = [str(m.patient.get("id") or f"member-{i}") for i, m in enumerate(members)]
+    repeated = {pid for pid, times in Counter(patient_ids).items() if times > 1}
     contained: list[dict[str, Any]] = []
     contained_ids: set[str] = set()
     group_members = []
     for index, (member, patient_id, reference) in enumerate(zip(members, patient_ids, our_references,
                                                                 strict=True)):
         if patient_id not in contained_ids:
-            patient = clean_contained(member["patient"])
+            patient = clean_contained(member.patient)
             patient["id"] = patient_id
             contained.append(patient)
             contained_ids.add(patient_id)
         extensions = [{"url": EXT_PARAMETERS, "valueReference": {"reference": f"#{patient_id}"}}]
-        if patient_id in repeated and member.get("coverage"):
-            coverage = clean_contained(member["coverage"])
+        if patient_id in repeated and member.coverage:
+            coverage = clean_contained(member.coverage)
             coverage_id = str(coverage.get("id") or f"coverage-{index}")
             if coverage_id in contained_ids:
                 coverage_id = f"coverage-{index}"
@@ -135,7 +153,7 @@ def build_and_store(job: MatchJob) -> dict[str, str]:
             matched = code == MemberMatchGroup.Code.MATCH
             resource = group_resource(
                 group_id=group.id, code=code, partner=job.partner, run_date=run_date,
-                members=[_Submitted(patient, coverage) for _, _, _, _, patient, coverage in rows],
+                members=[SubmittedMember(patient, coverage) for _, _, _, _, patient, coverage in rows],
                 our_references=[f"Patient/{fhir_id}" if matched else None for _, _, _, fhir_id, _, _ in rows])
             resource["meta"].update(versionId=str(group.version), lastUpdated=instant(group.last_updated))
             built[code] = json.dumps(resource, separators=(",", ":"))
@@ -147,23 +165,6 @@ def build_and_store(job: MatchJob) -> dict[str, str]:
 
 def instant(moment: Any) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class _Submitted(dict):
-    """A decided entry's submitted Patient and CoverageToMatch, parsed from JSON text only when read."""
-
-    def __init__(self, patient: str | None, coverage: str | None):
-        super().__init__()
-        self._text = {"patient": patient, "coverage": coverage}
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self:
-            text = self._text[key]
-            super().__setitem__(key, json.loads(text) if text else {})
-        return super().__getitem__(key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self[key] or default
 
 
 def served(group: MemberMatchGroup) -> dict[str, Any]:

@@ -205,3 +205,31 @@ def test_segmentation_setting_applies_to_stored_regular_consent(settings, member
     assert services.decision_for(member, partner, now).kind is DecisionKind.COMPLY_NON_SENSITIVE
     settings.CONSENT_CAN_SEGMENT_SENSITIVE = False
     assert services.decision_for(member, partner, now).reason is Reason.CANNOT_SEGMENT
+
+
+# --- admin -----------------------------------------------------------------------------------------
+
+def test_admin_lists_consents_with_filters_and_revokes(admin_client, settings, member, make_partner,
+                                                       example_consent):
+    settings.PAYER_NPI = OLD
+    partner = make_partner(npi=NEW)
+    consent = services.record_consent(member, partner, example_consent, "member-match")
+    for query in ("", "?status__exact=active", "?policy__exact=regular", f"?partner__id__exact={partner.pk}",
+                  "?period=current", "?period=expired"):
+        assert admin_client.get(f"/admin/consent/consent/{query}").status_code == 200
+    response = admin_client.post("/admin/consent/consent/", {"action": "revoke_selected",
+                                                             "_selected_action": [consent.pk]})
+    assert response.status_code == 302
+    consent.refresh_from_db()
+    assert consent.status == Consent.Status.REVOKED and consent.revoked_reason.startswith("revoked in admin")
+    event = AuditEvent.objects.get(action="consent-revoke")
+    assert event.entity == f"Consent/{consent.pk}"
+
+
+def test_admin_match_pages(admin_client, make_partner):
+    from matching.models import MatchJob
+
+    job = MatchJob.objects.create(partner=make_partner(), request_url="x", progress_total=3, matched=1)
+    for url in ("/admin/matching/matchjob/", f"/admin/matching/matchjob/{job.pk}/change/",
+                "/admin/matching/membermatchgroup/", "/admin/matching/matchentry/"):
+        assert admin_client.get(url).status_code == 200

@@ -185,3 +185,13 @@ def test_bulk_member_match_end_to_end(live_server, celery_worker_process, settin
         assert requests.get(url, headers=stranger, timeout=30).status_code == 404
     assert requests.get(f"{settings.FHIR_BASE_URL}/Group", headers=stranger, timeout=30).json()["total"] == 0
     assert copy.deepcopy(by_code["match"])["characteristic"][0]["valueReference"]["identifier"]["value"] == NEW_NPI
+
+
+def test_metadata_lists_the_match_operations_and_group_search(client):
+    statement = client.get("/fhir/metadata").json()
+    resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
+    assert {"name": "member-match", "definition": scopes.MEMBER_MATCH} in resources["Patient"]["operation"]
+    assert {"name": "bulk-member-match", "definition": scopes.BULK_MEMBER_MATCH} in resources["Group"]["operation"]
+    assert {i["code"] for i in resources["Group"]["interaction"]} >= {"read", "search-type"}
+    assert {p["name"] for p in resources["Group"]["searchParam"]} >= {"_id", "identifier", "code", "name",
+                                                                       "_lastUpdated"}
