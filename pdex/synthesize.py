@@ -140,13 +140,15 @@ def coverage(*, member: Member, seed: int, as_of: date, rng: random.Random) -> d
     start = max(birth, as_of - relativedelta(years=rng.randint(6, 15), days=rng.randint(0, 364)))
     left = rng.random() < 0.3      # some members already left us: the usual payer-to-payer case
     period = {"start": start.isoformat()}
+    changed = start
     if left:
-        period["end"] = (as_of - timedelta(days=rng.randint(1, 60))).isoformat()
+        changed = as_of - timedelta(days=rng.randint(1, 60))
+        period["end"] = changed.isoformat()
     child = relativedelta(as_of, birth).years < 18
     relationship = "child" if child else "self"
     return {
         "resourceType": "Coverage", "id": f"{SYNTHETIC_PREFIX}cov-{member.fhir_id}",
-        "meta": {"profile": [HREX_COVERAGE], "lastUpdated": format_instant(_at(start, 0))},
+        "meta": {"profile": [HREX_COVERAGE], "lastUpdated": format_instant(_at(changed, 0))},
         "identifier": [{
             "type": _coding("http://terminology.hl7.org/CodeSystem/v2-0203", "MB", "Member Number"),
             "system": settings.MEMBER_ID_SYSTEM, "value": member_number_for(seed, member.fhir_id),

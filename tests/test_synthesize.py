@@ -56,6 +56,7 @@ def pas():
 def test_coverage_for_every_member_with_our_member_id_and_payor(synthesized):
     members = Member.objects.all()
     assert synthesized.members == members.count() == 8
+    assert not synthesized.load.bad, "every generated resource validates with the R4B models"
     payer = Resource.objects.get(resource_type="Organization", fhir_id=settings.PAYER_ORGANIZATION_ID)
     assert payer.body["identifier"][0] == {"system": "http://hl7.org/fhir/sid/us-npi", "value": settings.PAYER_NPI}
     assert payer.body["name"] == settings.PAYER_NAME
@@ -70,6 +71,9 @@ def test_coverage_for_every_member_with_our_member_id_and_payor(synthesized):
         assert coverage["payor"][0]["reference"] == f"Organization/{settings.PAYER_ORGANIZATION_ID}"
         assert {c["type"]["coding"][0]["code"] for c in coverage["class"]} == {"group", "plan"}
         assert "start" in coverage["period"]
+        # A coverage that ended was last updated when it ended: incremental exports resend it.
+        assert coverage["meta"]["lastUpdated"][:10] == coverage["period"].get("end", coverage["period"]["start"])
+    assert Resource.objects.filter(resource_type="Coverage", body__period__has_key="end").exists()
 
 
 def test_prior_authorizations_cover_every_status_and_timeline(synthesized):
