@@ -7,6 +7,7 @@ import io
 import json
 import re
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -206,3 +207,20 @@ def test_admin_shows_members_and_resources_read_only(admin_client):
     assert admin_client.get("/admin/pdex/resource/add/").status_code == 403
     assert admin_client.post(f"/admin/pdex/member/{member.pk}/delete/", {"post": "yes"}).status_code == 403
     assert Member.objects.filter(pk=member.pk).exists()
+
+
+@pytest.mark.django_db
+def test_the_sample_has_every_resource_type_and_the_shared_resources_it_references():
+    sample = Path(__file__).resolve().parent.parent / "sample"
+    assert sum(p.stat().st_size for p in sample.glob("*.ndjson.gz")) < 1024 * 1024
+    report = ingest.load_paths([sample], workers=1, progress=False)
+    assert not report.bad
+    assert set(report.inserted) == set(readme_counts())
+    with connection.cursor() as cursor:
+        cursor.execute("""
+            SELECT count(*) FROM pdex_resource r, unnest(r.refs) ref
+            WHERE NOT EXISTS (SELECT 1 FROM pdex_resource s
+                              WHERE s.resource_type || '/' || s.fhir_id = ref)""")
+        assert cursor.fetchone()[0] == 0
+    assert not Resource.objects.filter(member__isnull=True).exclude(
+        resource_type__in=["Organization", "Practitioner"]).exists()
