@@ -361,10 +361,14 @@ def selection(resource_type: str, member_ids: Sequence[int], context: ExportCont
             referrers.append(fragment.sql)
         if not referrers:
             return Fragment(f"FROM {TABLE} {alias} WHERE FALSE")
+        # ARRAY(…) is an uncorrelated InitPlan: the referencing rows are judged once, then the shared rows
+        # are fetched through the (resource_type, fhir_id) index.
         sql = (
             f"FROM {TABLE} {alias} WHERE {alias}.resource_type = '{resource_type}' AND {alias}.member_id IS NULL"
-            f" AND ('{resource_type}/' || {alias}.fhir_id) IN (SELECT unnest({ref}.refs) FROM {TABLE} {ref}"
-            f" WHERE {ref}.member_id = ANY(%(member_ids)s) AND ({' OR '.join(referrers)}))"
+            f" AND {alias}.fhir_id = ANY(ARRAY(SELECT DISTINCT split_part({ref}_refs.ref, '/', 2) FROM"
+            f" (SELECT unnest({ref}.refs) AS ref FROM {TABLE} {ref}"
+            f" WHERE {ref}.member_id = ANY(%(member_ids)s) AND ({' OR '.join(referrers)})) AS {ref}_refs"
+            f" WHERE split_part({ref}_refs.ref, '/', 1) = '{resource_type}'))"
         )
         return Fragment(sql, params)
     fragment = member_row_sql(resource_type, context, alias)
@@ -381,8 +385,20 @@ def chunk_query(resource_type: str, member_ids: Sequence[int], context: ExportCo
 
 
 def keyed_query(resource_type: str, member_ids: Sequence[int], context: ExportContext) -> tuple[str, dict]:
-    """Like `chunk_query` but with `id`, `resource_type`, `fhir_id` and `refs` first, for keyset paging
-    ($everything, search); the caller orders and limits."""
+    """`id`, `resource_type`, `fhir_id` and `refs` of the rows `chunk_query` would write, for keyset paging
+    ($everything, search): the caller orders and limits, then fetches the page's lines with `lines_query`."""
     rows = selection(resource_type, member_ids, context)
-    return (f"SELECT r.id, r.resource_type, r.fhir_id, r.refs, {body_sql(resource_type)} AS body_text {rows.sql}",
-            dict(rows.params))
+    return f"SELECT r.id, r.resource_type, r.fhir_id, r.refs {rows.sql}", dict(rows.params)
+
+
+def any_body_sql(alias: str = "r") -> str:
+    """`body_sql` for rows of mixed types (a page of $everything)."""
+    return (f"(CASE WHEN {alias}.resource_type = 'Claim' OR ({alias}.resource_type = 'ExplanationOfBenefit'"
+            f" AND {alias}.eob_use <> 'preauthorization') THEN pdex_nonfinancial({alias}.body)"
+            f" ELSE {alias}.body END)::text")
+
+
+def lines_query(row_ids: Sequence[int]) -> tuple[str, dict]:
+    """The NDJSON lines (claims non-financial) of rows already selected through the rules, by primary key."""
+    return (f"SELECT r.id, {any_body_sql('r')} AS body_text FROM {TABLE} r WHERE r.id = ANY(%(line_ids)s)",
+            {"line_ids": list(row_ids)})

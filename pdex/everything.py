@@ -86,21 +86,24 @@ def readable_types(granted_scopes: Iterable[str], types: Iterable[str]) -> list[
 
 @dataclass(frozen=True)
 class Cursor:
-    """Where the next page starts, and the request time every page of one search shares."""
+    """Where the next page starts, and what every page of one search shares: its request time (so the
+    window does not move between pages) and its total (counted once, on the first page)."""
 
     after: int
     request_time: datetime
+    total: int = 0
 
 
 def encode_cursor(cursor: Cursor) -> str:
-    return signing.dumps({"a": cursor.after, "t": cursor.request_time.isoformat()}, salt=CURSOR_SALT, compress=True)
+    return signing.dumps({"a": cursor.after, "t": cursor.request_time.isoformat(), "n": cursor.total},
+                         salt=CURSOR_SALT, compress=True)
 
 
 def decode_cursor(token: str) -> Cursor:
     """A page token we issued (signed, so a client cannot move the window by editing it)."""
     try:
         data = signing.loads(token, salt=CURSOR_SALT, max_age=CURSOR_MAX_AGE)
-        return Cursor(after=int(data["a"]), request_time=datetime.fromisoformat(data["t"]))
+        return Cursor(after=int(data["a"]), request_time=datetime.fromisoformat(data["t"]), total=int(data["n"]))
     except (signing.BadSignature, KeyError, TypeError, ValueError):
         raise BadRequest("The _page link is invalid or has expired; start the search again.") from None
 
@@ -126,14 +129,24 @@ def _union(queries: Sequence[tuple[str, dict]]) -> tuple[str, dict]:
 
 
 def page_rows(queries: Sequence[tuple[str, dict]], *, after: int, limit: int) -> list[Row]:
-    """At most `limit` rows after `after` in id order: memory is bounded by the page, not the member."""
+    """At most `limit` rows after `after` in id order: memory is bounded by the page, not the member.
+
+    Two steps: the keys of the page through the rules, then the lines of just those rows, so the
+    non-financial view and the JSON text are computed for one page only.
+    """
     if not queries:
         return []
     union, params = _union(queries)
     sql = f"SELECT * FROM ({union}) AS page WHERE page.id > %(page_after)s ORDER BY page.id LIMIT %(page_limit)s"  # noqa: S608
     with connection.cursor() as cursor:
         cursor.execute(sql, {**params, "page_after": after, "page_limit": limit})
-        return [Row(pk, rtype, fid, tuple(refs or ()), body) for pk, rtype, fid, refs, body in cursor.fetchall()]
+        keys = cursor.fetchall()
+        if not keys:
+            return []
+        lines_sql, lines_params = rules.lines_query([key[0] for key in keys])
+        cursor.execute(lines_sql, lines_params)
+        lines = dict(cursor.fetchall())
+    return [Row(pk, rtype, fid, tuple(refs or ()), lines[pk]) for pk, rtype, fid, refs in keys]
 
 
 def count_rows(queries: Sequence[tuple[str, dict]]) -> int:
@@ -331,11 +344,12 @@ def everything_page(access: MemberAccess, params: EverythingParams, *, path: str
     matches = rows[:params.count]
     more = len(rows) > params.count
     issues = list(params.issues) + (context.window.informational_issues() if not params.cursor else [])
+    total = params.cursor.total if params.cursor else count_rows(queries)
     return Page(
-        total=count_rows(queries),
+        total=total,
         matches=matches,
         self_url=link_url(path, params.query, params.cursor),
-        next_url=link_url(path, params.query, Cursor(matches[-1].pk, request_time)) if more else None,
+        next_url=link_url(path, params.query, Cursor(matches[-1].pk, request_time, total)) if more else None,
         generated=transmitter_for(matches, request_time),
         issues=issues,
     )

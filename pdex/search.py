@@ -167,25 +167,30 @@ def search_page(partner, params: SearchParams, *, path: str, request=None, now: 
         refs = [ref for row in matches for ref in row.refs if ref.partition("/")[0] in params.include_types]
         includes += shared_rows(refs)
     generated: list[dict[str, Any]] = []
+    total = params.cursor.total if params.cursor else count_rows(queries)
     if params.revinclude_provenance:
         includes += provenance_rows(access, [row.reference for row in matches], request_time=request_time)
         generated = transmitter_for(matches, request_time)
     return Page(
-        total=count_rows(queries), matches=matches, includes=includes, generated=generated,
+        total=total, matches=matches, includes=includes, generated=generated,
         self_url=link_url(path, params.query, params.cursor),
-        next_url=link_url(path, params.query, Cursor(matches[-1].pk, request_time))
+        next_url=link_url(path, params.query, Cursor(matches[-1].pk, request_time, total))
         if len(rows) > params.count else None,
         issues=list(params.issues),
     )
 
 
 def _one(query: tuple[str, dict], fhir_id: str) -> str | None:
+    """The line of the one row of `query` with this id, if the rules let it through."""
     sql, params = query
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT q.body_text FROM ({sql}) AS q WHERE q.fhir_id = %(read_id)s",  # noqa: S608
+        cursor.execute(f"SELECT q.id FROM ({sql}) AS q WHERE q.fhir_id = %(read_id)s",  # noqa: S608
                        {**params, "read_id": fhir_id})
         found = cursor.fetchone()
-    return found[0] if found else None
+        if found is None:
+            return None
+        cursor.execute(*rules.lines_query([found[0]]))
+        return cursor.fetchone()[1]
 
 
 def read_resource(partner, resource_type: str, fhir_id: str, *, request=None,
