@@ -291,15 +291,27 @@ def evaluate_entries(partner: Partner, bundles: list[Mapping[str, Any]], *, now:
             submitted.append(Submitted("", "", None, "", frozenset(), frozenset(), frozenset(), frozenset(),
                                        False, ("unreadable",)))
     candidates = find_candidates(submitted)
-    results = [match(s, c) for s, c in zip(submitted, candidates, strict=True)]
+    results = [_match_one(s, c) for s, c in zip(submitted, candidates, strict=True)]
     revoked = revoked_members(partner, [r.member_id for r in results])
     evaluations = []
     for match_request, result in zip(requests, results, strict=True):
         if match_request is None:
             evaluations.append(Evaluation(MatchEntry.Outcome.NO_MATCH, None, result))
-        else:
+            continue
+        try:
             evaluations.append(evaluate(match_request, result, partner, revoked=revoked, now=now))
+        except Exception:  # a consent we cannot read cannot be complied with
+            log.warning("a bulk-member-match consent is unreadable", exc_info=True)
+            evaluations.append(Evaluation(MatchEntry.Outcome.CONSENT_CONSTRAINED, result.member_id, result))
     return evaluations
+
+
+def _match_one(submitted: Submitted, candidates: list[Candidate]) -> MatchResult:
+    try:
+        return match(submitted, candidates)
+    except Exception:  # one member's odd data must not fail the batch
+        log.warning("a bulk-member-match member could not be compared", exc_info=True)
+        return MatchResult(Outcome.NONE, reasons=("error",))
 
 
 def finish_job(job_id: str) -> bool:

@@ -1,42 +1,40 @@
 """Celery tasks of bulk member match: thin wrappers; the work is in matching.services.
 
 start_match_job → one match_batch per slice of entries → the batch that finishes the count (in
-PostgreSQL) queues finish_match_job. Every task is safe to deliver twice.
+PostgreSQL) queues finish_match_job. Every task is safe to deliver twice. A lost database connection is
+retried with backoff; any other failure, or retries running out, fails the job with an OperationOutcome.
 """
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import Task, shared_task
+from django.db import InterfaceError, OperationalError
 
 from matching import services
 
 
-@shared_task(name="matching.start_match_job", acks_late=True, max_retries=5, retry_backoff=True)
+class MatchJobTask(Task):
+    autoretry_for = (OperationalError, InterfaceError)
+    max_retries = 5
+    retry_backoff = True
+    acks_late = True
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        services.fail_job(args[0], exc)
+
+
+@shared_task(name="matching.start_match_job", base=MatchJobTask)
 def start_match_job(job_id: str) -> None:
-    try:
-        batches = services.plan_job(job_id)
-    except Exception as exc:
-        services.fail_job(job_id, exc)
-        raise
-    for start, end in batches:
+    for start, end in services.plan_job(job_id):
         match_batch.delay(job_id, start, end)
 
 
-@shared_task(name="matching.match_batch", acks_late=True, max_retries=5, retry_backoff=True)
+@shared_task(name="matching.match_batch", base=MatchJobTask)
 def match_batch(job_id: str, start: int, end: int) -> None:
-    try:
-        finished = services.run_batch(job_id, start, end)
-    except Exception as exc:
-        services.fail_job(job_id, exc)
-        raise
-    if finished:
+    if services.run_batch(job_id, start, end):
         finish_match_job.delay(job_id)
 
 
-@shared_task(name="matching.finish_match_job", acks_late=True, max_retries=5, retry_backoff=True)
+@shared_task(name="matching.finish_match_job", base=MatchJobTask)
 def finish_match_job(job_id: str) -> None:
-    try:
-        services.finish_job(job_id)
-    except Exception as exc:
-        services.fail_job(job_id, exc)
-        raise
+    services.finish_job(job_id)

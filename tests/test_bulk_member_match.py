@@ -249,3 +249,32 @@ def test_either_bulk_scope_spelling_and_post_only(new_plan, example_members):
     api.credentials(HTTP_AUTHORIZATION="Bearer " + issue_token(
         new_plan, scopes="http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match"))
     assert kick_off(api, load("bulk-member-match-request.json")).status_code == 403
+
+
+def test_a_member_that_breaks_the_matcher_does_not_fail_the_batch(client, example_members, new_plan, monkeypatch):
+    real_match = services.match
+
+    def fragile(submitted, candidates):
+        if submitted.family == "smith":
+            raise ValueError("odd data")
+        return real_match(submitted, candidates)
+
+    monkeypatch.setattr(services, "match", fragile)
+    kick_off(client, load("bulk-member-match-request.json"))
+    job = run_job(MatchJob.objects.get(partner=new_plan))
+    outcomes = list(MatchEntry.objects.filter(job=job).order_by("index").values_list("outcome", flat=True))
+    assert outcomes == ["match", "nomatch", "nomatch", "consentconstraint"]
+
+
+def test_a_failed_job_answers_with_its_operation_outcome(client, example_members, new_plan):
+    from matching.tasks import MatchJobTask
+
+    kick_off(client, load("bulk-member-match-request.json"))
+    job = MatchJob.objects.get(partner=new_plan)
+    services.plan_job(str(job.pk))
+    MatchJobTask().on_failure(RuntimeError("storage down"), "task-id", [str(job.pk)], {}, None)
+    job.refresh_from_db()
+    assert job.status == "failed" and job.error["resourceType"] == "OperationOutcome"
+    answer = asyncstatus.poll(job.pk, partner=new_plan)
+    assert answer.http_status == 500 and answer.body == job.error
+    assert not services.run_batch(str(job.pk), 0, 2)
