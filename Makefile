@@ -40,6 +40,9 @@ bench-ingest: migrate
 bench-match: migrate  ## 10,000 MemberBundles through bulk-member-match and a real worker: members/s
 	$(PY) scripts/bench_match.py
 
+bench-everything: migrate  ## Patient/$everything paged through the largest member (×1, ×10): resources/s, peak memory
+	$(PY) scripts/bench_everything.py
+
 bench-token: migrate  ## token endpoint: signed assertions in, bearer tokens out, per second
 	$(PY) scripts/bench_token.py
 
