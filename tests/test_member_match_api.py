@@ -198,3 +198,33 @@ def test_repeated_failures_are_throttled(client, patricia, settings):
     response = post(client, body)
     assert response.status_code == 429
     assert int(response["Retry-After"]) > 0 and response.json()["issue"][0]["code"] == "throttled"
+
+
+def real_patients(count: int) -> list[dict]:
+    import gzip
+
+    from tests.conftest import SHARED_DATA
+
+    with gzip.open(SHARED_DATA / "Patient.ndjson.gz", "rt") as handle:
+        return [json.loads(line) for _, line in zip(range(count), handle, strict=False)]
+
+
+def test_members_loaded_from_the_synthea_data_match_by_their_real_records(client, db):
+    """Members as ingest stores them (pdex.ingest.member_columns, Synthea names with digits), card numbers added."""
+    from pdex.ingest import member_columns
+
+    patients = real_patients(5)
+    for number, patient in enumerate(patients):
+        Member.objects.create(member_number=f"SYN{number}", **member_columns(patient))
+    chosen = patients[3]
+    body = with_consent(load("member-match-request.json"))
+    submitted = patient_part(body)
+    submitted.update(name=chosen["name"], birthDate=chosen["birthDate"], gender=chosen["gender"])
+    coverage = next(p for p in body["parameter"] if p["name"] == "CoverageToMatch")["resource"]
+    coverage["identifier"][0]["value"] = "SYN3"
+    response = post(client, body)
+    assert response.status_code == 200, response.content
+    assert response.json()["parameter"][1]["valueReference"]["reference"] == f"Patient/{chosen['id']}"
+
+    coverage["identifier"][0]["value"] = "SYN2"  # someone else's card with this person's demographics
+    refused(post(client, body))
