@@ -148,7 +148,7 @@ def parse_line(text: str, config: ParseConfig) -> tuple[tuple | None, dict | Non
         except KeyError:
             return None, None, f"unknown resource type {kind!r}"
         except Exception as exc:  # noqa: BLE001 - pydantic/fhir errors of every kind mean "invalid"
-            return None, None, f"invalid {kind}: {_first_line(exc)}"
+            return None, None, f"invalid {kind}: {_validation_summary(exc)}"
     try:
         return resource_row(resource, config), (member_columns(resource) if kind == "Patient" else None), None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -169,9 +169,17 @@ def resource_row(resource: dict, config: ParseConfig) -> tuple:
     )
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return " ".join(text[:3])[:300] if text else type(exc).__name__
+def _validation_summary(exc: Exception) -> str:
+    """Where and what, never the offending value: a report of bad lines must not carry PHI."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            found = errors(include_input=False, include_url=False)
+        except TypeError:
+            found = errors()
+        return "; ".join(f"{'.'.join(map(str, e.get('loc', ()))) or '(resource)'}: {e.get('msg', '')}"
+                         for e in found[:3])[:300]
+    return type(exc).__name__
 
 
 _WORKER_CONFIG: ParseConfig | None = None

@@ -85,7 +85,7 @@ def test_bad_lines_are_reported_with_file_and_line_and_nothing_else_is_lost(tmp_
         json.dumps(PATIENT),
         '{"resourceType": "Observation", "id": "broken", ',                       # 2: not JSON
         json.dumps({"id": "no-type"}),                                              # 3: not a resource
-        json.dumps({**OBSERVATION, "id": "o-bad-status", "status": 42}),           # 4: invalid FHIR
+        json.dumps({**OBSERVATION, "id": "o-bad", "status": {"x": "SECRET-VALUE"}}),  # 4: invalid FHIR
         "",                                                                          # 5: blank, ignored
         json.dumps({"resourceType": "Spaceship", "id": "s1"}),                     # 6: unknown type
         json.dumps(OBSERVATION),                                                    # 7: fine
@@ -93,7 +93,8 @@ def test_bad_lines_are_reported_with_file_and_line_and_nothing_else_is_lost(tmp_
     report = ingest.load_paths([path], workers=1, progress=False)
     assert [(bad.path, bad.line) for bad in report.bad] == [(str(path), n) for n in (2, 3, 4, 6)]
     assert "not JSON" in report.bad[0].reason
-    assert "invalid Observation" in report.bad[2].reason
+    assert report.bad[2].reason.startswith("invalid Observation: status:")
+    assert not any("SECRET" in bad.reason for bad in report.bad), "reasons never echo the data"
     assert "Spaceship" in report.bad[3].reason
     assert dict(report.inserted) == {"Patient": 1, "Observation": 1}
     observation = Resource.objects.get(resource_type="Observation", fhir_id="o-ingest-1")
