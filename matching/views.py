@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 
 from django.http import HttpResponse
+from rest_framework.parsers import FormParser
 
 from matching import selectors, services
 from pdex.auth import scopes
@@ -73,10 +74,22 @@ class GroupReadView(FhirView):
 
 
 class GroupSearchView(FhirView):
-    """GET (or POST _search) [base]/Group?…: a searchset of the caller's Groups only."""
+    """GET [base]/Group?… and POST [base]/Group/_search (form body): a searchset of the caller's Groups only."""
 
     required_scopes = (GROUP_READ,)
+    parser_classes = [FormParser]
 
     def get(self, request) -> HttpResponse:
         return fhir_json_response(selectors.search_groups(partner=request.partner, params=request.query_params,
-                                                          base_url=request.build_absolute_uri(request.path)))
+                                                          base_url=self.search_url(request)))
+
+    def post(self, request) -> HttpResponse:
+        params = request.query_params.copy()
+        for name, values in request.data.lists():
+            params.setlist(name, params.getlist(name) + values)
+        return fhir_json_response(selectors.search_groups(partner=request.partner, params=params,
+                                                          base_url=self.search_url(request)))
+
+    @staticmethod
+    def search_url(request) -> str:
+        return request.build_absolute_uri(request.path).removesuffix("/_search")

@@ -195,3 +195,15 @@ def test_metadata_lists_the_match_operations_and_group_search(client):
     assert {i["code"] for i in resources["Group"]["interaction"]} >= {"read", "search-type"}
     assert {p["name"] for p in resources["Group"]["searchParam"]} >= {"_id", "identifier", "code", "name",
                                                                        "_lastUpdated"}
+
+
+def test_search_by_post(new_plan, other_plan):
+    match = make_group(new_plan)
+    make_group(new_plan, "nomatch", "Not Matched members")
+    make_group(other_plan)
+    response = client_for(new_plan).post("/fhir/Group/_search", data="code=match",
+                                         content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 200
+    bundle = response.json()
+    assert [e["resource"]["id"] for e in bundle["entry"]] == [match.id]
+    assert bundle["link"][0]["url"].startswith("http://testserver/fhir/Group?")
