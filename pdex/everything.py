@@ -356,13 +356,18 @@ def everything_page(access: MemberAccess, params: EverythingParams, *, path: str
 
 
 def everything_job_params(access: MemberAccess, params: EverythingParams) -> dict[str, Any]:
-    """ExportJob.params for an asynchronous $everything (exports.jobs reads these keys)."""
+    """ExportJob.params for an asynchronous $everything (exports.jobs reads these keys).
+
+    The export pipeline's context has no care-date bounds, so start/end are refused here rather than
+    silently ignored (docs/single-member.md).
+    """
+    if params.start or params.end:
+        raise BadRequest("start and end are not supported with Prefer: respond-async; page synchronously "
+                         "to bound the date of service, or use _since.", code="not-supported")
     return {
         "patients": [f"Patient/{access.member.fhir_id}"],
         "types": list(params.types),
         "since": params.since.isoformat() if params.since else None,
         "until": None,
         "type_filters": [],
-        "care_start": params.start.isoformat() if params.start else None,
-        "care_end": params.end.isoformat() if params.end else None,
     }

@@ -17,6 +17,7 @@ from django.utils import timezone
 from exports import rules
 from exports.params import parse_prefer
 from exports.typefilter import SEARCH_PARAMS, all_of, condition_for
+from pdex import audit
 from pdex.everything import (
     DEFAULT_COUNT,
     Cursor,
@@ -209,6 +210,9 @@ def read_resource(partner, resource_type: str, fhir_id: str, *, request=None,
             raise missing
         context = rules.export_context(request_time=now, regular_member_ids=regular)
         body = _one(rules.keyed_query(resource_type, member_ids, context), fhir_id)
+        audit.record("read", audit.SUCCESS if body else audit.REFUSED, partner=partner, request=request,
+                     entity=f"{resource_type}/{fhir_id}",
+                     reason="" if body else "not referenced by data the client may read")
     else:
         member = Member.objects.filter(pk=stored["member_id"]).first()
         if member is None:

@@ -213,3 +213,8 @@ def test_capability_statement_lists_everything(api, world):
     patient = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Patient")
     assert {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"} in \
         patient["operation"]
+
+
+def test_respond_async_refuses_start_and_end(api, world):
+    member, _ = world
+    assert api.get(url(member, "start=2024-01-01"), HTTP_PREFER="respond-async").status_code == 400
