@@ -117,7 +117,7 @@ def _has_role(actor: Mapping[str, Any], role: tuple[str, str]) -> bool:
     return any((c.get("system"), c.get("code")) == role for c in codings if isinstance(c, dict))
 
 
-def _actor_ids(reference: Any, contained: Mapping[str, Mapping[str, Any]]) -> set[ActorId]:
+def actor_ids(reference: Any, contained: Mapping[str, Mapping[str, Any]]) -> set[ActorId]:
     """Who a Reference names: its identifier, its literal reference, or a contained Organization's ids."""
     ids: set[ActorId] = set()
     if not isinstance(reference, dict):
@@ -170,9 +170,9 @@ def facts_from_resource(resource: Mapping[str, Any] | None) -> ConsentFacts | No
             if not isinstance(actor, dict):
                 continue
             if _has_role(actor, SOURCE_ROLE):
-                sources |= _actor_ids(actor.get("reference"), contained)
+                sources |= actor_ids(actor.get("reference"), contained)
             if _has_role(actor, RECIPIENT_ROLE):
-                recipients |= _actor_ids(actor.get("reference"), contained)
+                recipients |= actor_ids(actor.get("reference"), contained)
     policy, _ = policy_of(resource)
     return ConsentFacts(
         policy=policy, period_start=_parse_date(period.get("start")), period_end=_parse_date(period.get("end")),

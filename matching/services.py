@@ -20,7 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from consent import services as consent_services
-from consent.decision import Decision, DecisionKind, Reason, facts_from_resource
+from consent.decision import NPI_SYSTEM, Decision, DecisionKind, Reason, actor_ids, facts_from_resource
 from consent.models import Consent
 from matching import groups, store
 from matching.matcher import (
@@ -118,9 +118,22 @@ def evaluate(request: MatchRequest, result: MatchResult, partner: Partner, *, re
         decision = Decision(DecisionKind.CANNOT_COMPLY, Reason.REVOKED)
     else:
         decision = consent_services.decide_for_partner(facts_from_resource(request.consent), partner, now)
+    if decision.allowed and link_names_someone_else(request.coverage_to_link, partner):
+        decision = Decision(DecisionKind.CANNOT_COMPLY, Reason.NOT_RECIPIENT)
     if not decision.allowed:
         return Evaluation(MatchEntry.Outcome.CONSENT_CONSTRAINED, result.member_id, result, decision)
     return Evaluation(MatchEntry.Outcome.MATCHED, result.member_id, result, decision, request.consent)
+
+
+def link_names_someone_else(coverage_to_link: Mapping[str, Any] | None, partner: Partner) -> bool:
+    """CoverageToLink (the member's coverage at the requester) whose payor is identified, and is not the
+    caller: the consent's recipient cross-check fails (spec §3.3 item 4). An unidentified payor proves nothing."""
+    if not coverage_to_link:
+        return False
+    contained = {c.get("id"): c for c in coverage_to_link.get("contained") or [] if isinstance(c, dict)}
+    named = set().union(*(actor_ids(p, contained) for p in coverage_to_link.get("payor") or []))
+    named = {(system, value) for system, value in named if system == NPI_SYSTEM}
+    return bool(named) and not named & consent_services.partner_ids(partner)
 
 
 def revoked_members(partner: Partner, member_ids: Iterable[int | None]) -> set[int]:

@@ -228,3 +228,12 @@ def test_members_loaded_from_the_synthea_data_match_by_their_real_records(client
 
     coverage["identifier"][0]["value"] = "SYN2"  # someone else's card with this person's demographics
     refused(post(client, body))
+
+
+def test_coverage_to_link_of_another_payer_fails_the_recipient_cross_check(client, patricia):
+    body = with_consent(load("member-match-request.json"))
+    link = next(p for p in body["parameter"] if p["name"] == "CoverageToLink")["resource"]
+    link["payor"][0]["identifier"]["value"] = "7777777777"
+    refused(post(client, body))
+    link["payor"][0] = {"display": "New Health Plan"}  # no identifier: nothing to cross-check
+    assert post(client, body).status_code == 200
