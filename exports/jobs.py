@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -50,6 +51,7 @@ class ChunkResult:
     size: int = 0
     parts: int = 0
     refs: set[str] = field(default_factory=set)
+    files: list[OutputFile] = field(default_factory=list)
 
 
 # --- kick-off ------------------------------------------------------------------------------------
@@ -161,6 +163,17 @@ def plan(job_id: uuid.UUID | str, *, now: datetime | None = None) -> list[int]:
 
 # --- chunk leases --------------------------------------------------------------------------------
 
+@contextmanager
+def bookkeeping() -> Iterator[None]:
+    """A transaction for chunk bookkeeping whose commit does not wait for the WAL flush (~8 ms a commit here,
+    three commits a chunk). Safe because every step is idempotent: if PostgreSQL crashed and lost the last
+    commits, a lost lease or a lost "done" only means the chunk runs again and overwrites the same keys."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        yield
+
+
 def new_lease_owner(worker: str = "") -> str:
     """A token unique to one attempt, so a worker that lost its lease can never finish the chunk."""
     return f"{worker or 'worker'}:{uuid.uuid4().hex}"[:200]
@@ -174,7 +187,7 @@ def lease(chunk_id: int, owner: str, *, now: datetime | None = None) -> ExportCh
     """
     now = now or timezone.now()
     expires = now + timedelta(seconds=settings.EXPORT_LEASE_SECONDS)
-    with connection.cursor() as cursor:
+    with bookkeeping(), connection.cursor() as cursor:
         cursor.execute(
             """UPDATE exports_exportchunk AS c
                    SET status = %s, lease_owner = %s, lease_expires = %s, attempts = c.attempts + 1,
@@ -194,9 +207,10 @@ def lease(chunk_id: int, owner: str, *, now: datetime | None = None) -> ExportCh
 def heartbeat(chunk_id: int, owner: str, *, now: datetime | None = None) -> None:
     """Extend our lease; LeaseLost when it is no longer ours or the job was cancelled meanwhile."""
     now = now or timezone.now()
-    kept = ExportChunk.objects.filter(
-        pk=chunk_id, lease_owner=owner, status=ExportChunk.Status.RUNNING, job__status=ExportJob.Status.RUNNING,
-    ).update(lease_expires=now + timedelta(seconds=settings.EXPORT_LEASE_SECONDS))
+    with bookkeeping():
+        kept = ExportChunk.objects.filter(
+            pk=chunk_id, lease_owner=owner, status=ExportChunk.Status.RUNNING, job__status=ExportJob.Status.RUNNING,
+        ).update(lease_expires=now + timedelta(seconds=settings.EXPORT_LEASE_SECONDS))
     if not kept:
         raise LeaseLost(f"chunk {chunk_id} is no longer leased by {owner}")
 
@@ -226,12 +240,14 @@ def finish_chunk(chunk: ExportChunk, owner: str, result: ChunkResult, *, now: da
     `progress_done` to `progress_total` finalizes the job, exactly once.
     """
     now = now or timezone.now()
-    with transaction.atomic():
+    with bookkeeping():
         done = ExportChunk.objects.filter(pk=chunk.pk, lease_owner=owner, status=ExportChunk.Status.RUNNING).update(
             status=ExportChunk.Status.DONE, count=result.count, size=result.size, parts=result.parts,
             refs=sorted(result.refs), finished_at=now, lease_expires=None)
         if not done:
             raise LeaseLost(f"chunk {chunk.pk} was taken over before it finished")
+        stale_keys = record_files(chunk.job_id, result.files, planning.part_sequence(chunk.sequence, 0),
+                                  planning.part_sequence(chunk.sequence + 1, 0))
         with connection.cursor() as cursor:
             cursor.execute(
                 """UPDATE exports_exportjob
@@ -242,11 +258,36 @@ def finish_chunk(chunk: ExportChunk, owner: str, result: ChunkResult, *, now: da
                  RETURNING progress_done, progress_total""",
                 [now, chunk.job_id, ExportJob.Status.RUNNING])
             row = cursor.fetchone()
+    delete_objects(stale_keys)
     if row is None:
         # Cancelled (or failed) while we wrote: what we just wrote must not outlive the job.
         discard_chunk_files(chunk)
         return False
     return row[0] >= row[1]
+
+
+def record_files(job_id: uuid.UUID | str, files: list[OutputFile], low: int, high: int) -> list[str]:
+    """Upsert the OutputFile rows of one unit of work (sequences low ≤ s < high) in one statement, and drop
+    the rows a previous, longer run of it left behind; returns the storage keys to delete."""
+    OutputFile.objects.bulk_create(files, update_conflicts=True, unique_fields=["storage_key"],
+                                   update_fields=["job_id", "partner", "kind", "resource_type", "count", "size",
+                                                  "sequence"])
+    stale = OutputFile.objects.filter(job_id=job_id, kind=OutputFile.Kind.OUTPUT, sequence__gte=low,
+                                      sequence__lt=high).exclude(
+        storage_key__in=[f.storage_key for f in files])
+    keys = list(stale.values_list("storage_key", flat=True))
+    if keys:
+        stale.delete()
+    return keys
+
+
+def delete_objects(keys: list[str]) -> None:
+    if keys:
+        from exports.storage import get_storage
+
+        storage = get_storage()
+        for key in keys:
+            storage.delete_prefix(key)
 
 
 def discard_chunk_files(chunk: ExportChunk) -> None:
@@ -335,8 +376,10 @@ def finalize(job_id: uuid.UUID | str, *, now: datetime | None = None) -> bool:
     for chunk in chunks:
         counts[chunk.resource_type] += chunk.count
         refs.update(chunk.refs)
-    extra = writer.write_shared(job, refs, first_sequence=job.progress_total + 1,
-                                 types=job.params.get("types") or None)
+    first = job.progress_total + 1
+    extra, files = writer.write_shared(job, refs, first_sequence=first, types=job.params.get("types") or None)
+    delete_objects(record_files(job.id, files, planning.part_sequence(first, 0),
+                                planning.part_sequence(first + len(planning.SHARED_TYPES) + 1, 0)))
     counts.update(extra)
     provenance = OutputFile.objects.filter(job_id=job.id, kind=OutputFile.Kind.OUTPUT, resource_type="Provenance")
     counts["Provenance"] = sum(provenance.values_list("count", flat=True))

@@ -19,9 +19,13 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture(autouse=True)
 def _storage(settings, tmp_path):
+    from exports.writer import close_stream_connection
+
     settings.EXPORT_STORAGE_URL = f"file://{tmp_path}/exports"
     settings.EXPORT_CHUNK_MEMBERS = 1
     settings.EXPORT_MAX_CHUNK_ATTEMPTS = 3
+    yield
+    close_stream_connection()  # the test database is dropped at the end of the run
 
 
 @pytest.fixture
@@ -183,12 +187,15 @@ def test_a_chunk_finishing_after_a_cancel_removes_its_files(partner, world):
     chunk_id = jobs.plan(job.id)[0]
     chunk = jobs.lease(chunk_id, "w")
     from exports import writer
+    from exports.storage import get_storage
 
     result = writer.write_chunk(chunk, jobs.export_context(job))
-    assert OutputFile.objects.filter(job_id=job.id).exists()
+    keys = [f.storage_key for f in result.files]
+    assert keys and all(get_storage().exists(key) for key in keys)
     ExportJob.objects.filter(pk=job.pk).update(status=ExportJob.Status.CANCELLED)
     assert jobs.finish_chunk(chunk, "w", result) is False
-    assert not OutputFile.objects.filter(job_id=job.id, sequence__lt=1000).exists()
+    assert not OutputFile.objects.filter(job_id=job.id).exists()
+    assert not any(get_storage().exists(key) for key in keys)
 
 
 def test_no_consenting_member_completes_with_only_the_error_file(partner, world):
