@@ -40,6 +40,9 @@ bench-ingest: migrate
 bench-match: migrate  ## 10,000 MemberBundles through bulk-member-match and a real worker: members/s
 	$(PY) scripts/bench_match.py
 
+bench-export: migrate  ## $davinci-data-export of every member (×1, ×10) through a real worker vs raw COPY: resources/s, MB/s, peak memory, ratio
+	$(PY) scripts/bench_export.py
+
 bench-everything: migrate  ## Patient/$everything paged through the largest member (×1, ×10): resources/s, peak memory
 	$(PY) scripts/bench_everything.py
 
