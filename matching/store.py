@@ -59,6 +59,14 @@ def add_group_members(group_id: str, member_ids: Iterable[int]) -> None:
             (group_id, sorted(set(member_ids))))
 
 
+CANDIDATE_SQL = """
+SELECT id, fhir_id, umb, member_number, subscriber_id, family, given, birth_date, gender, postal_code
+  FROM pdex_member
+ WHERE member_number = ANY(%b::text[]) OR subscriber_id = ANY(%b::text[]) OR umb = ANY(%b::text[])
+    OR birth_date = ANY(%b::date[])
+"""
+
+
 def candidate_rows(*, member_numbers: Iterable[str] = (), subscriber_ids: Iterable[str] = (),
                    umbs: Iterable[str] = (), birth_dates: Iterable[Any] = ()) -> list[dict[str, Any]]:
     """Members by any of the indexed keys (member_number, subscriber_id, umb unique/indexed; birth_date by the
@@ -67,13 +75,7 @@ def candidate_rows(*, member_numbers: Iterable[str] = (), subscriber_ids: Iterab
     if not any(params):
         return []
     with _cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT id, fhir_id, umb, member_number, subscriber_id, family, given, birth_date, gender, postal_code
-              FROM pdex_member
-             WHERE member_number = ANY(%b::text[]) OR subscriber_id = ANY(%b::text[]) OR umb = ANY(%b::text[])
-                OR birth_date = ANY(%b::date[])
-            """, params)
+        cursor.execute(CANDIDATE_SQL, params)
         names = [column.name for column in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 

@@ -39,6 +39,7 @@ from oauth2_provider.models import AccessToken, Application  # noqa: E402
 
 from config.celery import app as celery_app  # noqa: E402
 from consent.decision import SENSITIVE_POLICY_URI  # noqa: E402
+from exports import asyncstatus  # noqa: E402
 from matching import normalize  # noqa: E402
 from matching.models import MatchJob, MemberMatchGroup  # noqa: E402
 from pdex.models import Member, Partner  # noqa: E402
@@ -238,6 +239,8 @@ def main() -> None:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=30)
         MemberMatchGroup.objects.filter(partner=partner).delete()
+        for job in MatchJob.objects.filter(partner=partner):
+            asyncstatus.delete_outputs(job)
         MatchJob.objects.filter(partner=partner).delete()
         Member.objects.filter(fhir_id__startswith=PREFIX).delete()
 

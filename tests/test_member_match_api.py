@@ -237,3 +237,18 @@ def test_coverage_to_link_of_another_payer_fails_the_recipient_cross_check(clien
     refused(post(client, body))
     link["payor"][0] = {"display": "New Health Plan"}  # no identifier: nothing to cross-check
     assert post(client, body).status_code == 200
+
+
+def test_candidate_lookup_uses_indexes_only(db):
+    """Every key of the candidate query has an index: with sequential scans disabled, the plan has none."""
+    import psycopg
+    from django.db import connection
+
+    from matching import store
+
+    connection.ensure_connection()
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("EXPLAIN " + store.CANDIDATE_SQL, (["DH1"], ["S1"], ["U1"], [date(1974, 12, 25)]))
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "Seq Scan" not in plan and "Index" in plan
