@@ -234,4 +234,6 @@ CELERY_BEAT_SCHEDULE = {
     # Chunks whose worker died keep an expired lease; this hands them to another worker (exports.jobs).
     "requeue-stale-chunks": {"task": "exports.requeue_stale_chunks",
                              "schedule": env.int("EXPORT_REQUEUE_SWEEP_SECONDS", default=30)},
+    "clear-expired-tokens": {"task": "pdex.clear_expired_tokens",
+                             "schedule": env.int("TOKEN_CLEANUP_SECONDS", default=3600)},
 }
