@@ -67,6 +67,7 @@ class Window:
     updated_before: datetime | None
     requested_since: datetime | None = None
     since_was_raised: bool = False
+    lookback_years: int = 5
 
     def informational_issues(self) -> list[dict[str, Any]]:
         """The OperationOutcome issue reporting a raised `_since` (cap mode), for the error file."""
@@ -75,7 +76,7 @@ class Window:
         return [outcome_issue(
             "information", "informational",
             f"_since {self.requested_since.isoformat()} is earlier than the look-back of this server "
-            f"(request time minus {settings.EXPORT_LOOKBACK_YEARS} years); it was raised to "
+            f"(request time minus {self.lookback_years} years); it was raised to "
             f"{self.updated_after.isoformat()} (PDex 2.1.0).",
             expression=["_since"],
         )]
@@ -94,12 +95,12 @@ def export_window(*, request_time: datetime, since: datetime | None = None, unti
     years = settings.EXPORT_LOOKBACK_YEARS if lookback_years is None else lookback_years
     if mode == FLOOR:
         return Window(request_time=request_time, mode=mode, service_from=None, updated_after=since,
-                      updated_before=until, requested_since=since)
+                      updated_before=until, requested_since=since, lookback_years=years)
     boundary = request_time - relativedelta(years=years)
     effective = max(since, boundary) if since is not None else None
     return Window(request_time=request_time, mode=mode, service_from=boundary, updated_after=effective,
                   updated_before=until, requested_since=since,
-                  since_was_raised=since is not None and effective != since)
+                  since_was_raised=since is not None and effective != since, lookback_years=years)
 
 
 @dataclass(frozen=True)

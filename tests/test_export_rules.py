@@ -43,6 +43,7 @@ def test_cap_mode_raises_an_earlier_since_and_reports_it():
     assert window.since_was_raised
     [issue] = window.informational_issues()
     assert issue["severity"] == "information" and issue["expression"] == ["_since"]
+    assert "5 years" in issue["diagnostics"]
 
 
 def test_cap_mode_keeps_a_later_since():
