@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html
 
 from matching.models import GroupMember, MatchEntry, MatchJob, MemberMatchGroup
 
@@ -38,12 +40,18 @@ class MatchJobAdmin(admin.ModelAdmin):
         return False
 
 
-class GroupMemberInline(admin.TabularInline):
-    model = GroupMember
-    fields = ("member",)
-    readonly_fields = ("member",)
-    extra = 0
-    can_delete = False
+@admin.register(GroupMember)
+class GroupMemberAdmin(admin.ModelAdmin):
+    """Members of the match Groups (a Group may hold thousands: listed and paginated here, not inline)."""
+
+    list_display = ("group", "member")
+    list_filter = ("group__partner",)
+    search_fields = ("group__id", "member__umb", "member__fhir_id")
+    list_select_related = ("group", "member")
+    readonly_fields = ("group", "member")
+
+    def has_add_permission(self, request) -> bool:
+        return False
 
 
 @admin.register(MemberMatchGroup)
@@ -51,13 +59,17 @@ class MemberMatchGroupAdmin(admin.ModelAdmin):
     list_display = ("id", "partner", "code", "name", "member_count", "job", "created_at", "last_updated")
     list_filter = ("code", "partner")
     search_fields = ("id", "identifier_value", "partner__name")
-    readonly_fields = ("id", "partner", "job", "code", "name", "identifier_system", "identifier_value", "resource",
-                       "version", "created_at", "last_updated")
-    inlines = [GroupMemberInline]
+    readonly_fields = ("id", "partner", "job", "code", "name", "identifier_system", "identifier_value",
+                       "members_link", "resource", "version", "created_at", "last_updated")
 
     @admin.display(description="members")
     def member_count(self, group: MemberMatchGroup) -> int:
         return group.groupmember_set.count()
+
+    @admin.display(description="members")
+    def members_link(self, group: MemberMatchGroup) -> str:
+        url = reverse("admin:matching_groupmember_changelist") + f"?group__id__exact={group.pk}"
+        return format_html('<a href="{}">{} member(s)</a>', url, group.groupmember_set.count())
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -227,9 +227,14 @@ def test_admin_lists_consents_with_filters_and_revokes(admin_client, settings, m
 
 
 def test_admin_match_pages(admin_client, make_partner):
-    from matching.models import MatchJob
+    from matching.models import GroupMember, MatchJob, MemberMatchGroup
 
-    job = MatchJob.objects.create(partner=make_partner(), request_url="x", progress_total=3, matched=1)
+    partner = make_partner()
+    job = MatchJob.objects.create(partner=partner, request_url="x", progress_total=3, matched=1)
+    group = MemberMatchGroup.objects.create(partner=partner, job=job, code="match", resource={})
+    member = Member.objects.create(fhir_id="pat-9", umb="UMB-9")
+    GroupMember.objects.create(group=group, member=member)
     for url in ("/admin/matching/matchjob/", f"/admin/matching/matchjob/{job.pk}/change/",
-                "/admin/matching/membermatchgroup/", "/admin/matching/matchentry/"):
+                "/admin/matching/membermatchgroup/", f"/admin/matching/membermatchgroup/{group.pk}/change/",
+                f"/admin/matching/groupmember/?group__id__exact={group.pk}", "/admin/matching/matchentry/"):
         assert admin_client.get(url).status_code == 200
