@@ -115,6 +115,19 @@ def candidate_members(job: ExportJob) -> tuple[list[int], list[dict[str, Any]]]:
     return sorted(member_ids), issues
 
 
+def present_types(resource_types: Iterable[str], member_ids: list[int]) -> list[str]:
+    """The requested types any of these members has a row of: a type nobody has costs no chunk."""
+    wanted = list(dict.fromkeys(resource_types))
+    if not member_ids:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT t FROM unnest(%s::text[]) AS t WHERE EXISTS (SELECT 1 FROM pdex_resource r"
+            " WHERE r.resource_type = t AND r.member_id = ANY(%s))", [wanted, member_ids])
+        present = {row[0] for row in cursor.fetchall()}
+    return [t for t in wanted if t in present or t in planning.SHARED_TYPES]
+
+
 def plan(job_id: uuid.UUID | str, *, now: datetime | None = None) -> list[int]:
     """Re-check every member's consent now, then create the job's chunks; returns the chunk ids to run.
 
@@ -137,12 +150,12 @@ def plan(job_id: uuid.UUID | str, *, now: datetime | None = None) -> list[int]:
             issues.append(outcome_issue(
                 "warning", "suppressed",
                 f"{count} member(s) excluded from this export: consent {reason} at export time."))
-        chunks = planning.plan_chunks(include_sensitive=include_sensitive,
-                                      resource_types=job.params.get("types") or rules.EXPORT_TYPES,
+        types = present_types(job.params.get("types") or rules.EXPORT_TYPES, list(include_sensitive))
+        chunks = planning.plan_chunks(include_sensitive=include_sensitive, resource_types=types,
                                       chunk_members=settings.EXPORT_CHUNK_MEMBERS)
         created = ExportChunk.objects.bulk_create([
             ExportChunk(job=job, sequence=c.sequence, resource_type=c.resource_type, member_ids=list(c.member_ids),
-                        include_sensitive=c.include_sensitive) for c in chunks])
+                        regular_member_ids=list(c.regular_member_ids)) for c in chunks])
         job.status = ExportJob.Status.RUNNING
         job.started_at = now
         job.progress_total = len(created)
@@ -339,7 +352,7 @@ def run_chunk(chunk_id: int, *, worker: str = "") -> ChunkOutcome:
     if chunk is None:
         return ChunkOutcome("skipped")  # done, held by a live lease, out of attempts, or the job stopped
     try:
-        context = export_context(chunk.job, regular_member_ids=() if chunk.include_sensitive else chunk.member_ids)
+        context = export_context(chunk.job, regular_member_ids=chunk.regular_member_ids)
         result = writer.write_chunk(chunk, context, heartbeat=lambda: heartbeat(chunk.pk, owner))
         last = finish_chunk(chunk, owner, result)
     except LeaseLost:

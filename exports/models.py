@@ -111,7 +111,8 @@ class ExportChunk(models.Model):
     sequence = models.PositiveIntegerField()
     resource_type = models.CharField(max_length=64)
     member_ids = ArrayField(models.BigIntegerField(), default=list)
-    include_sensitive = models.BooleanField(default=False, help_text="the members' consent is #sensitive")
+    regular_member_ids = ArrayField(models.BigIntegerField(), default=list, blank=True,
+                                    help_text="members whose consent is #regular: their sensitive data is withheld")
     refs = ArrayField(models.CharField(max_length=160), default=list, blank=True,
                       help_text="shared resources the written rows reference, as Type/id")
     parts = models.PositiveSmallIntegerField(default=0, help_text="files written")

@@ -2,7 +2,7 @@
 
 A chunk is the unit a worker leases, writes and may redo; it is small enough that redoing one is cheap and
 its memory is bounded, whatever the size of the export. Members are split by the consent policy the
-planner found for them, so every chunk applies one sensitivity rule to all of its members.
+planner found for them: each chunk knows which of its members hold a `#regular` consent.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ class PlannedChunk:
     sequence: int
     resource_type: str
     member_ids: tuple[int, ...]
-    include_sensitive: bool
+    regular_member_ids: tuple[int, ...]  # the members whose consent is #regular (non-sensitive data only)
 
 
 def member_types(resource_types: Iterable[str]) -> list[str]:
@@ -37,18 +37,18 @@ def slices(member_ids: Sequence[int], size: int) -> list[tuple[int, ...]]:
 
 def plan_chunks(*, include_sensitive: Mapping[int, bool], resource_types: Sequence[str],
                 chunk_members: int) -> list[PlannedChunk]:
-    """One chunk per (slice of members sharing a sensitivity rule × member resource type).
+    """One chunk per (slice of members × member resource type).
 
     `include_sensitive` maps each member who may be exported to whether their consent covers sensitive
-    data (`#sensitive`) or not (`#regular`). Members left out of it contribute nothing.
+    data (`#sensitive`) or not (`#regular`); the chunk carries its `#regular` members so the rules withhold
+    their sensitive resources only. Members left out of the mapping contribute nothing.
     """
     types = member_types(dict.fromkeys(resource_types))
     chunks: list[PlannedChunk] = []
-    for sensitive in (True, False):
-        cohort = [member_id for member_id, flag in include_sensitive.items() if flag is sensitive]
-        for members in slices(cohort, chunk_members):
-            for resource_type in types:
-                chunks.append(PlannedChunk(len(chunks), resource_type, members, sensitive))
+    for members in slices(list(include_sensitive), chunk_members):
+        regular = tuple(member_id for member_id in members if not include_sensitive[member_id])
+        for resource_type in types:
+            chunks.append(PlannedChunk(len(chunks), resource_type, members, regular))
     return chunks
 
 

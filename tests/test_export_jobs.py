@@ -54,8 +54,8 @@ def test_plan_rechecks_consent_and_splits_members_by_policy(partner, world):
     assert job.progress_total == len(chunk_ids) == 4  # 2 members (1 per chunk) × 2 member types
     planned = {m for c in chunks for m in c.member_ids}
     assert planned == {world.members["sens"].pk, world.members["reg"].pk}
-    assert {(c.member_ids[0], c.include_sensitive) for c in chunks} == {
-        (world.members["sens"].pk, True), (world.members["reg"].pk, False)}
+    assert {(c.member_ids[0], tuple(c.regular_member_ids)) for c in chunks} == {
+        (world.members["sens"].pk, ()), (world.members["reg"].pk, (world.members["reg"].pk,))}
     [excluded] = job.messages
     assert excluded["severity"] == "warning" and "1 member(s) excluded" in excluded["diagnostics"]
     assert world.members["revoked"].fhir_id not in excluded["diagnostics"]

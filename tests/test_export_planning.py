@@ -37,10 +37,10 @@ def test_every_member_lands_in_exactly_one_slice_per_type():
         assert sorted(seen) == list(range(1, 101))
 
 
-def test_a_chunk_never_mixes_regular_and_sensitive_consents():
+def test_a_chunk_knows_which_of_its_members_hold_a_regular_consent():
     members = {1: True, 2: False, 3: True, 4: False, 5: False}
-    chunks = plan_chunks(include_sensitive=members, resource_types=["Condition"], chunk_members=10)
-    assert [(c.member_ids, c.include_sensitive) for c in chunks] == [((1, 3), True), ((2, 4, 5), False)]
+    chunks = plan_chunks(include_sensitive=members, resource_types=["Condition"], chunk_members=3)
+    assert [(c.member_ids, c.regular_member_ids) for c in chunks] == [((1, 2, 3), (2,)), ((4, 5), (4, 5))]
 
 
 def test_the_same_request_gives_the_same_plan():
