@@ -60,6 +60,25 @@ def database_url() -> str:
     return f"postgres://postgres@/{DATABASE_NAME}?host={pgdata}"
 
 
+def ensure_database(url: str) -> None:
+    """Create the URL's database when its server answers but lacks it (a fresh local PostgreSQL)."""
+    from urllib.parse import urlparse
+
+    import psycopg
+    from psycopg import sql
+
+    parsed = urlparse(url)
+    name = parsed.path.lstrip("/")
+    params = {"dbname": "postgres", "user": parsed.username or "postgres", "password": parsed.password,
+              "host": parsed.hostname, "port": parsed.port}
+    query = dict(part.split("=", 1) for part in parsed.query.split("&") if "=" in part)
+    if "host" in query:
+        params["host"] = query["host"]
+    with psycopg.connect(**{k: v for k, v in params.items() if v}, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
 def _redis_dir() -> Path:
     path = VAR_DIR / "redis"
     if len(str(path)) > 80:
@@ -134,7 +153,9 @@ if __name__ == "__main__":
     if command == "stop":
         stop()
     elif command == "env":
-        print(f"DATABASE_URL={os.environ.get('DATABASE_URL') or database_url()}")
+        url = os.environ.get("DATABASE_URL") or database_url()
+        ensure_database(url)
+        print(f"DATABASE_URL={url}")
         print(f"REDIS_URL={os.environ.get('REDIS_URL') or redis_url()}")
     else:
         sys.exit(f"usage: python -m config.embedded [env|stop]; got {command!r}")

@@ -43,3 +43,24 @@ def test_private_postgres_and_redis_start_under_var_and_stop():
     while time.monotonic() < deadline and (Path(host) / "postmaster.pid").exists():
         time.sleep(0.2)
     assert not (Path(host) / "postmaster.pid").exists()
+
+
+def test_ensure_database_creates_a_missing_database_once():
+    from django.conf import settings
+
+    from config.embedded import ensure_database
+
+    s = settings.DATABASES["default"]
+    name = f"pdex_ensure_{os.getpid()}"
+    host = s["HOST"] or "127.0.0.1"
+    url = (f"postgres://{s['USER'] or 'postgres'}@/{name}?host={host}" if host.startswith("/")
+           else f"postgres://{s['USER'] or 'postgres'}@{host}:{s['PORT'] or 5432}/{name}")
+    admin = {"dbname": "postgres", "user": s["USER"] or "postgres", "host": host, "port": s["PORT"] or None}
+    try:
+        ensure_database(url)
+        ensure_database(url)  # a second call finds it and does nothing
+        with psycopg.connect(**{k: v for k, v in admin.items() if v}) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", [name]).fetchone()[0] == 1
+    finally:
+        with psycopg.connect(**{k: v for k, v in admin.items() if v}, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
