@@ -17,6 +17,8 @@ _system_operations: list[dict[str, str]] = []
 _profiles: dict[str, list[str]] = defaultdict(list)
 _instantiates: list[str] = []
 _security_hooks: list = []
+_search_includes: dict[str, list[str]] = defaultdict(list)
+_search_revincludes: dict[str, list[str]] = defaultdict(list)
 
 
 def register_interactions(resource_type: str, *codes: str) -> None:
@@ -31,6 +33,14 @@ def register_search_param(resource_type: str, name: str, type_: str, definition:
         entry["definition"] = definition
     if entry not in _search_params[resource_type]:
         _search_params[resource_type].append(entry)
+
+
+def register_search_includes(resource_type: str, *includes: str, reverse: bool = False) -> None:
+    """`searchInclude` (or, with reverse=True, `searchRevInclude`) values, e.g. "Provenance:target"."""
+    target = (_search_revincludes if reverse else _search_includes)[resource_type]
+    for include in includes:
+        if include not in target:
+            target.append(include)
 
 
 def register_operation(resource_type: str | None, name: str, definition: str) -> None:
@@ -65,6 +75,10 @@ def capability_statement() -> dict[str, Any]:
             entry["supportedProfile"] = _profiles[resource_type]
         if _interactions.get(resource_type):
             entry["interaction"] = [{"code": code} for code in _interactions[resource_type]]
+        if _search_includes.get(resource_type):
+            entry["searchInclude"] = _search_includes[resource_type]
+        if _search_revincludes.get(resource_type):
+            entry["searchRevInclude"] = _search_revincludes[resource_type]
         if _search_params.get(resource_type):
             entry["searchParam"] = _search_params[resource_type]
         if _operations.get(resource_type):

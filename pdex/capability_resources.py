@@ -15,6 +15,9 @@ def register() -> None:
             capability.register_interactions(resource_type, "read", "search-type")
             for name, type_ in search.searchable_params(resource_type):
                 capability.register_search_param(resource_type, name, type_)
+            capability.register_search_includes(
+                resource_type, *(f"{resource_type}:{name}" for name in search.INCLUDE_PARAMS.get(resource_type, ())))
+            capability.register_search_includes(resource_type, search.REVINCLUDE_PROVENANCE, reverse=True)
         else:
             capability.register_interactions(resource_type, "read")
     capability.register_operation("Patient", "everything", PATIENT_EVERYTHING)

@@ -57,6 +57,22 @@ INCLUDE_TARGETS: dict[str, tuple[str, ...]] = {
     "location": ("Location",),
     "medication": ("Medication",),
 }
+# Which reference parameters each type offers for _include (FHIR R4 search parameters of that type).
+INCLUDE_PARAMS: dict[str, tuple[str, ...]] = {
+    "CarePlan": ("performer",),
+    "CareTeam": ("participant",),
+    "Claim": ("provider", "care-team", "insurer"),
+    "Coverage": ("payor",),
+    "DiagnosticReport": ("performer",),
+    "DocumentReference": ("author",),
+    "Encounter": ("practitioner", "participant", "service-provider", "location"),
+    "ExplanationOfBenefit": ("provider", "care-team", "insurer"),
+    "Immunization": ("performer", "location"),
+    "MedicationDispense": ("performer", "medication"),
+    "MedicationRequest": ("requester", "medication"),
+    "Observation": ("performer",),
+    "Procedure": ("performer", "location"),
+}
 REVINCLUDE_PROVENANCE = "Provenance:target"
 
 
@@ -78,9 +94,10 @@ class SearchParams:
 def _include_types(resource_type: str, value: str) -> tuple[str, ...]:
     source, _, rest = value.partition(":")
     name, _, target = rest.partition(":")
-    if source != resource_type or name not in INCLUDE_TARGETS:
-        raise BadRequest(f"_include={value} is not supported; use {resource_type}:<reference parameter> "
-                         f"with one of {', '.join(sorted(INCLUDE_TARGETS))}.", code="not-supported")
+    offered = INCLUDE_PARAMS.get(resource_type, ())
+    if source != resource_type or name not in offered:
+        choices = ", ".join(f"{resource_type}:{n}" for n in offered) or "none"
+        raise BadRequest(f"_include={value} is not supported (supported: {choices}).", code="not-supported")
     targets = INCLUDE_TARGETS[name]
     if target:
         if target not in targets:

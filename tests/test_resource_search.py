@@ -116,6 +116,7 @@ def test_revinclude_provenance_and_include_practitioner(api, world):
 def test_unsupported_include_and_revinclude_are_refused(api, world):
     assert api.get("/fhir/Encounter?patient=s1&_revinclude=Observation:encounter").status_code == 400
     assert api.get("/fhir/Encounter?patient=s1&_include=Encounter:subject").status_code == 400
+    assert api.get("/fhir/Encounter?patient=s1&_include=Encounter:insurer").status_code == 400
 
 
 def test_unknown_parameters_are_refused_unless_lenient(api, world):
@@ -193,3 +194,5 @@ def test_capability_statement_lists_search(api, world):
     assert {"name": "date", "type": "date"} in encounter_entry["searchParam"]
     assert {"name": "use", "type": "token"} in by_type["ExplanationOfBenefit"]["searchParam"]
     assert {"code": "read"} in by_type["Practitioner"]["interaction"]
+    assert "Encounter:practitioner" in encounter_entry["searchInclude"]
+    assert encounter_entry["searchRevInclude"] == ["Provenance:target"]
