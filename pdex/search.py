@@ -34,14 +34,13 @@ from pdex.everything import (
     shared_rows,
     transmitter_for,
 )
-from pdex.extract import SHARED_TYPES
+from pdex.extract import SHARED_TYPES, reference_target
 from pdex.fhir import BadRequest, NotFound, outcome_issue
 from pdex.models import Member, Resource
 
 CONTROL_PARAMS = ("patient", "_count", "_page", "_include", "_revinclude")
 SEARCHABLE_TYPES = tuple(t for t in rules.EXPORT_TYPES if t in SEARCH_PARAMS)
-# _include=Type:param → the shared types that param may point at (the included rows are the shared
-# resources of those types that the matched resources reference).
+# _include=Type:param → the shared types that param may point at.
 INCLUDE_TARGETS: dict[str, tuple[str, ...]] = {
     "practitioner": ("Practitioner",),
     "participant": ("Practitioner", "PractitionerRole"),
@@ -50,29 +49,36 @@ INCLUDE_TARGETS: dict[str, tuple[str, ...]] = {
     "provider": ("Practitioner", "PractitionerRole", "Organization"),
     "care-team": ("Practitioner", "PractitionerRole", "Organization"),
     "author": ("Practitioner", "PractitionerRole", "Organization"),
-    "organization": ("Organization",),
     "service-provider": ("Organization",),
     "insurer": ("Organization",),
     "payor": ("Organization",),
     "location": ("Location",),
     "medication": ("Medication",),
 }
-# Which reference parameters each type offers for _include (FHIR R4 search parameters of that type).
-INCLUDE_PARAMS: dict[str, tuple[str, ...]] = {
-    "CarePlan": ("performer",),
-    "CareTeam": ("participant",),
-    "Claim": ("provider", "care-team", "insurer"),
-    "Coverage": ("payor",),
-    "DiagnosticReport": ("performer",),
-    "DocumentReference": ("author",),
-    "Encounter": ("practitioner", "participant", "service-provider", "location"),
-    "ExplanationOfBenefit": ("provider", "care-team", "insurer"),
-    "Immunization": ("performer", "location"),
-    "MedicationDispense": ("performer", "medication"),
-    "MedicationRequest": ("requester", "medication"),
-    "Observation": ("performer",),
-    "Procedure": ("performer", "location"),
+# The reference parameters each type offers for _include, as the SQL/JSON path of their references
+# (the FHIR R4 search parameter expressions).
+INCLUDE_PATHS: dict[str, dict[str, str]] = {
+    "CarePlan": {"performer": "$.activity[*].detail.performer[*].reference"},
+    "CareTeam": {"participant": "$.participant[*].member.reference"},
+    "Claim": {"provider": "$.provider.reference", "care-team": "$.careTeam[*].provider.reference",
+              "insurer": "$.insurer.reference"},
+    "Coverage": {"payor": "$.payor[*].reference"},
+    "DiagnosticReport": {"performer": "$.performer[*].reference"},
+    "DocumentReference": {"author": "$.author[*].reference"},
+    "Encounter": {"practitioner": "$.participant[*].individual.reference",
+                  "participant": "$.participant[*].individual.reference",
+                  "service-provider": "$.serviceProvider.reference",
+                  "location": "$.location[*].location.reference"},
+    "ExplanationOfBenefit": {"provider": "$.provider.reference", "care-team": "$.careTeam[*].provider.reference",
+                             "insurer": "$.insurer.reference"},
+    "Immunization": {"performer": "$.performer[*].actor.reference", "location": "$.location.reference"},
+    "MedicationDispense": {"performer": "$.performer[*].actor.reference",
+                           "medication": "$.medicationReference.reference"},
+    "MedicationRequest": {"requester": "$.requester.reference", "medication": "$.medicationReference.reference"},
+    "Observation": {"performer": "$.performer[*].reference"},
+    "Procedure": {"performer": "$.performer[*].actor.reference", "location": "$.location.reference"},
 }
+INCLUDE_PARAMS: dict[str, tuple[str, ...]] = {t: tuple(paths) for t, paths in INCLUDE_PATHS.items()}
 REVINCLUDE_PROVENANCE = "Provenance:target"
 
 
@@ -85,13 +91,14 @@ class SearchParams:
     conditions: rules.Fragment | None = None
     count: int = DEFAULT_COUNT
     cursor: Cursor | None = None
-    include_types: frozenset[str] = frozenset()
+    includes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (JSON path, target types) per _include
     revinclude_provenance: bool = False
     issues: tuple[dict[str, Any], ...] = ()
     query: Mapping[str, list[str]] = field(default_factory=dict)
 
 
-def _include_types(resource_type: str, value: str) -> tuple[str, ...]:
+def _include(resource_type: str, value: str) -> tuple[str, tuple[str, ...]]:
+    """`Type:param[:Target]` → (the param's JSON path, the shared types it may include)."""
     source, _, rest = value.partition(":")
     name, _, target = rest.partition(":")
     offered = INCLUDE_PARAMS.get(resource_type, ())
@@ -102,8 +109,8 @@ def _include_types(resource_type: str, value: str) -> tuple[str, ...]:
     if target:
         if target not in targets:
             raise BadRequest(f"_include={value}: {name} does not point at {target}.", code="not-supported")
-        return (target,)
-    return targets
+        targets = (target,)
+    return INCLUDE_PATHS[resource_type][name], targets
 
 
 def parse_search_params(resource_type: str, query: Mapping[str, list[str]], *, prefer: str | None = None,
@@ -138,9 +145,7 @@ def parse_search_params(resource_type: str, query: Mapping[str, list[str]], *, p
             continue
         for m, raw in enumerate(raw_values):  # repeated parameters AND together
             conditions.append(condition_for(resource_type, name, raw, f"s{n}_{m}"))
-    include_types: set[str] = set()
-    for value in values.get("_include", []):
-        include_types.update(_include_types(resource_type, value))
+    includes = tuple(_include(resource_type, value) for value in values.get("_include", []))
     revinclude = values.get("_revinclude", [])
     if any(v != REVINCLUDE_PROVENANCE for v in revinclude):
         raise BadRequest(f"Only _revinclude={REVINCLUDE_PROVENANCE} is supported.", code="not-supported")
@@ -149,7 +154,7 @@ def parse_search_params(resource_type: str, query: Mapping[str, list[str]], *, p
         conditions=all_of(conditions) if conditions else None,
         count=parse_count(values["_count"][0]) if values.get("_count") else DEFAULT_COUNT,
         cursor=decode_cursor(values["_page"][0]) if values.get("_page") else None,
-        include_types=frozenset(include_types), revinclude_provenance=bool(revinclude), issues=tuple(issues),
+        includes=includes, revinclude_provenance=bool(revinclude), issues=tuple(issues),
         query={k: v for k, v in values.items() if k != "_page"},
     )
 
@@ -172,6 +177,21 @@ def provenance_rows(access: MemberAccess, references: list[str], *, request_time
     return page_rows([rules.keyed_query("Provenance", [access.member.pk], context)], after=0, limit=10_000)
 
 
+def included_references(row_ids: list[int], includes: tuple[tuple[str, tuple[str, ...]], ...]) -> set[str]:
+    """`Type/id` of the shared resources the rows point at through the _include parameters' paths."""
+    found: set[str] = set()
+    with connection.cursor() as cursor:
+        for path, targets in includes:
+            cursor.execute("SELECT DISTINCT ref #>> '{}' FROM pdex_resource r,"
+                           " jsonb_path_query(r.body, %(path)s::jsonpath) AS ref WHERE r.id = ANY(%(ids)s)",
+                           {"path": path, "ids": row_ids})
+            for (reference,) in cursor.fetchall():
+                target = reference_target(reference)
+                if target and target[0] in targets:
+                    found.add(f"{target[0]}/{target[1]}")
+    return found
+
+
 def search_page(partner, params: SearchParams, *, path: str, request=None, now: datetime | None = None) -> Page:
     """One page of a per-resource search, with its _include / _revinclude rows."""
     access = member_access(partner, params.patient_id, request=request, action="search")
@@ -181,9 +201,8 @@ def search_page(partner, params: SearchParams, *, path: str, request=None, now: 
     rows = page_rows(queries, after=params.cursor.after if params.cursor else 0, limit=params.count + 1)
     matches = rows[:params.count]
     includes: list[Row] = []
-    if params.include_types:
-        refs = [ref for row in matches for ref in row.refs if ref.partition("/")[0] in params.include_types]
-        includes += shared_rows(refs)
+    if params.includes and matches:
+        includes += shared_rows(included_references([row.pk for row in matches], params.includes))
     generated: list[dict[str, Any]] = []
     total = params.cursor.total if params.cursor else count_rows(queries)
     if params.revinclude_provenance:

@@ -113,6 +113,16 @@ def test_revinclude_provenance_and_include_practitioner(api, world):
         get_fhir_model_class(resource["resourceType"]).model_validate_json(json.dumps(resource))
 
 
+def test_include_follows_the_parameter_path(api, world):
+    bundle = search(api, "ExplanationOfBenefit?patient=s1&_include=ExplanationOfBenefit:provider")
+    assert ids(bundle, "include") == {"org-1"}
+    assert ids(search(api, "ExplanationOfBenefit?patient=s1&_include=ExplanationOfBenefit:insurer"),
+               "include") == set()
+    assert ids(search(api, "Encounter?patient=s1&_include=Encounter:practitioner:Practitioner"), "include") == {
+        "pr-1"}
+    assert api.get("/fhir/Encounter?patient=s1&_include=Encounter:practitioner:Organization").status_code == 400
+
+
 def test_unsupported_include_and_revinclude_are_refused(api, world):
     assert api.get("/fhir/Encounter?patient=s1&_revinclude=Observation:encounter").status_code == 400
     assert api.get("/fhir/Encounter?patient=s1&_include=Encounter:subject").status_code == 400
