@@ -355,19 +355,26 @@ def everything_page(access: MemberAccess, params: EverythingParams, *, path: str
     )
 
 
-def everything_job_params(access: MemberAccess, params: EverythingParams) -> dict[str, Any]:
-    """ExportJob.params for an asynchronous $everything (exports.jobs reads these keys).
+def everything_job(access: MemberAccess, params: EverythingParams, *, granted_scopes: Iterable[str],
+                   now: datetime | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """ExportJob.params (the keys exports.jobs reads) and error-file messages for an asynchronous $everything.
 
-    The export pipeline's context has no care-date bounds, so start/end are refused here rather than
-    silently ignored (docs/single-member.md).
+    Types are narrowed to what the token may read, as for synchronous pages. The export pipeline's context
+    has no care-date bounds, so start/end are refused here rather than silently ignored.
     """
     if params.start or params.end:
         raise BadRequest("start and end are not supported with Prefer: respond-async; page synchronously "
                          "to bound the date of service, or use _since.", code="not-supported")
-    return {
+    wanted = params.types or rules.EXPORT_TYPES
+    types = readable_types(granted_scopes, wanted)
+    if not types:
+        raise BadRequest("The token allows none of the requested types.", code="forbidden")
+    window = rules.export_window(request_time=now or timezone.now(), since=params.since)
+    job_params = {
         "patients": [f"Patient/{access.member.fhir_id}"],
-        "types": list(params.types),
+        "types": [] if tuple(types) == tuple(rules.EXPORT_TYPES) else types,
         "since": params.since.isoformat() if params.since else None,
         "until": None,
         "type_filters": [],
     }
+    return job_params, [*params.issues, *window.informational_issues()]

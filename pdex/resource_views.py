@@ -9,8 +9,8 @@ from __future__ import annotations
 from django.http import HttpResponse
 
 from exports import jobs
-from exports.asyncstatus import status_url
 from exports.models import ExportJob
+from exports.operations.kickoff import accepted
 from pdex import everything, search
 from pdex.fhir import FHIR_JSON, FhirView
 
@@ -50,12 +50,10 @@ class EverythingView(FhirView):
                                                     prefer=request.headers.get("Prefer"))
         access = everything.member_access(request.partner, patient_id, request=request, action="everything")
         if params.respond_async:
-            job = jobs.start_export(partner=request.partner, kind=ExportJob.Kind.EVERYTHING,
-                                    params=everything.everything_job_params(access, params),
-                                    request_url=request.build_absolute_uri(), request=request)
-            response = HttpResponse(status=202)
-            response["Content-Location"] = status_url(job)
-            return response
+            job_params, messages = everything.everything_job(access, params, granted_scopes=_granted(request))
+            job = jobs.start_export(partner=request.partner, kind=ExportJob.Kind.EVERYTHING, params=job_params,
+                                    request_url=request.build_absolute_uri(), request=request, messages=messages)
+            return accepted(job)
         page = everything.everything_page(access, params, path=_path(request), granted_scopes=_granted(request))
         return _json(everything.bundle_text(page))
 

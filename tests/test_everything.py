@@ -208,6 +208,16 @@ def test_respond_async_starts_an_everything_export(api, world, partner):
     assert job.params["patients"] == [f"Patient/{member.fhir_id}"] and job.params["types"] == ["Encounter"]
 
 
+def test_respond_async_narrows_types_to_the_scopes_and_reports_a_raised_since(world, partner, api_for):
+    member, _ = world
+    client = api_for(partner, "system/Patient.rs system/Encounter.rs")
+    response = client.get(url(member, "_since=2001-01-01T00:00:00Z"), HTTP_PREFER="respond-async")
+    assert response.status_code == 202
+    job = ExportJob.objects.get(partner=partner)
+    assert job.params["types"] == ["Patient", "Encounter"]
+    assert [m["severity"] for m in job.messages] == ["information"]
+
+
 def test_capability_statement_lists_everything(api, world):
     statement = api.get("/fhir/metadata").json()
     patient = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Patient")
