@@ -178,8 +178,11 @@ def export_context(*, request_time: datetime, since: datetime | None = None, unt
                    types: Iterable[str] | None = None, type_filters: Mapping[str, Sequence[Fragment]] | None = None,
                    regular_member_ids: Collection[int] = (), care_start: datetime | None = None,
                    care_end: datetime | None = None, mode: str | None = None) -> ExportContext:
-    """An ExportContext from request parameters and the settings (look-back, mode, PA rule)."""
-    wanted = set(types) if types else set(EXPORT_TYPES)
+    """An ExportContext from request parameters and the settings (look-back, mode, PA rule).
+
+    `types=None` means every exported type; an empty collection means none (the request selects nothing).
+    """
+    wanted = set(EXPORT_TYPES) if types is None else set(types)
     unknown = wanted - set(EXPORT_TYPES)
     if unknown:
         raise ValueError(f"not exported types: {sorted(unknown)}")

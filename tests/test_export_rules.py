@@ -268,3 +268,8 @@ def test_chunk_query_is_stable(member_data):
     member, _ = member_data
     first = exported("Observation", [member.pk], cap_context())
     assert first == exported("Observation", [member.pk], cap_context())
+
+
+def test_empty_type_selection_selects_nothing():
+    assert rules.export_context(request_time=REQUEST_TIME, types=[]).types == ()
+    assert rules.export_context(request_time=REQUEST_TIME, types=None).types == rules.EXPORT_TYPES
