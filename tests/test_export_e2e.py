@@ -163,13 +163,13 @@ def test_export_to_s3(fhir_base, s3_storage, partner, celery_worker_process):
     assert len(keys) == len(manifest["output"]) + len(manifest["error"])
 
 
-def test_cancel_mid_export_stops_it_and_removes_files(fhir_base, file_storage, partner, settings,
+def test_cancel_right_after_kick_off_stops_it_and_removes_files(fhir_base, file_storage, partner, settings,
                                                        celery_worker_process):
     world = build_world(partner)
     client = Client(fhir_base, issue_token(partner))
     response = client.kick_off(f"Group/{world.group.pk}/$davinci-data-export")
     status_url = response.headers["Content-Location"]
-    celery_worker_process()  # the job is queued before any worker runs, so the cancel lands mid-job
+    celery_worker_process()  # the job is queued before any worker runs; the cancel races its first chunks
     assert client.session.delete(status_url, timeout=30).status_code == 202
     assert client.session.get(status_url, timeout=30).status_code == 404
     job = ExportJob.objects.get(group=world.group)
@@ -234,3 +234,58 @@ def test_group_export_get_and_patient_export(fhir_base, file_storage, partner, c
     manifest = client.wait(response.headers["Content-Location"]).json()
     lines = [json.loads(line) for line in client.download(manifest)]
     assert {r["id"] for r in lines if r["resourceType"] == "Patient"} == {outsider.fhir_id}
+
+
+# --- the whole exchange: $bulk-member-match first, then the export of the Group it produced ----------------
+
+OLD_NPI, NEW_NPI = "9876543210", "0123456789"  # the NPIs of the spec's example request
+EXAMPLE_MEMBERS = [("pat-1001", "DH10001235", "1234564321", "person", "patricia ann", "1974-12-25", "female"),
+                   ("pat-2002", "DH10001236", "9876543789", "smith", "william john", "1958-12-25", "male"),
+                   ("pat-4004", "DH10001237", "7777700000", "noway", "janis noelle", "1956-12-25", "female")]
+
+
+def test_bulk_member_match_then_export(fhir_base, file_storage, make_partner, settings, celery_worker_process):
+    from pathlib import Path
+
+    from consent.models import Consent
+    from pdex.models import Member
+    from tests.export_fixtures import store
+    from tests.export_world import World, member_data
+
+    plan = {"PAYER_NPI": OLD_NPI, "PAYER_NAME": "Old Health Plan", "MEMBER_ID_SYSTEM": "http://example.org/old-payer"}
+    for name, value in plan.items():
+        setattr(settings, name, value)
+    new_plan = make_partner("New Health Plan", npi=NEW_NPI)
+    members = {}
+    for fhir_id, number, subscriber, family, given, birth, gender in EXAMPLE_MEMBERS:
+        members[fhir_id] = Member.objects.create(
+            fhir_id=fhir_id, umb=f"UMB-{fhir_id}", member_number=number, subscriber_id=subscriber, family=family,
+            given=given, birth_date=birth, gender=gender)
+        store({"resourceType": "Patient", "id": fhir_id, "meta": {"lastUpdated": "2026-01-01T00:00:00Z"},
+               "gender": gender, "birthDate": birth}, members[fhir_id])
+    celery_worker_process(extra_env=plan)
+    client = Client(fhir_base, issue_token(new_plan))
+
+    request = json.loads((Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples" /
+                          "bulk-member-match-request.json").read_text())
+    response = client.session.post(f"{fhir_base}/Group/$bulk-member-match", json=request, timeout=30, headers={
+        "Prefer": "respond-async", "Content-Type": "application/fhir+json", "Accept": "application/fhir+json"})
+    assert response.status_code == 202, response.text
+    matched = client.wait(response.headers["Content-Location"])
+    assert matched.status_code == 200, matched.text
+    group = MemberMatchGroup.objects.get(partner=new_plan, code=MemberMatchGroup.Code.MATCH)
+    in_group = set(group.members.values_list("fhir_id", flat=True))
+    assert len(in_group) >= 2
+
+    # Between the match and the export, one matched member revokes their consent.
+    revoked_id = sorted(in_group)[0]
+    Consent.objects.filter(member__fhir_id=revoked_id, partner=new_plan).update(status=Consent.Status.REVOKED)
+    world = World(group=group, members=members)
+    for fhir_id, member in members.items():
+        visible = fhir_id in in_group and fhir_id != revoked_id
+        policy = Consent.objects.filter(member=member, partner=new_plan).values_list("policy", flat=True).first()
+        member_data(world, fhir_id.replace("-", ""), member, visible=visible, regular=policy == "regular")
+
+    _, lines, errors = export_and_download(client, world, [{"name": "exportType", "valueCode": P2P}])
+    assert_p2p_export(lines, world)
+    assert any("excluded" in json.loads(line)["issue"][0]["diagnostics"] for line in errors)

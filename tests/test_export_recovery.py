@@ -146,3 +146,42 @@ def test_stalled_jobs_get_their_pending_chunks_sent_again(partner, settings):
     assert jobs.requeue_stale().chunks == []  # just planned: its messages are still on their way
     later = timezone.now() + timedelta(seconds=settings.EXPORT_LEASE_SECONDS + 1)
     assert sorted(jobs.requeue_stale(now=later).chunks) == sorted(chunk_ids)
+
+
+def test_cancel_mid_export_stops_the_chunks_and_removes_every_file(fhir_base, settings, partner, shared_members,
+                                                                    celery_worker_process):
+    from exports.models import OutputFile
+    from exports.tasks.maintenance import expire_outputs
+    from pdex.models import AuditEvent
+
+    settings.EXPORT_CHUNK_MEMBERS = 5  # hundreds of chunks: the cancel lands while they are being written
+    client = Client(fhir_base, issue_token(partner))
+    celery_worker_process(extra_env={"EXPORT_CHUNK_MEMBERS": "5"})
+    job = kick_off(client, shared_members)
+    wait_until(lambda: ExportJob.objects.get(pk=job.pk).progress_done >= 3, "a few chunks to finish", seconds=120)
+    status_url = jobs_status_url(job)
+    assert client.session.delete(status_url, timeout=30).status_code == 202
+    cancel = AuditEvent.objects.get(action="bulk-cancel", entity__endswith=str(job.pk))
+    assert cancel.detail["previous_status"] == "running"
+    assert client.session.get(status_url, timeout=30).status_code == 404
+    wait_until(lambda: not ExportChunk.objects.filter(job=job, status=ExportChunk.Status.RUNNING,
+                                                      lease_expires__gt=timezone_now()).exists(),
+               "running chunks to stop", seconds=60)
+    job.refresh_from_db()
+    assert job.status == ExportJob.Status.CANCELLED and job.progress_done < job.progress_total
+    assert ExportChunk.objects.filter(job=job, status=ExportChunk.Status.PENDING).exists()  # never ran
+    expire_outputs()  # the beat sweep: anything a chunk committed after the cancel goes too
+    assert not OutputFile.objects.filter(job_id=job.id).exists()
+    assert not list((settings_root(settings) / str(partner.pk) / str(job.id)).glob("*.ndjson"))
+
+
+def timezone_now():
+    from django.utils import timezone
+
+    return timezone.now()
+
+
+def settings_root(settings):
+    from pathlib import Path
+
+    return Path(settings.EXPORT_STORAGE_URL.removeprefix("file://"))
