@@ -208,6 +208,7 @@ STATIC_ROOT = VAR_DIR / "static"
 # The admin's CSS/JS served by the web process itself (gunicorn serves no static files), straight from the
 # apps' folders, so a single-machine install needs no collectstatic step.
 WHITENOISE_USE_FINDERS = True
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=50 * 1024 * 1024)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 

@@ -96,9 +96,10 @@ def play_partner(base: str) -> None:
         return
     spec = importlib.util.spec_from_file_location("partner_play", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules["partner_play"] = module  # dataclasses look their module up there
     print("\nA requesting payer plays the exchange (scripts/partner_play.py) …", flush=True)
     try:
+        spec.loader.exec_module(module)
         module.main(base)
     except Exception as exc:  # noqa: BLE001 - the demo keeps serving even if the scripted partner fails
         print(f"partner_play failed: {type(exc).__name__}: {exc}", flush=True)
