@@ -289,3 +289,14 @@ def test_bulk_member_match_then_export(fhir_base, file_storage, make_partner, se
     _, lines, errors = export_and_download(client, world, [{"name": "exportType", "valueCode": P2P}])
     assert_p2p_export(lines, world)
     assert any("excluded" in json.loads(line)["issue"][0]["diagnostics"] for line in errors)
+
+
+def test_metadata_lists_the_export_operations(client):
+    statement = client.get("/fhir/metadata").json()
+    operations = {(r["type"], op["name"], op["definition"]) for r in statement["rest"][0]["resource"]
+                  for op in r.get("operation", [])}
+    assert {("Group", "davinci-data-export",
+             "http://hl7.org/fhir/us/davinci-atr/OperationDefinition/davinci-data-export"),
+            ("Group", "export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"),
+            ("Patient", "export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export")} <= operations
+    assert "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data" in statement["instantiates"]

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from exports import asyncstatus, jobs, rules
 from exports.models import ExportJob
-from exports.params import ExportParams
+from exports.params import ExportParams, parse_prefer
 from matching.models import MemberMatchGroup
 from pdex.auth import scopes
 from pdex.fhir import BadRequest, FhirError, fhir_json_response, operation_outcome, outcome_issue
@@ -22,7 +22,7 @@ class Forbidden(FhirError):
 
 def require_async(request) -> None:
     """PDex: the kick-off SHALL carry `Prefer: respond-async` (spec §5.1, §7.1)."""
-    if "respond-async" not in (request.headers.get("Prefer") or "").replace(" ", "").lower():
+    if "respond-async" not in parse_prefer(request.headers.get("Prefer")):
         raise BadRequest("This operation is asynchronous only: send the header 'Prefer: respond-async'.")
 
 
