@@ -94,15 +94,25 @@ class Cursor:
     total: int = 0
 
 
-def encode_cursor(cursor: Cursor) -> str:
+def search_key(path: str, query: Mapping[str, Any]) -> str:
+    """What a page token is bound to: the path and every parameter but `_page`, in a canonical order."""
+    pairs = sorted((name, str(value)) for name, values in query.items() if name != "_page"
+                   for value in (values if isinstance(values, (list, tuple)) else [values]))
+    return f"{path}?{urlencode(pairs)}"
+
+
+def encode_cursor(cursor: Cursor, key: str) -> str:
     return signing.dumps({"a": cursor.after, "t": cursor.request_time.isoformat(), "n": cursor.total},
-                         salt=CURSOR_SALT, compress=True)
+                         salt=f"{CURSOR_SALT}:{key}", compress=True)
 
 
-def decode_cursor(token: str) -> Cursor:
-    """A page token we issued (signed, so a client cannot move the window by editing it)."""
+def decode_cursor(token: str | None, key: str) -> Cursor | None:
+    """A page token we issued for this very search (signed and bound to its path and parameters, so a
+    client can neither move the window by editing it nor carry it over to another search)."""
+    if token is None:
+        return None
     try:
-        data = signing.loads(token, salt=CURSOR_SALT, max_age=CURSOR_MAX_AGE)
+        data = signing.loads(token, salt=f"{CURSOR_SALT}:{key}", max_age=CURSOR_MAX_AGE)
         return Cursor(after=int(data["a"]), request_time=datetime.fromisoformat(data["t"]), total=int(data["n"]))
     except (signing.BadSignature, KeyError, TypeError, ValueError):
         raise BadRequest("The _page link is invalid or has expired; start the search again.") from None
@@ -212,7 +222,7 @@ def link_url(path: str, params: Mapping[str, Any], cursor: Cursor | None = None)
     query = [(name, value) for name, values in params.items() for value in (
         values if isinstance(values, (list, tuple)) else [values]) if name != "_page"]
     if cursor is not None:
-        query.append(("_page", encode_cursor(cursor)))
+        query.append(("_page", encode_cursor(cursor, search_key(path, params))))
     return f"{settings.FHIR_BASE_URL}{path}" + (f"?{urlencode(query)}" if query else "")
 
 
@@ -235,7 +245,7 @@ class EverythingParams:
     since: datetime | None = None
     types: tuple[str, ...] = ()
     count: int = DEFAULT_COUNT
-    cursor: Cursor | None = None
+    page_token: str | None = None
     lenient: bool = False
     respond_async: bool = False
     issues: tuple[dict[str, Any], ...] = ()
@@ -310,7 +320,7 @@ def parse_everything_params(*, query: Mapping[str, list[str]], body: Any = None,
     return EverythingParams(
         start=start, end=end, since=parse_instant("_since", one("_since")) if one("_since") else None,
         types=tuple(types), count=parse_count(one("_count")) if one("_count") else DEFAULT_COUNT,
-        cursor=decode_cursor(one("_page")) if one("_page") else None, lenient=lenient,
+        page_token=one("_page"), lenient=lenient,
         respond_async="respond-async" in tokens, issues=tuple(issues),
         query={k: v for k, v in values.items() if k != "_page"},
     )
@@ -344,19 +354,20 @@ def everything_queries(member: Member, context: rules.ExportContext) -> list[tup
 def everything_page(access: MemberAccess, params: EverythingParams, *, path: str, granted_scopes: Iterable[str],
                     now: datetime | None = None) -> Page:
     """One page of Patient/{id}/$everything."""
-    request_time = params.cursor.request_time if params.cursor else (now or timezone.now())
+    cursor = decode_cursor(params.page_token, search_key(path, params.query))
+    request_time = cursor.request_time if cursor else (now or timezone.now())
     context = everything_context(access, params, request_time=request_time,
                                  allowed_types=readable_types(granted_scopes, rules.EXPORT_TYPES))
     queries = everything_queries(access.member, context)
-    rows = page_rows(queries, after=params.cursor.after if params.cursor else 0, limit=params.count + 1)
+    rows = page_rows(queries, after=cursor.after if cursor else 0, limit=params.count + 1)
     matches = rows[:params.count]
     more = len(rows) > params.count
-    issues = list(params.issues) + (context.window.informational_issues() if not params.cursor else [])
-    total = params.cursor.total if params.cursor else count_rows(queries)
+    issues = list(params.issues) + (context.window.informational_issues() if not cursor else [])
+    total = cursor.total if cursor else count_rows(queries)
     return Page(
         total=total,
         matches=matches,
-        self_url=link_url(path, params.query, params.cursor),
+        self_url=link_url(path, params.query, cursor),
         next_url=link_url(path, params.query, Cursor(matches[-1].pk, request_time, total)) if more else None,
         generated=transmitter_for(matches, request_time),
         issues=issues,

@@ -31,6 +31,7 @@ from pdex.everything import (
     page_rows,
     parse_count,
     readable_members,
+    search_key,
     shared_rows,
     transmitter_for,
 )
@@ -90,7 +91,7 @@ class SearchParams:
     patient_id: str
     conditions: rules.Fragment | None = None
     count: int = DEFAULT_COUNT
-    cursor: Cursor | None = None
+    page_token: str | None = None
     includes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (JSON path, target types) per _include
     revinclude_provenance: bool = False
     issues: tuple[dict[str, Any], ...] = ()
@@ -153,7 +154,7 @@ def parse_search_params(resource_type: str, query: Mapping[str, list[str]], *, p
         resource_type=resource_type, patient_id=patient_id,
         conditions=all_of(conditions) if conditions else None,
         count=parse_count(values["_count"][0]) if values.get("_count") else DEFAULT_COUNT,
-        cursor=decode_cursor(values["_page"][0]) if values.get("_page") else None,
+        page_token=values["_page"][0] if values.get("_page") else None,
         includes=includes, revinclude_provenance=bool(revinclude), issues=tuple(issues),
         query={k: v for k, v in values.items() if k != "_page"},
     )
@@ -195,22 +196,23 @@ def included_references(row_ids: list[int], includes: tuple[tuple[str, tuple[str
 def search_page(partner, params: SearchParams, *, path: str, request=None, now: datetime | None = None) -> Page:
     """One page of a per-resource search, with its _include / _revinclude rows."""
     access = member_access(partner, params.patient_id, request=request, action="search")
-    request_time = params.cursor.request_time if params.cursor else (now or timezone.now())
+    cursor = decode_cursor(params.page_token, search_key(path, params.query))
+    request_time = cursor.request_time if cursor else (now or timezone.now())
     context = search_context(access, params.resource_type, request_time=request_time, conditions=params.conditions)
     queries = [rules.keyed_query(params.resource_type, [access.member.pk], context)]
-    rows = page_rows(queries, after=params.cursor.after if params.cursor else 0, limit=params.count + 1)
+    rows = page_rows(queries, after=cursor.after if cursor else 0, limit=params.count + 1)
     matches = rows[:params.count]
     includes: list[Row] = []
     if params.includes and matches:
         includes += shared_rows(included_references([row.pk for row in matches], params.includes))
     generated: list[dict[str, Any]] = []
-    total = params.cursor.total if params.cursor else count_rows(queries)
+    total = cursor.total if cursor else count_rows(queries)
     if params.revinclude_provenance:
         includes += provenance_rows(access, [row.reference for row in matches], request_time=request_time)
         generated = transmitter_for(matches, request_time)
     return Page(
         total=total, matches=matches, includes=includes, generated=generated,
-        self_url=link_url(path, params.query, params.cursor),
+        self_url=link_url(path, params.query, cursor),
         next_url=link_url(path, params.query, Cursor(matches[-1].pk, request_time, total))
         if len(rows) > params.count else None,
         issues=list(params.issues),

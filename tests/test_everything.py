@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from django.db import connection
@@ -234,3 +234,11 @@ def test_a_type_the_member_has_none_of_returns_nothing(api, world):
     member, _ = world
     bundle = api.get(url(member, "_type=Goal")).json()
     assert bundle["total"] == 0 and bundle["entry"] == []
+
+
+def test_a_page_token_only_works_for_its_own_search(api, world):
+    member, _ = world
+    first = api.get(url(member, "_count=10")).json()
+    token = parse_qs(urlsplit(next(x["url"] for x in first["link"] if x["relation"] == "next")).query)["_page"][0]
+    assert api.get(url(member, f"_count=10&_page={token}")).status_code == 200
+    assert api.get(url(member, f"_count=10&_type=Encounter&_page={token}")).status_code == 400
