@@ -111,6 +111,10 @@ def main() -> None:
     django.setup()
     from django.conf import settings
 
+    # Ctrl-C or a plain `kill` both end in a clean stop of web, worker and beat, whatever signal state the
+    # demo inherited (a non-interactive shell starts background jobs with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # honcho is told in stop()
     port = int(os.environ.get("PORT", "8000"))
     base = f"http://127.0.0.1:{port}"
     prepare_data()
