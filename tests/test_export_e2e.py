@@ -22,6 +22,8 @@ from tests.export_world import assert_p2p_export, build_world, give_consent, mat
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 P2P = "hl7.fhir.us.davinci-pdex#payertopayer"
+# The worker plans the jobs: one member per chunk, so an export of a few members is already many chunks.
+WORKER_ENV = {"EXPORT_CHUNK_MEMBERS": "1"}
 POLL_LIMIT_SECONDS = 180
 
 
@@ -77,7 +79,6 @@ def fhir_base(live_server, settings):
 @pytest.fixture
 def file_storage(settings, tmp_path):
     settings.EXPORT_STORAGE_URL = f"file://{tmp_path}/exports"
-    settings.EXPORT_CHUNK_MEMBERS = 1
 
 
 def export_and_download(client: Client, world, parameters=None) -> tuple[dict, list[bytes], list[bytes]]:
@@ -94,7 +95,7 @@ def export_and_download(client: Client, world, parameters=None) -> tuple[dict, l
 
 def test_davinci_data_export_end_to_end(fhir_base, file_storage, partner, celery_worker_process):
     world = build_world(partner)
-    celery_worker_process()
+    celery_worker_process(extra_env=WORKER_ENV)
     client = Client(fhir_base, issue_token(partner))
     manifest, lines, errors = export_and_download(client, world, [{"name": "exportType", "valueCanonical": P2P}])
     resources = assert_p2p_export(lines, world)
@@ -111,7 +112,7 @@ def test_davinci_data_export_end_to_end(fhir_base, file_storage, partner, celery
 
 def test_export_type_absent_is_payer_to_payer_with_a_note(fhir_base, file_storage, partner, celery_worker_process):
     world = build_world(partner)
-    celery_worker_process()
+    celery_worker_process(extra_env=WORKER_ENV)
     client = Client(fhir_base, issue_token(partner))
     _, lines, errors = export_and_download(client, world, [{"name": "_type", "valueString": "Patient,Encounter"}])
     notes = [json.loads(line)["issue"][0] for line in errors]
@@ -143,7 +144,6 @@ def s3_storage(settings, monkeypatch):
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
     settings.AWS_ENDPOINT_URL = endpoint
     settings.EXPORT_STORAGE_URL = f"s3://{bucket}/p2p"
-    settings.EXPORT_CHUNK_MEMBERS = 1
     yield boto3.client("s3", endpoint_url=endpoint), bucket
     server.stop()
 
@@ -151,7 +151,7 @@ def s3_storage(settings, monkeypatch):
 def test_export_to_s3(fhir_base, s3_storage, partner, celery_worker_process):
     s3, bucket = s3_storage
     world = build_world(partner)
-    celery_worker_process()
+    celery_worker_process(extra_env=WORKER_ENV)
     client = Client(fhir_base, issue_token(partner))
     manifest, lines, _ = export_and_download(client, world, [{"name": "exportType", "valueString": P2P}])
     assert_p2p_export(lines, world)
@@ -169,7 +169,7 @@ def test_cancel_right_after_kick_off_stops_it_and_removes_files(fhir_base, file_
     client = Client(fhir_base, issue_token(partner))
     response = client.kick_off(f"Group/{world.group.pk}/$davinci-data-export")
     status_url = response.headers["Content-Location"]
-    celery_worker_process()  # the job is queued before any worker runs; the cancel races its first chunks
+    celery_worker_process(extra_env=WORKER_ENV)  # the job was queued before any worker ran: the cancel races it
     assert client.session.delete(status_url, timeout=30).status_code == 202
     assert client.session.get(status_url, timeout=30).status_code == 404
     job = ExportJob.objects.get(group=world.group)
@@ -215,7 +215,7 @@ def test_kick_off_refusals(fhir_base, file_storage, partner, make_partner):
 
 def test_group_export_get_and_patient_export(fhir_base, file_storage, partner, celery_worker_process):
     world = build_world(partner)
-    celery_worker_process()
+    celery_worker_process(extra_env=WORKER_ENV)
     client = Client(fhir_base, issue_token(partner))
     response = client.kick_off(f"Group/{world.group.pk}/$export?_type=Patient", method="GET")
     assert response.status_code == 202, response.text
@@ -263,7 +263,7 @@ def test_bulk_member_match_then_export(fhir_base, file_storage, make_partner, se
             given=given, birth_date=birth, gender=gender)
         store({"resourceType": "Patient", "id": fhir_id, "meta": {"lastUpdated": "2026-01-01T00:00:00Z"},
                "gender": gender, "birthDate": birth}, members[fhir_id])
-    celery_worker_process(extra_env=plan)
+    celery_worker_process(extra_env={**WORKER_ENV, **plan})
     client = Client(fhir_base, issue_token(new_plan))
 
     request = json.loads((Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples" /

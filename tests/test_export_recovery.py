@@ -29,6 +29,8 @@ from tests.test_export_e2e import Client
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 LEASE = "3"
+# The worker plans the job, so it needs the chunk size too: small chunks make an export of hundreds of them.
+WORKER_ENV = {"EXPORT_LEASE_SECONDS": LEASE, "EXPORT_CHUNK_MEMBERS": "5"}
 DEADLINE_SECONDS = 240
 
 
@@ -46,7 +48,7 @@ def fhir_base(live_server, settings, tmp_path):
     settings.FHIR_BASE_URL = f"{live_server.url}/fhir"
     settings.STATUS_RETRY_AFTER_SECONDS = 1
     settings.EXPORT_STORAGE_URL = f"file://{tmp_path}/exports"
-    settings.EXPORT_CHUNK_MEMBERS = 25
+    settings.EXPORT_CHUNK_MEMBERS = 5
     settings.EXPORT_LEASE_SECONDS = int(LEASE)
     return settings.FHIR_BASE_URL
 
@@ -57,14 +59,15 @@ def kick_off(client: Client, group) -> ExportJob:
     return ExportJob.objects.get(pk=response.headers["Content-Location"].rsplit("/", 1)[1])
 
 
-def wait_until(predicate, what: str, seconds: float = DEADLINE_SECONDS, sweep: bool = False) -> None:
+def wait_until(predicate, what: str, seconds: float = DEADLINE_SECONDS, sweep: bool = False,
+               every: float = 0.5) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if predicate():
             return
         if sweep:
             requeue_stale_chunks()  # what beat does every EXPORT_REQUEUE_SWEEP_SECONDS
-        time.sleep(0.5)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -89,7 +92,7 @@ def resource_keys(lines: list[bytes]) -> Counter:
 
 def test_sigkilled_worker_loses_and_duplicates_nothing(fhir_base, partner, shared_members, celery_worker_process):
     client = Client(fhir_base, issue_token(partner))
-    worker = celery_worker_process(extra_env={"EXPORT_LEASE_SECONDS": LEASE})
+    worker = celery_worker_process(extra_env=WORKER_ENV)
     job = kick_off(client, shared_members)
 
     def chunk_running() -> bool:
@@ -97,7 +100,7 @@ def test_sigkilled_worker_loses_and_duplicates_nothing(fhir_base, partner, share
 
     hits = 0
     for _ in range(3):  # kill the pool's processes while a chunk is being written, three times over
-        wait_until(chunk_running, "a chunk to be running", seconds=60)
+        wait_until(chunk_running, "a chunk to be running", seconds=60, every=0.01)
         kill(worker.child_pids())
         hits += 1
     # …and then the whole worker, master included: its reserved messages are never acknowledged.
@@ -106,7 +109,7 @@ def test_sigkilled_worker_loses_and_duplicates_nothing(fhir_base, partner, share
     job.refresh_from_db()
     assert job.status == ExportJob.Status.RUNNING and job.progress_done < job.progress_total
 
-    celery_worker_process(extra_env={"EXPORT_LEASE_SECONDS": LEASE})
+    celery_worker_process(extra_env=WORKER_ENV)
     wait_until(lambda: ExportJob.objects.get(pk=job.pk).status != ExportJob.Status.RUNNING,
                "the export to finish after recovery", sweep=True)
     job.refresh_from_db()
@@ -154,9 +157,8 @@ def test_cancel_mid_export_stops_the_chunks_and_removes_every_file(fhir_base, se
     from exports.tasks.maintenance import expire_outputs
     from pdex.models import AuditEvent
 
-    settings.EXPORT_CHUNK_MEMBERS = 5  # hundreds of chunks: the cancel lands while they are being written
     client = Client(fhir_base, issue_token(partner))
-    celery_worker_process(extra_env={"EXPORT_CHUNK_MEMBERS": "5"})
+    celery_worker_process(extra_env=WORKER_ENV)  # hundreds of chunks: the cancel lands while they are written
     job = kick_off(client, shared_members)
     wait_until(lambda: ExportJob.objects.get(pk=job.pk).progress_done >= 3, "a few chunks to finish", seconds=120)
     status_url = jobs_status_url(job)
