@@ -211,6 +211,12 @@ def test_kick_off_refusals(fhir_base, file_storage, partner, make_partner):
     narrow = Client(fhir_base, issue_token(partner, "system/Group.rs system/Patient.rs"))
     assert narrow.kick_off(path, [{"name": "_type", "valueString": "Patient,Encounter"}]).status_code == 403
     assert not ExportJob.objects.exists()
+    from pdex.models import AuditEvent
+
+    refused = AuditEvent.objects.filter(action="export", outcome=AuditEvent.Outcome.MINOR_FAILURE)
+    statuses = ["404 not-found", "404 not-found", "400 invalid", "400 not-supported", "400 business-rule",
+                "403 forbidden"]
+    assert sorted(refused.values_list("reason", flat=True)) == sorted(f"kick-off refused: {s}" for s in statuses)
 
 
 def test_group_export_get_and_patient_export(fhir_base, file_storage, partner, celery_worker_process):

@@ -6,7 +6,7 @@ Only the caller's own `match` Groups are exportable (§5.7 rule 5); another part
 from __future__ import annotations
 
 from exports.models import ExportJob
-from exports.operations.kickoff import accepted, kick_off
+from exports.operations.kickoff import accepted, audited, kick_off
 from exports.params import DAVINCI
 from matching.models import MemberMatchGroup
 from matching.selectors import owned_group
@@ -29,8 +29,9 @@ class DavinciDataExportView(FhirView):
     required_scopes = GROUP_EXPORT_SCOPES
 
     def post(self, request, group_id: str):
-        group = exportable_group(partner=request.partner, group_id=group_id)
-        job = kick_off(request, kind=ExportJob.Kind.DAVINCI, operation=DAVINCI, group=group)
+        with audited(request, f"Group/{group_id}"):
+            group = exportable_group(partner=request.partner, group_id=group_id)
+            job = kick_off(request, kind=ExportJob.Kind.DAVINCI, operation=DAVINCI, group=group)
         return accepted(job)
 
     get = post

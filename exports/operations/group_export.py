@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from exports.models import ExportJob
 from exports.operations.davinci_data_export import GROUP_EXPORT_SCOPES, exportable_group
-from exports.operations.kickoff import accepted, kick_off
+from exports.operations.kickoff import accepted, audited, kick_off
 from exports.params import EXPORT
 from pdex.fhir import FhirView
 
@@ -16,8 +16,9 @@ class GroupExportView(FhirView):
     required_scopes = GROUP_EXPORT_SCOPES
 
     def post(self, request, group_id: str):
-        group = exportable_group(partner=request.partner, group_id=group_id)
-        job = kick_off(request, kind=ExportJob.Kind.GROUP, operation=EXPORT, group=group)
+        with audited(request, f"Group/{group_id}"):
+            group = exportable_group(partner=request.partner, group_id=group_id)
+            job = kick_off(request, kind=ExportJob.Kind.GROUP, operation=EXPORT, group=group)
         return accepted(job)
 
     get = post
