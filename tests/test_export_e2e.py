@@ -1,7 +1,8 @@
 """$davinci-data-export end to end: real HTTP (live_server), a real Celery worker on Redis, file and S3 storage.
 
-token → kick-off → poll the status URL → download every file with the same token → check the P2P rules
-on every line (tests/export_world.py says which resource each rule keeps or withholds).
+token (SMART Backend Services: discovery, signed assertion, token endpoint) → [$bulk-member-match →] kick-off →
+poll the status URL → download every file with the same token → check the P2P rules on every line
+(tests/export_world.py says which resource each rule keeps or withholds).
 """
 
 from __future__ import annotations
@@ -81,6 +82,28 @@ def file_storage(settings, tmp_path):
     settings.EXPORT_STORAGE_URL = f"file://{tmp_path}/exports"
 
 
+def smart_partner(name: str, npi: str = "1999999991"):
+    """A partner registered with a public key, as `manage.py create_partner` does, and its private key."""
+    from pdex import partners
+    from tests.fixtures.smart import new_client_key
+
+    private, public = new_client_key("ES384")
+    partner = partners.create_partner(name=name, jwks=public, npi=npi, status="active", registered_via="command",
+                                      scope="system/*.read http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/"
+                                            "BulkMemberMatch")
+    return partner, private
+
+
+def smart_token(fhir_base: str, partner, private_jwk: dict, scopes: str) -> str:
+    """A bearer token the way a partner gets one: discovery, a signed client assertion, the token endpoint."""
+    from pdex.auth import client as smart_client
+
+    token_url = smart_client.discover(fhir_base)["token_endpoint"]
+    response = smart_client.request_token(token_url, partner.client_id, private_jwk, scopes)
+    assert response["expires_in"] <= 300
+    return response["access_token"]
+
+
 def export_and_download(client: Client, world, parameters=None) -> tuple[dict, list[bytes], list[bytes]]:
     response = client.kick_off(f"Group/{world.group.pk}/$davinci-data-export", parameters)
     assert response.status_code == 202, response.text
@@ -93,10 +116,11 @@ def export_and_download(client: Client, world, parameters=None) -> tuple[dict, l
     return manifest, client.download(manifest), client.download(manifest, "error")
 
 
-def test_davinci_data_export_end_to_end(fhir_base, file_storage, partner, celery_worker_process):
+def test_davinci_data_export_end_to_end(fhir_base, file_storage, celery_worker_process):
+    partner, private_jwk = smart_partner("New Plan")
     world = build_world(partner)
     celery_worker_process(extra_env=WORKER_ENV)
-    client = Client(fhir_base, issue_token(partner))
+    client = Client(fhir_base, smart_token(fhir_base, partner, private_jwk, "system/*.read"))
     manifest, lines, errors = export_and_download(client, world, [{"name": "exportType", "valueCanonical": P2P}])
     resources = assert_p2p_export(lines, world)
     assert {item["type"] for item in manifest["output"]} >= {
@@ -250,7 +274,7 @@ EXAMPLE_MEMBERS = [("pat-1001", "DH10001235", "1234564321", "person", "patricia 
                    ("pat-4004", "DH10001237", "7777700000", "noway", "janis noelle", "1956-12-25", "female")]
 
 
-def test_bulk_member_match_then_export(fhir_base, file_storage, make_partner, settings, celery_worker_process):
+def test_bulk_member_match_then_export(fhir_base, file_storage, settings, celery_worker_process):
     from pathlib import Path
 
     from consent.models import Consent
@@ -261,7 +285,7 @@ def test_bulk_member_match_then_export(fhir_base, file_storage, make_partner, se
     plan = {"PAYER_NPI": OLD_NPI, "PAYER_NAME": "Old Health Plan", "MEMBER_ID_SYSTEM": "http://example.org/old-payer"}
     for name, value in plan.items():
         setattr(settings, name, value)
-    new_plan = make_partner("New Health Plan", npi=NEW_NPI)
+    new_plan, private_jwk = smart_partner("New Health Plan", npi=NEW_NPI)
     members = {}
     for fhir_id, number, subscriber, family, given, birth, gender in EXAMPLE_MEMBERS:
         members[fhir_id] = Member.objects.create(
@@ -270,7 +294,9 @@ def test_bulk_member_match_then_export(fhir_base, file_storage, make_partner, se
         store({"resourceType": "Patient", "id": fhir_id, "meta": {"lastUpdated": "2026-01-01T00:00:00Z"},
                "gender": gender, "birthDate": birth}, members[fhir_id])
     celery_worker_process(extra_env={**WORKER_ENV, **plan})
-    client = Client(fhir_base, issue_token(new_plan))
+    client = Client(fhir_base, smart_token(
+        fhir_base, new_plan, private_jwk,
+        "system/*.read http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/BulkMemberMatch"))
 
     request = json.loads((Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples" /
                           "bulk-member-match-request.json").read_text())
