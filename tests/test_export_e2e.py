@@ -134,13 +134,15 @@ def test_davinci_data_export_end_to_end(fhir_base, file_storage, celery_worker_p
     assert job.status == ExportJob.Status.COMPLETED and job.progress_done == job.progress_total > 1
 
 
-def test_export_type_absent_is_payer_to_payer_with_a_note(fhir_base, file_storage, partner, celery_worker_process):
+def test_export_type_absent_and_an_old_since_are_noted(fhir_base, file_storage, partner, celery_worker_process):
     world = build_world(partner)
     celery_worker_process(extra_env=WORKER_ENV)
     client = Client(fhir_base, issue_token(partner))
-    _, lines, errors = export_and_download(client, world, [{"name": "_type", "valueString": "Patient,Encounter"}])
+    _, lines, errors = export_and_download(client, world, [{"name": "_type", "valueString": "Patient,Encounter"},
+                                                           {"name": "_since", "valueInstant": "2000-01-01T00:00:00Z"}])
     notes = [json.loads(line)["issue"][0] for line in errors]
     assert any(n["severity"] == "information" and "exportType" in n["diagnostics"] for n in notes)
+    assert any(n["severity"] == "information" and n.get("expression") == ["_since"] for n in notes)  # raised
     types = {json.loads(line)["resourceType"] for line in lines}
     assert types == {"Patient", "Encounter", "Provenance"}
 

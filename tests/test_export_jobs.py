@@ -221,3 +221,22 @@ def test_too_many_running_exports_answer_429(partner, world, settings):
                             group=world.group)
     assert job.status == ExportJob.Status.QUEUED
     assert AuditEvent.objects.filter(action="export", outcome=AuditEvent.Outcome.MINOR_FAILURE).count() == 1
+
+
+def test_type_filter_since_and_until_reach_the_rows(partner, world):
+    from datetime import timedelta
+
+    day = (timezone.now() - timedelta(days=150)).date().isoformat()
+    filtered = new_job(partner, world, types=["Encounter", "Observation"],
+                       type_filters=[f"Encounter?date=ge{day}", "Observation?category=laboratory"])
+    run_all(filtered)
+    assert filtered.counts.get("Encounter", 0) == 0  # the in-window encounters are 200 days old
+    assert filtered.counts["Observation"] == 3  # both near ones, and the #sensitive member's sensitive one
+
+    since = new_job(partner, world, types=["Patient", "Encounter"], since="2026-03-01T00:00:00+00:00")
+    run_all(since)
+    assert since.counts == {"Encounter": 2, "Provenance": 2}  # Patients were last updated in January
+
+    until = new_job(partner, world, types=["Patient", "Encounter"], until="2026-03-01T00:00:00+00:00")
+    run_all(until)
+    assert until.counts == {"Patient": 2, "Provenance": 2}  # one transmitter Provenance a chunk
