@@ -1,14 +1,15 @@
 """Streaming a chunk's rows from PostgreSQL straight into NDJSON files in storage.
 
 The rows come out of a `COPY (SELECT …) TO STDOUT` on a connection of their own: PostgreSQL renders each
-resource as text (`body::text`, or the non-financial view of a claim) and libpq hands over one row at a
-time, so nothing is parsed or re-serialised in Python and memory does not grow with the export. The CSV
-format with control characters as delimiter and quote turns COPY into a plain pass-through: JSONB text never
-contains a raw control character (it escapes them), so no row is ever quoted or escaped.
+resource as text (`body::text`, or the non-financial view of a claim) and joins them into blocks of lines, so
+nothing is parsed or re-serialised in Python, the Python side costs almost nothing per resource, and memory
+does not grow with the export. The CSV format with control characters as delimiter and quote turns COPY into
+a pass-through: JSONB text never contains a raw control character (it escapes them), so a block is at most
+wrapped in our quote character, never escaped.
 
-Each row carries its id and its references to shared resources next to the JSON, so the chunk can name
-its rows in the transmitter Provenance and the export can add the Organizations, Practitioners and
-Locations they reference, once each, at the end.
+Each block carries its rows' ids and their references to shared resources next to the JSON, so the chunk can
+name its rows in the transmitter Provenance and the export can add the Organizations, Practitioners and
+Locations they reference, once each, at the end. docs/exports.md tells the whole pipeline.
 """
 
 from __future__ import annotations
