@@ -292,11 +292,33 @@ def write_batch(rows: list[tuple], members: list[dict], report: LoadReport) -> N
             report.updated[kind] += updated
 
 
+# A Provenance names no patient: it belongs to the member whose resources it targets. One whose targets
+# belong to several members stays unattached, so it is never exported to anyone (nothing of another member).
+RESOLVE_PROVENANCE = """
+UPDATE pdex_resource p SET member_id = owner.member_id
+FROM (
+    SELECT p.id, min(t.member_id) AS member_id
+    FROM pdex_resource p
+    CROSS JOIN LATERAL jsonb_array_elements(
+        CASE WHEN jsonb_typeof(p.body -> 'target') = 'array' THEN p.body -> 'target' ELSE '[]' END) AS ref(target)
+    JOIN pdex_resource t
+      ON t.resource_type = split_part(ref.target ->> 'reference', '/', 1)
+     AND t.fhir_id = split_part(ref.target ->> 'reference', '/', 2)
+    WHERE p.resource_type = 'Provenance' AND p.member_id IS NULL AND t.member_id IS NOT NULL
+    GROUP BY p.id
+    HAVING count(DISTINCT t.member_id) = 1
+) owner
+WHERE p.id = owner.id
+"""
+
+
 def resolve_members() -> int:
-    """Attach resources whose Patient arrived after them; returns how many were attached."""
+    """Attach resources whose Patient arrived after them, then Provenance to its targets' member."""
     with connection.cursor() as cursor:
         cursor.execute(RESOLVE_MEMBERS, [sorted(SHARED_TYPES)])
-        return cursor.rowcount
+        attached = cursor.rowcount
+        cursor.execute(RESOLVE_PROVENANCE)
+        return attached + cursor.rowcount
 
 
 def store_counts() -> dict[str, int]:

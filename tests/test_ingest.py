@@ -225,3 +225,22 @@ def test_the_sample_has_every_resource_type_and_the_shared_resources_it_referenc
         assert cursor.fetchone()[0] == 0
     assert not Resource.objects.filter(member__isnull=True).exclude(
         resource_type__in=["Organization", "Practitioner"]).exists()
+
+
+@pytest.mark.django_db
+def test_provenance_belongs_to_the_member_its_targets_belong_to():
+    other = {**PATIENT, "id": "p-ingest-2"}
+    other_observation = {**OBSERVATION, "id": "o-ingest-2", "subject": {"reference": "Patient/p-ingest-2"}}
+
+    def provenance(fhir_id: str, *targets: str) -> dict:
+        return {"resourceType": "Provenance", "id": fhir_id, "recorded": "2024-03-02T10:00:00Z",
+                "target": [{"reference": t} for t in targets],
+                "agent": [{"who": {"reference": "Organization/payer"}}]}
+
+    ingest.load_resources([
+        provenance("prov-own", "Observation/o-ingest-1"),
+        provenance("prov-mixed", "Observation/o-ingest-1", "Observation/o-ingest-2"),
+        PATIENT, other, OBSERVATION, other_observation,
+    ])
+    owners = dict(Resource.objects.filter(resource_type="Provenance").values_list("fhir_id", "member__fhir_id"))
+    assert owners == {"prov-own": "p-ingest-1", "prov-mixed": None}
