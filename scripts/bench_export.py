@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -270,6 +271,7 @@ def main() -> None:
               f" {peak_total / 2**20:>12.0f} {peak_one / 2**20:>12.0f}", flush=True)
         print(f"      COPY rows {copy_rows:,} ({copy_size / 1e6:.1f} MB); export lines {exported:,} include "
               f"{job.progress_total} transmitter Provenance chunks' worth", flush=True)
+    shutil.rmtree(storage, ignore_errors=True)
     if len(scales) > 1:
         low, high = scales[0], scales[-1]
         print(f"memory ×{high} / ×{low}: {peaks[high] / peaks[low]:.2f} (goal ≤ 1.2); ratio goal ≥ 0.5")
