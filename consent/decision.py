@@ -13,6 +13,8 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
+from pdex.extract import parse_fhir_date
+
 REGULAR_POLICY_URI = "http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html#regular"
 SENSITIVE_POLICY_URI = "http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html#sensitive"
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
@@ -102,16 +104,6 @@ def decide(facts: ConsentFacts | None, *, requester: Iterable[ActorId], us: Iter
 
 # --- reading a submitted Consent resource --------------------------------------------------------
 
-def _parse_date(value: Any) -> date | None:
-    """A FHIR date or dateTime → its calendar date (period bounds are inclusive dates)."""
-    if not isinstance(value, str) or len(value) < 10:
-        return None
-    try:
-        return date.fromisoformat(value[:10])
-    except ValueError:
-        return None
-
-
 def _has_role(actor: Mapping[str, Any], role: tuple[str, str]) -> bool:
     codings = (actor.get("role") or {}).get("coding") or []
     return any((c.get("system"), c.get("code")) == role for c in codings if isinstance(c, dict))
@@ -175,7 +167,7 @@ def facts_from_resource(resource: Mapping[str, Any] | None) -> ConsentFacts | No
                 recipients |= actor_ids(actor.get("reference"), contained)
     policy, _ = policy_of(resource)
     return ConsentFacts(
-        policy=policy, period_start=_parse_date(period.get("start")), period_end=_parse_date(period.get("end")),
+        policy=policy, period_start=parse_fhir_date(period.get("start")), period_end=parse_fhir_date(period.get("end")),
         status=status_of(resource), sources=frozenset(sources), recipients=frozenset(recipients),
     )
 

@@ -17,6 +17,7 @@ from rapidfuzz import fuzz
 
 from matching import normalize
 from matching.parameters import MatchRequest, problems
+from pdex.extract import parse_fhir_date
 
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
 MB = ("http://terminology.hl7.org/CodeSystem/v2-0203", "MB")
@@ -138,7 +139,7 @@ def submitted_from(request: MatchRequest, ours: OurIdentity) -> Submitted:
                     if isinstance(a, dict)} - {""}
     return Submitted(
         family=normalize.name(entry.get("family")), given=normalize.given_names(entry.get("given")),
-        birth_date=normalize.birth_date(patient.get("birthDate")), gender=normalize.gender(patient.get("gender")),
+        birth_date=parse_fhir_date(patient.get("birthDate")), gender=normalize.gender(patient.get("gender")),
         postal_codes=frozenset(postal_codes), member_numbers=frozenset(member_numbers),
         subscriber_ids=frozenset(subscriber_ids), umbs=frozenset(umbs),
         payor_is_us=_payor_is_us(coverage, ours), problems=tuple(problems(request)),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Mapping
-from datetime import date
 from typing import Any
 
 _NOT_LETTERS = re.compile(r"[^a-z ]+")
@@ -61,15 +60,6 @@ def postal_code(value: Any) -> str:
 
 def gender(value: Any) -> str:
     return value.lower() if isinstance(value, str) and value.lower() in ("male", "female") else ""
-
-
-def birth_date(value: Any) -> date | None:
-    if not isinstance(value, str) or len(value) < 10:
-        return None
-    try:
-        return date.fromisoformat(value[:10])
-    except ValueError:
-        return None
 
 
 def official_name(patient: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from matching import normalize
+from pdex.extract import parse_fhir_date
 from pdex.fhir import BadRequest, Unprocessable
 
 RESOURCE_PARTS = {"MemberPatient": "Patient", "CoverageToMatch": "Coverage", "CoverageToLink": "Coverage",
@@ -117,7 +118,7 @@ def problems(request: MatchRequest) -> list[str]:
         issues.append("MemberPatient.name.family is required")
     if not normalize.given_names(entry.get("given")):
         issues.append("MemberPatient.name.given is required")
-    if normalize.birth_date(request.patient.get("birthDate")) is None:
+    if parse_fhir_date(request.patient.get("birthDate")) is None:
         issues.append("MemberPatient.birthDate is required (YYYY-MM-DD)")
     coverage = request.coverage_to_match
     if coverage is None:

@@ -11,7 +11,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,16 @@ class Extracted:
 
 
 # --- small parsers ---------------------------------------------------------------------------------
+
+def parse_fhir_date(value: Any) -> date | None:
+    """The calendar date of a full FHIR date or dateTime; None for partial dates (a year is no birth date)."""
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+
 
 def parse_fhir_datetime(value: Any) -> datetime | None:
     """A FHIR date, dateTime or instant as an aware datetime; partial dates take their first instant (UTC)."""
