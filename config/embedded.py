@@ -60,6 +60,31 @@ def database_url() -> str:
     return f"postgres://postgres@/{DATABASE_NAME}?host={pgdata}"
 
 
+def settings_database_url(settings_dict: dict) -> str:
+    """The URL of a Django database settings dict, for a subprocess (a Celery worker) to use the same database."""
+    from urllib.parse import quote
+
+    user = quote(settings_dict.get("USER") or "postgres")
+    password = f":{quote(settings_dict['PASSWORD'])}" if settings_dict.get("PASSWORD") else ""
+    host = settings_dict.get("HOST") or ""
+    if host.startswith("/"):
+        return f"postgres://{user}{password}@/{settings_dict['NAME']}?host={host}"
+    port = f":{settings_dict['PORT']}" if settings_dict.get("PORT") else ""
+    return f"postgres://{user}{password}@{host}{port}/{settings_dict['NAME']}"
+
+
+def recreate_database(settings_dict: dict, name: str) -> None:
+    """Drop and create database `name` on the server of `settings_dict` (the benchmarks' private databases)."""
+    import psycopg
+
+    params = {"host": settings_dict.get("HOST") or None, "port": settings_dict.get("PORT") or None,
+              "user": settings_dict.get("USER") or None, "password": settings_dict.get("PASSWORD") or None,
+              "dbname": "postgres"}
+    with psycopg.connect(**{k: v for k, v in params.items() if v}, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
 def ensure_database(url: str) -> None:
     """Create the URL's database when its server answers but lacks it (a fresh local PostgreSQL)."""
     from urllib.parse import urlparse

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-from bench_ingest import recreate_database  # noqa: E402
+from benchkit import recreate_database  # noqa: E402
 
 
 def largest_member():

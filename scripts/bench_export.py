@@ -25,40 +25,16 @@ import time
 import uuid
 from datetime import date, timedelta
 from pathlib import Path
-from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+from benchkit import database_url, recreate_database  # noqa: E402
+
 QUEUE = f"bench-export-{uuid.uuid4().hex[:8]}"
 os.environ["CELERY_QUEUE"] = QUEUE
-
-
-def recreate_database(name: str) -> None:
-    """Point Django at a fresh database `name` on the configured server."""
-    import psycopg
-    from django.conf import settings
-
-    db = settings.DATABASES["default"]
-    params = {"host": db.get("HOST") or None, "port": db.get("PORT") or None, "user": db.get("USER") or None,
-              "password": db.get("PASSWORD") or None, "dbname": "postgres"}
-    with psycopg.connect(**{k: v for k, v in params.items() if v}, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    db["NAME"] = name
-
-
-def database_url() -> str:
-    from django.db import connection
-
-    s = connection.settings_dict
-    user = quote(s.get("USER") or "postgres")
-    password = f":{quote(s['PASSWORD'])}" if s.get("PASSWORD") else ""
-    host = s.get("HOST") or ""
-    if host.startswith("/"):
-        return f"postgres://{user}{password}@/{s['NAME']}?host={host}"
-    port = f":{s['PORT']}" if s.get("PORT") else ""
-    return f"postgres://{user}{password}@{host}{port}/{s['NAME']}"
 
 
 class Worker:

@@ -14,7 +14,6 @@ import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from django.conf import settings
@@ -24,6 +23,7 @@ from oauth2_provider.models import AccessToken, Application
 from rest_framework.test import APIClient
 
 from config.celery import app as celery_app
+from config.embedded import settings_database_url
 from pdex.models import Partner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,14 +99,7 @@ def api_for():
 
 def database_url_for_current_connection() -> str:
     """The URL of the database this test process uses (the test database), for a worker subprocess."""
-    s = connection.settings_dict
-    user = quote(s.get("USER") or "postgres")
-    password = f":{quote(s['PASSWORD'])}" if s.get("PASSWORD") else ""
-    host = s.get("HOST") or ""
-    if host.startswith("/"):
-        return f"postgres://{user}{password}@/{s['NAME']}?host={host}"
-    port = f":{s['PORT']}" if s.get("PORT") else ""
-    return f"postgres://{user}{password}@{host}{port}/{s['NAME']}"
+    return settings_database_url(connection.settings_dict)
 
 
 class WorkerProcess:
