@@ -340,6 +340,8 @@ def export_context(job: ExportJob, *, regular_member_ids: Iterable[int] = ()) ->
         types=params.get("types") or None,
         type_filters=filters,
         regular_member_ids=regular_member_ids,
+        care_start=parse_datetime(params["care_start"]) if params.get("care_start") else None,
+        care_end=parse_datetime(params["care_end"]) if params.get("care_end") else None,
     )
 
 

@@ -378,12 +378,9 @@ def everything_job(access: MemberAccess, params: EverythingParams, *, granted_sc
                    now: datetime | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """ExportJob.params (the keys exports.jobs reads) and error-file messages for an asynchronous $everything.
 
-    Types are narrowed to what the token may read, as for synchronous pages. The export pipeline's context
-    has no care-date bounds, so start/end are refused here rather than silently ignored.
+    Types are narrowed to what the token may read, as for synchronous pages; start/end travel as the job's
+    care-date bounds, so the bulk pipeline applies the same date-of-service filter as the pages.
     """
-    if params.start or params.end:
-        raise BadRequest("start and end are not supported with Prefer: respond-async; page synchronously "
-                         "to bound the date of service, or use _since.", code="not-supported")
     wanted = params.types or rules.EXPORT_TYPES
     types = readable_types(granted_scopes, wanted)
     if not types:
@@ -395,5 +392,7 @@ def everything_job(access: MemberAccess, params: EverythingParams, *, granted_sc
         "since": params.since.isoformat() if params.since else None,
         "until": None,
         "type_filters": [],
+        "care_start": params.start.isoformat() if params.start else None,
+        "care_end": params.end.isoformat() if params.end else None,
     }
     return job_params, [*params.issues, *window.informational_issues()]

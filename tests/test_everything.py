@@ -225,11 +225,6 @@ def test_capability_statement_lists_everything(api, world):
         patient["operation"]
 
 
-def test_respond_async_refuses_start_and_end(api, world):
-    member, _ = world
-    assert api.get(url(member, "start=2024-01-01"), HTTP_PREFER="respond-async").status_code == 400
-
-
 def test_a_type_the_member_has_none_of_returns_nothing(api, world):
     member, _ = world
     bundle = api.get(url(member, "_type=Goal")).json()

@@ -29,17 +29,11 @@ def _storage(settings, tmp_path):
     close_stream_connection()
 
 
-def test_async_everything_writes_the_same_resources_as_the_pages(api, partner):
-    member = load_shared_member(SHARED_DATA)
-    recent = timezone.now().strftime("%Y-%m-%dT%H:%M:%SZ")
-    store(encounter("async-sensitive", member.fhir_id, recent, security=("PSY",)), member)
-    store(prior_auth("async-pa", member.fhir_id, "approved", changed=recent, period_end="2030-01-01"), member)
-    consent_for(member, partner, policy="regular")
-    path = f"/fhir/Patient/{member.fhir_id}/$everything"
-
-    response = api.get(path, HTTP_PREFER="respond-async")
-    assert response.status_code == 202
-    job = ExportJob.objects.get(partner=partner, kind=ExportJob.Kind.EVERYTHING)
+def export_and_pages(api, partner, path: str, query: str) -> tuple[dict, dict, set]:
+    """Run $everything asynchronously through the export pipeline and synchronously by pages, same query."""
+    response = api.get(f"{path}?{query}" if query else path, HTTP_PREFER="respond-async")
+    assert response.status_code == 202, response.content
+    job = ExportJob.objects.filter(partner=partner, kind=ExportJob.Kind.EVERYTHING).latest("created_at")
     for chunk_id in jobs.plan(job.id):
         jobs.run_chunk(chunk_id)
     job.refresh_from_db()
@@ -49,7 +43,7 @@ def test_async_everything_writes_the_same_resources_as_the_pages(api, partner):
         resource = json.loads(line)
         exported[f"{resource['resourceType']}/{resource['id']}"] = resource
 
-    paged, next_url = {}, f"{path}?_count=50"
+    paged, next_url = {}, f"{path}?{query}&_count=50" if query else f"{path}?_count=50"
     while next_url:
         bundle = api.get(next_url).json()
         for entry in bundle["entry"]:
@@ -58,10 +52,33 @@ def test_async_everything_writes_the_same_resources_as_the_pages(api, partner):
                 paged[f"{resource['resourceType']}/{resource['id']}"] = resource
         link = next((x["url"] for x in bundle["link"] if x["relation"] == "next"), None)
         next_url = f"{urlsplit(link).path}?{urlsplit(link).query}" if link else None
-
-    # The export adds its own transmitter Provenance per chunk; everything else is the same, byte for byte.
+    # The export adds its own transmitter Provenance per chunk.
     generated = {key for key, r in exported.items() if r["resourceType"] == "Provenance"
                  and r["agent"][0]["type"]["coding"][0]["code"] == "transmitter"}
+    return exported, paged, generated
+
+
+def test_async_everything_writes_the_same_resources_as_the_pages(api, partner):
+    member = load_shared_member(SHARED_DATA)
+    recent = timezone.now().strftime("%Y-%m-%dT%H:%M:%SZ")
+    store(encounter("async-sensitive", member.fhir_id, recent, security=("PSY",)), member)
+    store(prior_auth("async-pa", member.fhir_id, "approved", changed=recent, period_end="2030-01-01"), member)
+    consent_for(member, partner, policy="regular")
+
+    exported, paged, generated = export_and_pages(api, partner, f"/fhir/Patient/{member.fhir_id}/$everything", "")
     assert generated
+    # Everything but the generated Provenance is the same, byte for byte.
     assert {k: v for k, v in exported.items() if k not in generated} == paged
     assert "ExplanationOfBenefit/async-pa" in paged and "Encounter/async-sensitive" not in paged
+
+
+def test_async_everything_bounds_the_date_of_service_like_the_pages(api, partner):
+    member = load_shared_member(SHARED_DATA)
+    store(encounter("async-in-range", member.fhir_id, "2024-06-01T10:00:00Z"), member)
+    store(encounter("async-out-of-range", member.fhir_id, "2025-06-01T10:00:00Z"), member)
+    consent_for(member, partner, policy="sensitive")
+
+    exported, paged, generated = export_and_pages(
+        api, partner, f"/fhir/Patient/{member.fhir_id}/$everything", "start=2024-01-01&end=2024-12-31&_type=Encounter")
+    assert {k: v for k, v in exported.items() if k not in generated} == paged
+    assert "Encounter/async-in-range" in paged and "Encounter/async-out-of-range" not in paged
