@@ -48,6 +48,16 @@ def cancel_jobs(modeladmin, request, queryset: QuerySet) -> None:
     modeladmin.message_user(request, f"{cancelled} job(s) cancelled.", messages.SUCCESS)
 
 
+@admin.action(description="Re-run the selected failed or completed jobs (same status URL)")
+def rerun_jobs(modeladmin, request, queryset: QuerySet) -> None:
+    from exports import jobs
+
+    rerun = sum(jobs.rerun(job.pk, request=request) for job in queryset)
+    skipped = queryset.count() - rerun
+    modeladmin.message_user(request, f"{rerun} job(s) re-run; {skipped} running or cancelled job(s) left alone.",
+                            messages.SUCCESS)
+
+
 @admin.register(ExportJob)
 class ExportJobAdmin(admin.ModelAdmin):
     list_display = ("id", "kind", "partner", "status", "job_progress", "member_count", "created_at",
@@ -57,7 +67,7 @@ class ExportJobAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     inlines = [ExportChunkInline]
-    actions = [cancel_jobs]
+    actions = [cancel_jobs, rerun_jobs]
     readonly_fields = ("id", "kind", "partner", "group", "status", "job_progress", "request_url", "params_text",
                        "member_count", "type_counts", "files", "error_text", "transaction_time", "created_at",
                        "started_at", "finished_at", "expires_at", "last_polled_at", "status_link")

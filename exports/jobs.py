@@ -161,11 +161,11 @@ def plan(job_id: uuid.UUID | str, *, now: datetime | None = None) -> list[int]:
         job.progress_total = len(created)
         job.progress_done = 0
         job.member_count = len(include_sensitive)
-        job.messages = [*job.messages, *issues]
+        job.planning_messages = issues
         if not created:
             job.finalize_started_at = now
         job.save(update_fields=["status", "started_at", "progress_total", "progress_done", "member_count",
-                                "messages", "finalize_started_at"])
+                                "planning_messages", "finalize_started_at"])
     audit.record("export-plan", audit.SUCCESS, partner=job.partner, entity=f"exportjob/{job.id}",
                  detail={"members": len(include_sensitive), "excluded": sum(excluded.values()),
                          "chunks": len(created)})
@@ -413,11 +413,42 @@ def write_error_file(job: ExportJob) -> OutputFile | None:
     """The manifest's `error` file: one OperationOutcome per message (warnings, exclusions, rewrites)."""
     import json
 
-    if not job.messages:
+    messages = [*job.messages, *job.planning_messages]
+    if not messages:
         return None
-    lines = (json.dumps(operation_outcome(issue), separators=(",", ":")).encode() for issue in job.messages)
+    lines = (json.dumps(operation_outcome(issue), separators=(",", ":")).encode() for issue in messages)
     return write_output_file(partner=job.partner, job_id=job.id, resource_type=ERROR_TYPE, lines=lines,
                              kind=OutputFile.Kind.ERROR, sequence=0)
+
+
+def rerun(job_id: uuid.UUID | str, *, request=None, now: datetime | None = None) -> bool:
+    """Run a failed or completed export again in place, for an admin: the partner's status URL stays valid.
+
+    Chunks, files and counts start afresh and consent is re-checked at planning, as for any export. Running
+    and cancelled jobs are left alone (a cancel means the partner is done with it); returns whether it re-ran.
+    """
+    from exports.tasks.export import plan_export_task
+
+    now = now or timezone.now()
+    with transaction.atomic():
+        job = ExportJob.objects.select_for_update().select_related("partner").get(pk=job_id)
+        if job.status not in (ExportJob.Status.FAILED, ExportJob.Status.COMPLETED):
+            return False
+        job.chunks.all().delete()
+        ExportJob.objects.filter(pk=job.pk).update(
+            status=ExportJob.Status.QUEUED, transaction_time=now, progress_done=0, progress_total=0, error=None,
+            started_at=None, finished_at=None, expires_at=None, last_polled_at=None, finalize_started_at=None,
+            member_count=0, counts={}, planning_messages=[])
+
+        def restart() -> None:
+            # Files first, then the nudge: the new chunks write to the same deterministic keys.
+            asyncstatus.delete_outputs(job)
+            plan_export_task.delay(str(job.id))
+
+        transaction.on_commit(restart)
+    audit.record("export-rerun", audit.SUCCESS, partner=job.partner, entity=f"exportjob/{job.id}", request=request,
+                 reason="re-run by admin")
+    return True
 
 
 def fail(job_id: uuid.UUID | str, diagnostics: str, *, now: datetime | None = None) -> bool:

@@ -87,7 +87,9 @@ class ExportJob(AsyncJob):
     member_count = models.PositiveIntegerField(default=0)
     counts = models.JSONField(default=dict, blank=True, help_text="resources written per type")
     messages = models.JSONField(default=list, blank=True,
-                                help_text="OperationOutcome issues for the error file (warnings, exclusions)")
+                                help_text="OperationOutcome issues of the kick-off for the error file (warnings)")
+    planning_messages = models.JSONField(default=list, blank=True,
+                                         help_text="OperationOutcome issues of the last planning (exclusions)")
     finalize_started_at = models.DateTimeField(null=True, blank=True,
                                                help_text="when the last chunk began writing the manifest")
 

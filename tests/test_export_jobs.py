@@ -56,7 +56,7 @@ def test_plan_rechecks_consent_and_splits_members_by_policy(partner, world):
     assert planned == {world.members["sens"].pk, world.members["reg"].pk}
     assert {(c.member_ids[0], tuple(c.regular_member_ids)) for c in chunks} == {
         (world.members["sens"].pk, ()), (world.members["reg"].pk, (world.members["reg"].pk,))}
-    [excluded] = job.messages
+    [excluded] = job.planning_messages
     assert excluded["severity"] == "warning" and "1 member(s) excluded" in excluded["diagnostics"]
     assert world.members["revoked"].fhir_id not in excluded["diagnostics"]
 
@@ -240,3 +240,62 @@ def test_type_filter_since_and_until_reach_the_rows(partner, world):
     until = new_job(partner, world, types=["Patient", "Encounter"], until="2026-03-01T00:00:00+00:00")
     run_all(until)
     assert until.counts == {"Patient": 2, "Provenance": 2}  # one transmitter Provenance a chunk
+
+
+@pytest.fixture
+def planner_nudges(monkeypatch) -> list[str]:
+    """Record the planning nudges instead of sending them to the broker (no worker runs in these tests)."""
+    from exports.tasks.export import plan_export_task
+
+    sent: list[str] = []
+    monkeypatch.setattr(plan_export_task, "delay", sent.append)
+    return sent
+
+
+def test_rerun_runs_a_failed_job_again_in_place(partner, world, monkeypatch, planner_nudges):
+    from exports import writer
+
+    job = new_job(partner, world)
+    healthy = writer.write_chunk
+    monkeypatch.setattr(writer, "write_chunk", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    chunk_id = jobs.plan(job.id)[0]
+    for _ in range(3):
+        jobs.run_chunk(chunk_id)
+    job.refresh_from_db()
+    assert job.status == ExportJob.Status.FAILED
+
+    monkeypatch.setattr(writer, "write_chunk", healthy)
+    assert jobs.rerun(job.id) is True
+    job.refresh_from_db()
+    assert job.status == ExportJob.Status.QUEUED and job.error is None and not job.chunks.exists()
+    assert jobs.rerun(job.id) is False  # queued again: nothing to re-run
+    assert planner_nudges == [str(job.id)]
+    run_all(job)
+    assert job.status == ExportJob.Status.COMPLETED
+    assert_p2p_export(exported_lines(job), world)
+    # The planning note (one member excluded) appears once, not once per run.
+    [note] = job.planning_messages
+    assert "1 member(s) excluded" in note["diagnostics"]
+    assert AuditEvent.objects.filter(action="export-rerun", partner=partner).count() == 1
+
+
+def test_rerun_leaves_running_and_cancelled_jobs_alone(partner, world):
+    running = new_job(partner, world, types=["Patient"])
+    jobs.plan(running.id)
+    assert jobs.rerun(running.id) is False
+    asyncstatus.cancel_job(running)
+    assert jobs.rerun(running.id) is False
+    running.refresh_from_db()
+    assert running.status == ExportJob.Status.CANCELLED
+
+
+def test_admin_rerun_action(admin_client, partner, world, planner_nudges):
+    job = new_job(partner, world, types=["Patient"])
+    run_all(job)
+    assert job.status == ExportJob.Status.COMPLETED and OutputFile.objects.filter(job_id=job.id).exists()
+    response = admin_client.post("/admin/exports/exportjob/",
+                                 {"action": "rerun_jobs", "_selected_action": [str(job.pk)]})
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert job.status == ExportJob.Status.QUEUED and planner_nudges == [str(job.id)]
+    assert not OutputFile.objects.filter(job_id=job.id).exists()
