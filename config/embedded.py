@@ -37,13 +37,17 @@ def port_answers(port: int, host: str = "127.0.0.1", timeout: float = 0.3) -> bo
         return False
 
 
-def _pg_dir() -> Path:
-    """Data folder for the private server; unix socket paths are limited to ~100 bytes, so keep it short."""
-    path = VAR_DIR / "pg"
+def _short_dir(name: str) -> Path:
+    """var/NAME, or a short folder under the temp dir: unix socket paths are limited to ~100 bytes."""
+    path = VAR_DIR / name
     if len(str(path)) > 60:
         digest = hashlib.sha1(str(path).encode(), usedforsecurity=False).hexdigest()[:10]
-        path = Path(tempfile.gettempdir()) / f"pdex-pg-{digest}"
+        path = Path(tempfile.gettempdir()) / f"pdex-{name}-{digest}"
     return path
+
+
+def _pg_dir() -> Path:
+    return _short_dir("pg")
 
 
 def database_url() -> str:
@@ -105,11 +109,7 @@ def ensure_database(url: str) -> None:
 
 
 def _redis_dir() -> Path:
-    path = VAR_DIR / "redis"
-    if len(str(path)) > 80:
-        digest = hashlib.sha1(str(path).encode(), usedforsecurity=False).hexdigest()[:10]
-        path = Path(tempfile.gettempdir()) / f"pdex-redis-{digest}"
-    return path
+    return _short_dir("redis")
 
 
 def _redis_running(sock: Path) -> bool:

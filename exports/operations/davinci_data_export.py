@@ -25,13 +25,22 @@ def exportable_group(*, partner, group_id: str) -> MemberMatchGroup:
     return group
 
 
-class DavinciDataExportView(FhirView):
+class GroupKickOffView(FhirView):
+    """Kick-off of an export of one of the caller's match Groups; subclasses name the operation."""
+
     required_scopes = GROUP_EXPORT_SCOPES
+    kind: str
+    operation: str
 
     def post(self, request, group_id: str):
         with audited(request, f"Group/{group_id}"):
             group = exportable_group(partner=request.partner, group_id=group_id)
-            job = kick_off(request, kind=ExportJob.Kind.DAVINCI, operation=DAVINCI, group=group)
+            job = kick_off(request, kind=self.kind, operation=self.operation, group=group)
         return accepted(job)
 
     get = post
+
+
+class DavinciDataExportView(GroupKickOffView):
+    kind = ExportJob.Kind.DAVINCI
+    operation = DAVINCI
