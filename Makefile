@@ -28,8 +28,9 @@ demo: migrate  ## fresh machine → data loaded, service up, a partner plays the
 run: migrate  ## web + worker + beat in the foreground; Ctrl-C stops all three
 	$(VENV)/bin/honcho start -f Procfile -p $(PORT)
 
-lint: venv
+lint: venv  ## ruff, and the import contract: every app imports only the apps below it
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 test: venv lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)

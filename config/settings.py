@@ -230,7 +230,7 @@ OAUTH2_PROVIDER_GRANT_MODEL = "oauth2_provider.Grant"
 
 # --- Periodic tasks (Celery beat) ----------------------------------------------------------------
 CELERY_BEAT_SCHEDULE = {
-    "expire-outputs": {"task": "exports.expire_outputs",
+    "expire-outputs": {"task": "pdex.expire_outputs",
                        "schedule": env.int("EXPORT_EXPIRY_SWEEP_SECONDS", default=300)},
     # Chunks whose worker died keep an expired lease; this hands them to another worker (exports.jobs).
     "requeue-stale-chunks": {"task": "exports.requeue_stale_chunks",

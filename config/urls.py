@@ -9,8 +9,8 @@ urlpatterns = [
     path("readyz", views.readyz, name="readyz"),
     path("fhir/metadata", views.MetadataView.as_view(), name="fhir-metadata"),
     path("", include("pdex.urls")),
+    path("fhir/", include("pdex.jobs.urls")),
     path("fhir/", include("consent.urls")),
     path("fhir/", include("matching.urls")),
     path("fhir/", include("exports.urls")),
-    path("fhir/", include("pdex.fhir_urls")),
 ]

@@ -1,6 +1,6 @@
 """Admin for export jobs (progress, per-type counts, files, errors, cancel) and output files.
 
-MatchJob's admin lives with the matching app; both use the same cancel (exports.asyncstatus.cancel_job).
+MatchJob's admin lives with the matching app; both use the same cancel (pdex.jobs.asyncstatus.cancel_job).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from django.db.models import QuerySet
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from exports import asyncstatus
-from exports.models import AsyncJob, ExportChunk, ExportJob, OutputFile
+from exports.models import ExportChunk, ExportJob
+from pdex.jobs import asyncstatus
+from pdex.jobs.models import AsyncJob
 
 
 def progress(job: AsyncJob) -> str:
@@ -93,7 +94,7 @@ class ExportJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="files")
     def files(self, job: ExportJob) -> str:
-        rows = [(reverse("admin:exports_outputfile_change", args=[f.pk]), f.kind, f.resource_type, f.sequence,
+        rows = [(reverse("admin:pdex_outputfile_change", args=[f.pk]), f.kind, f.resource_type, f.sequence,
                  f.count, f.size) for f in asyncstatus.job_files(job)]
         if not rows:
             return "–"
@@ -104,19 +105,4 @@ class ExportJobAdmin(admin.ModelAdmin):
         return format_html("<pre>{}</pre>", json.dumps(job.error, indent=2)) if job.error else "–"
 
     def has_add_permission(self, request) -> bool:
-        return False
-
-
-@admin.register(OutputFile)
-class OutputFileAdmin(admin.ModelAdmin):
-    list_display = ("storage_key", "kind", "resource_type", "count", "size", "partner", "created_at")
-    list_filter = ("kind", "resource_type", "partner")
-    search_fields = ("=job_id", "storage_key")
-    readonly_fields = ("id", "job_id", "partner", "kind", "resource_type", "storage_key", "count", "size",
-                       "sequence", "created_at")
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
         return False

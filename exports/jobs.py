@@ -24,12 +24,14 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from consent.services import decisions_for_members
-from exports import asyncstatus, planning, rules
-from exports.models import ExportChunk, ExportJob, OutputFile
-from exports.outputs import write_output_file
+from exports import planning, rules
+from exports.models import ExportChunk, ExportJob
 from matching.models import GroupMember, MemberMatchGroup
 from pdex import audit
 from pdex.fhir import TooManyRequests, operation_outcome, outcome_issue
+from pdex.jobs import asyncstatus
+from pdex.jobs.models import OutputFile
+from pdex.jobs.outputs import write_output_file
 from pdex.models import Member, Partner
 
 log = logging.getLogger(__name__)
@@ -296,7 +298,7 @@ def record_files(job_id: uuid.UUID | str, files: list[OutputFile], low: int, hig
 
 def delete_objects(keys: list[str]) -> None:
     if keys:
-        from exports.storage import get_storage
+        from pdex.jobs.storage import get_storage
 
         storage = get_storage()
         for key in keys:
@@ -304,7 +306,7 @@ def delete_objects(keys: list[str]) -> None:
 
 
 def discard_chunk_files(chunk: ExportChunk) -> None:
-    from exports.storage import get_storage
+    from pdex.jobs.storage import get_storage
 
     low = planning.part_sequence(chunk.sequence, 0)
     files = OutputFile.objects.filter(job_id=chunk.job_id, sequence__gte=low,

@@ -1,74 +1,11 @@
-"""Asynchronous jobs (shared by bulk member match and exports), export chunks and output files.
-
-Job state lives here, in PostgreSQL; Celery messages only nudge workers to look.
-"""
+"""Export jobs and their chunks. Job state lives in PostgreSQL; Celery messages only nudge workers to look."""
 
 from __future__ import annotations
-
-import uuid
 
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
-from pdex.models import Partner
-
-
-class AsyncJob(models.Model):
-    """The FHIR asynchronous request pattern's state: what the status URL reports."""
-
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        RUNNING = "running"
-        COMPLETED = "completed"
-        FAILED = "failed"
-        CANCELLED = "cancelled"
-
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    partner = models.ForeignKey(Partner, on_delete=models.CASCADE, related_name="+")
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
-    request_url = models.TextField(help_text="the kick-off URL, as the manifest's `request`")
-    transaction_time = models.DateTimeField(null=True, blank=True)
-    progress_done = models.PositiveIntegerField(default=0)
-    progress_total = models.PositiveIntegerField(default=0)
-    error = models.JSONField(null=True, blank=True, help_text="OperationOutcome when the job failed")
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    expires_at = models.DateTimeField(null=True, blank=True, help_text="outputs are deleted after this")
-    last_polled_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        abstract = True
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in {self.Status.COMPLETED, self.Status.FAILED, self.Status.CANCELLED}
-
-
-class OutputFile(models.Model):
-    """One NDJSON file of a job's manifest (output, error or deleted), served at its own URL."""
-
-    class Kind(models.TextChoices):
-        OUTPUT = "output"
-        ERROR = "error"
-        DELETED = "deleted"
-
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    job_id = models.UUIDField(db_index=True, help_text="a MatchJob or an ExportJob")
-    partner = models.ForeignKey(Partner, on_delete=models.CASCADE, related_name="+")
-    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.OUTPUT)
-    resource_type = models.CharField(max_length=64)
-    storage_key = models.CharField(max_length=500, unique=True)
-    count = models.PositiveIntegerField(default=0)
-    size = models.BigIntegerField(default=0)
-    sequence = models.PositiveIntegerField(default=0, help_text="order within the manifest")
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["kind", "resource_type", "sequence"]
-
-    def __str__(self) -> str:
-        return self.storage_key
+from pdex.jobs.models import AsyncJob
 
 
 class ExportJob(AsyncJob):

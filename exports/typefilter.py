@@ -1,7 +1,7 @@
 """FHIR search parameters of the exported types, turned into SQL over the resource store.
 
 Serves `_typeFilter` in exports (Bulk Data 2.0.0, PDex 2.2.0 date-of-service filtering) and the
-per-resource search of pdex.search: one table of what we support, one translation. Anything outside the
+per-resource search of exports.retrieval.search: one table of what we support, one translation. Anything outside the
 table is refused clearly (PDex 2.2.0: an unsupported `_typeFilter` SHALL be an error), or dropped with a
 warning under `Prefer: handling=lenient`.
 

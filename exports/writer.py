@@ -26,9 +26,10 @@ from django.db import connection
 
 from exports import planning, provenance, rules
 from exports.jobs import ChunkResult
-from exports.models import ExportChunk, ExportJob, OutputFile
-from exports.outputs import output_key
-from exports.storage import get_storage
+from exports.models import ExportChunk, ExportJob
+from pdex.jobs.models import OutputFile
+from pdex.jobs.outputs import output_key
+from pdex.jobs.storage import get_storage
 
 FIELD = b"\x02"
 QUOTE = b"\x01"

@@ -19,6 +19,7 @@ from django.db import transaction
 
 from matching import store
 from matching.models import MatchJob, MemberMatchGroup
+from pdex.jobs.outputs import write_output_file
 from pdex.models import Partner
 
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
@@ -186,8 +187,6 @@ def parameters_envelope(built: Mapping[str, str]) -> str:
 
 def write_outputs(job: MatchJob, built: Mapping[str, str]) -> None:
     """Group NDJSON (the Groups) and Parameters NDJSON (one envelope) through the shared output writer."""
-    from exports.outputs import write_output_file
-
     write_output_file(partner=job.partner, job_id=job.id, resource_type="Group",
                       lines=(built[code].encode() for code in KINDS if code in built), sequence=0)
     write_output_file(partner=job.partner, job_id=job.id, resource_type="Parameters",

@@ -6,7 +6,7 @@ import uuid
 
 from django.db import models
 
-from exports.models import AsyncJob
+from pdex.jobs.models import AsyncJob
 from pdex.models import Member, Partner
 
 

@@ -16,6 +16,7 @@ from matching.groups import NPI_SYSTEM, RESULT_SYSTEM, served
 from matching.models import MatchJob, MemberMatchGroup
 from pdex import audit
 from pdex.fhir import BadRequest, NotFound
+from pdex.jobs import asyncstatus
 from pdex.models import Partner
 
 DEFAULT_COUNT = 20
@@ -25,8 +26,6 @@ SEARCH_PARAMS = ("_id", "identifier", "code", "characteristic", "characteristic-
 
 
 def status_url(job: MatchJob) -> str:
-    from exports import asyncstatus
-
     return asyncstatus.status_url(job)
 
 

@@ -37,6 +37,7 @@ from matching.models import MatchEntry, MatchJob
 from matching.parameters import MatchRequest, parse_bulk, parse_member_match, request_from_bundle
 from pdex import audit
 from pdex.fhir import FhirError, TooManyRequests, Unprocessable, operation_outcome, outcome_issue
+from pdex.jobs import asyncstatus
 from pdex.models import Member, Partner
 
 log = logging.getLogger(__name__)
@@ -239,8 +240,6 @@ def start_bulk_match(*, partner: Partner, body: Any, request_url: str, request=N
 
 def plan_job(job_id: str) -> list[tuple[int, int]]:
     """queued → running; the index ranges of the batches to match (empty when nothing is left to do)."""
-    from exports import asyncstatus
-
     job = MatchJob.objects.get(pk=job_id)
     if job.status == MatchJob.Status.QUEUED:
         asyncstatus.mark_running(job)
@@ -329,8 +328,6 @@ def _match_one(submitted: Submitted, candidates: list[Candidate]) -> MatchResult
 
 def finish_job(job_id: str) -> bool:
     """Build, persist and write the Groups, then mark the job completed (False if cancelled meanwhile)."""
-    from exports import asyncstatus
-
     job = MatchJob.objects.select_related("partner").get(pk=job_id)
     if job.status != MatchJob.Status.RUNNING:
         return False
@@ -349,8 +346,6 @@ def finish_job(job_id: str) -> bool:
 
 def fail_job(job_id: str, exc: BaseException) -> None:
     """A job-level failure (not a member's): the status URL answers with this OperationOutcome."""
-    from exports import asyncstatus
-
     job = MatchJob.objects.filter(pk=job_id).first()
     if job is None:
         return

@@ -148,3 +148,7 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.recorded:%Y-%m-%d %H:%M:%S} {self.action} {self.get_outcome_display()}"
+
+
+# The asynchronous-job models live in pdex.jobs; importing them here registers them with the app.
+from pdex.jobs.models import AsyncJob, OutputFile  # noqa: E402, F401

@@ -1,7 +1,11 @@
-"""Housekeeping of the authorization server."""
+"""Celery tasks of the pdex app (autodiscovered as `pdex.tasks`): housekeeping of auth and of job outputs."""
 
 from celery import shared_task
 from oauth2_provider.models import clear_expired
+
+from pdex.jobs.tasks import *  # noqa: F403
+
+__all__ = ["clear_expired_tokens", "expire_outputs"]  # noqa: F405
 
 
 @shared_task(name="pdex.clear_expired_tokens", acks_late=True)

@@ -9,9 +9,9 @@ from django.http import JsonResponse
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from exports.storage import get_storage
 from pdex.capability import capability_statement
 from pdex.fhir import PublicFhirView
+from pdex.jobs.storage import get_storage
 
 
 class MetadataView(PublicFhirView):

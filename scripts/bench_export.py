@@ -201,8 +201,8 @@ def main() -> None:
     from django.core.management import call_command
 
     from config.celery import app
-    from exports.models import OutputFile
     from pdex import ingest
+    from pdex.jobs.models import OutputFile
     from pdex.synthesize import synthesize
 
     app.conf.task_default_queue = QUEUE

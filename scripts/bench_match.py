@@ -39,9 +39,9 @@ from oauth2_provider.models import AccessToken, Application  # noqa: E402
 
 from config.celery import app as celery_app  # noqa: E402
 from consent.decision import SENSITIVE_POLICY_URI  # noqa: E402
-from exports import asyncstatus  # noqa: E402
 from matching import normalize  # noqa: E402
 from matching.models import MatchJob, MemberMatchGroup  # noqa: E402
+from pdex.jobs import asyncstatus  # noqa: E402
 from pdex.models import Member, Partner  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "Patient.ndjson.gz"

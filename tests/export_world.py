@@ -118,8 +118,8 @@ def build_world(partner: Partner) -> World:
 
 def exported_lines(job) -> list[bytes]:
     """Every NDJSON line of a finished job's output files, read back from storage."""
-    from exports.models import OutputFile
-    from exports.storage import get_storage
+    from pdex.jobs.models import OutputFile
+    from pdex.jobs.storage import get_storage
 
     storage = get_storage()
     lines: list[bytes] = []

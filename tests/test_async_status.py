@@ -9,11 +9,12 @@ import pytest
 from django.utils import timezone
 from django.utils.http import parse_http_date
 
-from exports import asyncstatus
-from exports.models import AsyncJob, ExportJob, OutputFile
-from exports.outputs import write_output_file
-from exports.storage import get_storage
+from exports.models import ExportJob
 from matching.models import MatchJob
+from pdex.jobs import asyncstatus
+from pdex.jobs.models import AsyncJob, OutputFile
+from pdex.jobs.outputs import write_output_file
+from pdex.jobs.storage import get_storage
 from pdex.models import AuditEvent
 
 SPEC_EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
@@ -266,7 +267,7 @@ def test_expire_outputs_sweeps_files_written_after_a_cancel(partner):
 
 
 def test_expire_outputs_task_runs_the_sweep(partner):
-    from exports.tasks.maintenance import expire_outputs
+    from pdex.jobs.tasks import expire_outputs
 
     job = complete(make_export(partner, status=AsyncJob.Status.RUNNING))
     ExportJob.objects.filter(pk=job.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
@@ -276,7 +277,7 @@ def test_expire_outputs_task_runs_the_sweep(partner):
 
 def test_beat_schedule_runs_expiry(settings):
     tasks = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
-    assert "exports.expire_outputs" in tasks
+    assert "pdex.expire_outputs" in tasks
 
 
 def test_transient_lookup_problem_is_503_transient(partner, monkeypatch):
@@ -302,7 +303,7 @@ def test_admin_shows_export_job_with_progress_counts_and_files(admin_client, par
     assert "Patient: 1" in page
     assert OutputFile.objects.get(job_id=job.id).storage_key.split("/")[-1].startswith("output-Patient")
     assert "output Patient #0" in page
-    assert admin_client.get("/admin/exports/outputfile/").status_code == 200
+    assert admin_client.get("/admin/pdex/outputfile/").status_code == 200
 
 
 def test_admin_cancel_action_cancels_and_audits(admin_client, partner):
@@ -334,7 +335,7 @@ def test_database_failure_while_polling_is_503_transient(api, partner, monkeypat
 def test_expire_outputs_runs_on_a_real_worker(celery_worker_process, partner):
     import time
 
-    from exports.tasks.maintenance import expire_outputs
+    from pdex.jobs.tasks import expire_outputs
 
     job = complete(make_export(partner, status=AsyncJob.Status.RUNNING))
     ExportJob.objects.filter(pk=job.pk).update(expires_at=timezone.now() - timedelta(minutes=1))

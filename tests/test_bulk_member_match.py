@@ -11,11 +11,11 @@ import pytest
 from rest_framework.test import APIClient
 
 from consent.models import Consent
-from exports import asyncstatus
-from exports.models import OutputFile
-from exports.storage import get_storage
 from matching import groups, services
 from matching.models import GroupMember, MatchEntry, MatchJob, MemberMatchGroup
+from pdex.jobs import asyncstatus
+from pdex.jobs.models import OutputFile
+from pdex.jobs.storage import get_storage
 from pdex.models import Member
 from tests.conftest import issue_token
 

@@ -10,10 +10,11 @@ import requests
 from django.utils import timezone
 from moto import mock_aws
 
-from exports import asyncstatus, signing
-from exports import storage as storage_module
-from exports.models import AsyncJob, ExportJob, OutputFile
-from exports.outputs import write_output_file
+from exports.models import ExportJob
+from pdex.jobs import asyncstatus, signing
+from pdex.jobs import storage as storage_module
+from pdex.jobs.models import AsyncJob, OutputFile
+from pdex.jobs.outputs import write_output_file
 from pdex.models import AuditEvent
 
 LINES = [b'{"resourceType":"Patient","id":"p1","name":[{"family":"\xc3\x96berg"}]}',
@@ -268,7 +269,7 @@ def moto_server_storage(monkeypatch, settings):
 def test_s3_files_download_and_expire_on_a_real_worker(moto_server_storage, celery_worker_process, api, partner):
     import time
 
-    from exports.tasks.maintenance import expire_outputs
+    from pdex.jobs.tasks import expire_outputs
 
     store, aws_env = moto_server_storage
     job, output = completed_export(partner)

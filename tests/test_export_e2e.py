@@ -202,8 +202,8 @@ def test_cancel_right_after_kick_off_stops_it_and_removes_files(fhir_base, file_
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and job.chunks.filter(status="running").exists():
         time.sleep(0.5)
-    from exports.models import OutputFile
-    from exports.tasks.maintenance import expire_outputs
+    from pdex.jobs.models import OutputFile
+    from pdex.jobs.tasks import expire_outputs
 
     expire_outputs()  # the beat sweep removes anything a chunk finished writing after the cancel
     job.refresh_from_db()

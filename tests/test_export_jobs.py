@@ -7,9 +7,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from exports import asyncstatus, jobs
-from exports.models import ExportChunk, ExportJob, OutputFile
+from exports import jobs
+from exports.models import ExportChunk, ExportJob
 from pdex.fhir import TooManyRequests
+from pdex.jobs import asyncstatus
+from pdex.jobs.models import OutputFile
 from pdex.models import AuditEvent
 from tests.export_world import assert_p2p_export, build_world, exported_lines
 
@@ -187,7 +189,7 @@ def test_a_chunk_finishing_after_a_cancel_removes_its_files(partner, world):
     chunk_id = jobs.plan(job.id)[0]
     chunk = jobs.lease(chunk_id, "w")
     from exports import writer
-    from exports.storage import get_storage
+    from pdex.jobs.storage import get_storage
 
     result = writer.write_chunk(chunk, jobs.export_context(job))
     keys = [f.storage_key for f in result.files]

@@ -130,7 +130,7 @@ def test_sigkilled_worker_loses_and_duplicates_nothing(fhir_base, partner, share
 
 
 def jobs_status_url(job: ExportJob) -> str:
-    from exports.asyncstatus import status_url
+    from pdex.jobs.asyncstatus import status_url
 
     return status_url(job)
 
@@ -153,8 +153,8 @@ def test_stalled_jobs_get_their_pending_chunks_sent_again(partner, settings):
 
 def test_cancel_mid_export_stops_the_chunks_and_removes_every_file(fhir_base, settings, partner, shared_members,
                                                                     celery_worker_process):
-    from exports.models import OutputFile
-    from exports.tasks.maintenance import expire_outputs
+    from pdex.jobs.models import OutputFile
+    from pdex.jobs.tasks import expire_outputs
     from pdex.models import AuditEvent
 
     client = Client(fhir_base, issue_token(partner))

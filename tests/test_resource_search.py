@@ -10,7 +10,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from consent.services import revoke
 from exports import rules
-from pdex.search import SEARCHABLE_TYPES
+from exports.retrieval.search import SEARCHABLE_TYPES
 from tests.conftest import SHARED_DATA
 from tests.export_fixtures import (
     REQUEST_TIME,

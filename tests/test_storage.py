@@ -10,10 +10,10 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from exports import storage as storage_module
-from exports.models import OutputFile
-from exports.outputs import job_prefix, output_key, write_output_file
-from exports.storage import FileStorage, S3Storage, storage_from_url
+from pdex.jobs import storage as storage_module
+from pdex.jobs.models import OutputFile
+from pdex.jobs.outputs import job_prefix, output_key, write_output_file
+from pdex.jobs.storage import FileStorage, S3Storage, storage_from_url
 
 BUCKET = "pdex-exports-test"
 

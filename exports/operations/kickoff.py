@@ -11,13 +11,14 @@ from contextlib import contextmanager
 from django.http import JsonResponse
 from django.utils import timezone
 
-from exports import asyncstatus, jobs, rules
+from exports import jobs, rules
 from exports.models import ExportJob
 from exports.params import ExportParams, parse_prefer
 from matching.models import MemberMatchGroup
 from pdex import audit
 from pdex.auth import scopes
 from pdex.fhir import BadRequest, FhirError, TooManyRequests, fhir_json_response, operation_outcome, outcome_issue
+from pdex.jobs import asyncstatus
 
 
 class Forbidden(FhirError):

@@ -5,10 +5,10 @@ Only the types we serve are routed, so any other path stays an unknown URL (404)
 
 from django.urls import path, re_path
 
+from exports.retrieval import capability  # noqa: F401 - registers these interactions in the CapabilityStatement
+from exports.retrieval.search import SEARCHABLE_TYPES
+from exports.retrieval.views import EverythingView, ReadView, SearchView
 from exports.rules import EXPORT_TYPES
-from pdex import capability_resources  # noqa: F401 - registers these interactions in the CapabilityStatement
-from pdex.resource_views import EverythingView, ReadView, SearchView
-from pdex.search import SEARCHABLE_TYPES
 
 SEARCH_TYPE = rf"(?P<resource_type>{'|'.join(SEARCHABLE_TYPES)})"
 READ_TYPE = rf"(?P<resource_type>{'|'.join(EXPORT_TYPES)})"

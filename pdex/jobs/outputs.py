@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from uuid import UUID
 
-from exports.models import OutputFile
-from exports.storage import get_storage
+from pdex.jobs.models import OutputFile
+from pdex.jobs.storage import get_storage
 from pdex.models import Partner
 
 

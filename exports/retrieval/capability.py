@@ -1,12 +1,13 @@
 """What single-member retrieval adds to the CapabilityStatement: read and search per exported type,
-their search parameters, _include/_revinclude, and Patient/$everything. Imported by pdex.fhir_urls, so it
+their search parameters, _include/_revinclude, and Patient/$everything. Imported by exports.retrieval.fhir_urls, so it
 registers when the URLs load (only what is routed is listed)."""
 
 from __future__ import annotations
 
 from exports import rules
-from pdex import capability, search
-from pdex.resource_views import PATIENT_EVERYTHING
+from exports.retrieval import search
+from exports.retrieval.views import PATIENT_EVERYTHING
+from pdex import capability
 
 
 def register() -> None:

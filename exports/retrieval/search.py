@@ -16,9 +16,7 @@ from django.utils import timezone
 
 from exports import rules
 from exports.params import parse_prefer
-from exports.typefilter import SEARCH_PARAMS, all_of, condition_for
-from pdex import audit
-from pdex.everything import (
+from exports.retrieval.everything import (
     DEFAULT_COUNT,
     Cursor,
     MemberAccess,
@@ -35,6 +33,8 @@ from pdex.everything import (
     shared_rows,
     transmitter_for,
 )
+from exports.typefilter import SEARCH_PARAMS, all_of, condition_for
+from pdex import audit
 from pdex.extract import SHARED_TYPES, reference_target
 from pdex.fhir import BadRequest, NotFound, outcome_issue
 from pdex.models import Member, Resource

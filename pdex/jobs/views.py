@@ -1,4 +1,4 @@
-"""Status, cancel and download endpoints of the asynchronous request pattern (thin: see exports.asyncstatus)."""
+"""Status, cancel and download endpoints of the asynchronous request pattern (thin: see pdex.jobs.asyncstatus)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from django.http import HttpResponse, StreamingHttpResponse
 from rest_framework.negotiation import BaseContentNegotiation
 
-from exports import asyncstatus, signing
-from exports.models import OutputFile
 from pdex.fhir import FHIR_NDJSON, FhirView, NotFound, PublicFhirView, operation_outcome, outcome_issue
+from pdex.jobs import asyncstatus, signing
+from pdex.jobs.models import OutputFile
 
 
 class AnyAccept(BaseContentNegotiation):

@@ -13,7 +13,7 @@ from uuid import UUID
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
-SALT = "exports.signing.bulkfile"
+SALT = "pdex.jobs.signing.bulkfile"
 
 
 def signature(file_id: UUID | str, expires: int) -> str:

@@ -1,6 +1,6 @@
 """FHIR views of single-member retrieval: Patient/{id}/$everything, {Type}?patient=, {Type}/{id}.
 
-Thin: parse, call pdex.everything / pdex.search, render. Every refusal is a FhirError (404 for anything
+Thin: parse, call exports.retrieval.everything / .search, render. Every refusal is a FhirError (404 for anything
 the partner may not see, so ids reveal nothing).
 """
 
@@ -11,7 +11,7 @@ from django.http import HttpResponse
 from exports import jobs
 from exports.models import ExportJob
 from exports.operations.kickoff import accepted
-from pdex import everything, search
+from exports.retrieval import everything, search
 from pdex.fhir import FHIR_JSON, FhirView
 
 PATIENT_EVERYTHING = "http://hl7.org/fhir/OperationDefinition/Patient-everything"

@@ -26,11 +26,11 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.http import http_date
 
-from exports import outputs, signing
-from exports.models import AsyncJob, OutputFile
-from exports.storage import get_storage
 from pdex import audit
 from pdex.fhir import FhirError, NotFound, TooManyRequests, operation_outcome, outcome_issue
+from pdex.jobs import outputs, signing
+from pdex.jobs.models import AsyncJob, OutputFile
+from pdex.jobs.storage import get_storage
 from pdex.models import Partner
 
 log = logging.getLogger(__name__)
