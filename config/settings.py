@@ -8,7 +8,7 @@ from pathlib import Path
 
 import environ
 
-from config import embedded
+from config import embedded, queues
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = embedded.VAR_DIR
@@ -124,7 +124,10 @@ CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=30 * 60)
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 60
 # Longer than the longest task, or Redis hands an unacknowledged task to a second worker mid-run.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT * 2}
-CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="pdex")
+# Queues by kind of work (config/queues.py), all named after this prefix.
+CELERY_QUEUE_PREFIX = env.str("CELERY_QUEUE", default="pdex")
+CELERY_TASK_DEFAULT_QUEUE = queues.names(CELERY_QUEUE_PREFIX)["control"]
+CELERY_TASK_ROUTES = queues.routes(CELERY_QUEUE_PREFIX)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = "UTC"
@@ -194,8 +197,14 @@ EXPORT_MAX_RUNNING_JOBS = env.int("EXPORT_MAX_RUNNING_JOBS", default=4)
 EXPORT_OUTPUT_TTL_SECONDS = env.int("EXPORT_OUTPUT_TTL_SECONDS", default=24 * 3600)
 EXPORT_PRESIGNED_MANIFEST = env.bool("EXPORT_PRESIGNED_MANIFEST", default=False)
 EXPORT_PRESIGNED_URL_SECONDS = env.int("EXPORT_PRESIGNED_URL_SECONDS", default=300)
-EXPORT_LEASE_SECONDS = env.int("EXPORT_LEASE_SECONDS", default=120)
-EXPORT_MAX_CHUNK_ATTEMPTS = env.int("EXPORT_MAX_CHUNK_ATTEMPTS", default=5)
+
+# --- The job engine (pdex.jobs.engine): leases, attempts, the recovery sweep, for exports and matches ---
+# A worker renews its lease on a unit of work (chunk, batch) every third of this; a unit whose lease ran
+# out is taken over by the next worker that asks for work; a unit that fails JOB_MAX_ATTEMPTS times fails
+# its job. The sweep runs every JOB_SWEEP_SECONDS on the maintenance queue.
+JOB_LEASE_SECONDS = env.int("JOB_LEASE_SECONDS", default=120)
+JOB_MAX_ATTEMPTS = env.int("JOB_MAX_ATTEMPTS", default=5)
+JOB_SWEEP_SECONDS = env.int("JOB_SWEEP_SECONDS", default=30)
 STATUS_RETRY_AFTER_SECONDS = env.int("STATUS_RETRY_AFTER_SECONDS", default=2)
 
 # --- Django plumbing -----------------------------------------------------------------------------
@@ -232,9 +241,9 @@ OAUTH2_PROVIDER_GRANT_MODEL = "oauth2_provider.Grant"
 CELERY_BEAT_SCHEDULE = {
     "expire-outputs": {"task": "pdex.expire_outputs",
                        "schedule": env.int("EXPORT_EXPIRY_SWEEP_SECONDS", default=300)},
-    # Chunks whose worker died keep an expired lease; this hands them to another worker (exports.jobs).
-    "requeue-stale-chunks": {"task": "exports.requeue_stale_chunks",
-                             "schedule": env.int("EXPORT_REQUEUE_SWEEP_SECONDS", default=30)},
+    # Units of work whose worker died keep an expired lease, and jobs whose messages were lost stop moving:
+    # the sweep sends them again (pdex.jobs.engine.sweep).
+    "sweep-stale-work": {"task": "pdex.sweep_stale_work", "schedule": JOB_SWEEP_SECONDS},
     "clear-expired-tokens": {"task": "pdex.clear_expired_tokens",
                              "schedule": env.int("TOKEN_CLEANUP_SECONDS", default=3600)},
 }

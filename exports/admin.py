@@ -12,6 +12,7 @@ from django.db.models import QuerySet
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from exports import jobs
 from exports.models import ExportChunk, ExportJob
 from pdex.jobs import asyncstatus
 from pdex.jobs.models import AsyncJob
@@ -51,8 +52,6 @@ def cancel_jobs(modeladmin, request, queryset: QuerySet) -> None:
 
 @admin.action(description="Re-run the selected failed or completed jobs (same status URL)")
 def rerun_jobs(modeladmin, request, queryset: QuerySet) -> None:
-    from exports import jobs
-
     rerun = sum(jobs.rerun(job.pk, request=request) for job in queryset)
     skipped = queryset.count() - rerun
     modeladmin.message_user(request, f"{rerun} job(s) re-run; {skipped} running or cancelled job(s) left alone.",

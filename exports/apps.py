@@ -1,5 +1,9 @@
 from django.apps import AppConfig
 
+from exports.kind import EXPORT
+from pdex import capability
+from pdex.jobs import kinds
+
 DAVINCI_DATA_EXPORT = "http://hl7.org/fhir/us/davinci-atr/OperationDefinition/davinci-data-export"
 GROUP_EXPORT = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"
 PATIENT_EXPORT = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"
@@ -11,8 +15,8 @@ class ExportsConfig(AppConfig):
     verbose_name = "Bulk exports"
 
     def ready(self) -> None:
-        """Tell /metadata which export operations exist (spec §7.8)."""
-        from pdex import capability
+        """Tell /metadata which export operations exist (spec §7.8), and the job engine what an export is."""
+        kinds.register(EXPORT)
 
         capability.register_operation("Group", "davinci-data-export", DAVINCI_DATA_EXPORT)
         capability.register_operation("Group", "export", GROUP_EXPORT)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
-from pdex.jobs.models import AsyncJob
+from pdex.jobs.models import AsyncJob, WorkUnit
 
 
 class ExportJob(AsyncJob):
@@ -27,8 +27,6 @@ class ExportJob(AsyncJob):
                                 help_text="OperationOutcome issues of the kick-off for the error file (warnings)")
     planning_messages = models.JSONField(default=list, blank=True,
                                          help_text="OperationOutcome issues of the last planning (exclusions)")
-    finalize_started_at = models.DateTimeField(null=True, blank=True,
-                                               help_text="when the last chunk began writing the manifest")
 
     class Meta:
         indexes = [models.Index(fields=["partner", "status"], name="exportjob_partner_status")]
@@ -37,17 +35,10 @@ class ExportJob(AsyncJob):
         return f"{self.kind} {self.id}"
 
 
-class ExportChunk(models.Model):
+class ExportChunk(WorkUnit):
     """One unit of export work: a slice of members × one resource type. Leased by one worker at a time."""
 
-    class Status(models.TextChoices):
-        PENDING = "pending"
-        RUNNING = "running"
-        DONE = "done"
-        FAILED = "failed"
-
     job = models.ForeignKey(ExportJob, on_delete=models.CASCADE, related_name="chunks")
-    sequence = models.PositiveIntegerField()
     resource_type = models.CharField(max_length=64)
     member_ids = ArrayField(models.BigIntegerField(), default=list)
     regular_member_ids = ArrayField(models.BigIntegerField(), default=list, blank=True,
@@ -55,15 +46,8 @@ class ExportChunk(models.Model):
     refs = ArrayField(models.CharField(max_length=160), default=list, blank=True,
                       help_text="shared resources the written rows reference, as Type/id")
     parts = models.PositiveSmallIntegerField(default=0, help_text="files written")
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    lease_owner = models.CharField(max_length=200, blank=True)
-    lease_expires = models.DateTimeField(null=True, blank=True, db_index=True)
     count = models.PositiveIntegerField(default=0)
     size = models.BigIntegerField(default=0)
-    error = models.TextField(blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["job", "sequence"], name="exportchunk_job_seq_uniq")]

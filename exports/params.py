@@ -1,5 +1,6 @@
 """Kick-off parameters of $davinci-data-export / $export (Bulk Data 2.0.0 §7.2, ATR, spec §5.1, §5.7):
-parsed from a GET query or a POST Parameters body, validated, and kept as an ExportParams.
+parsed from a GET query or a POST Parameters body, validated, and kept as an ExportParams; what the job
+then runs with is a JobParams, stored on the job.
 
 Anything unsupported or malformed is a 400 OperationOutcome, unless the client sent
 `Prefer: handling=lenient`: then it is dropped and reported as a warning in the export's error file.
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
+from exports import rules
 from exports.rules import EXPORT_TYPES
-from exports.typefilter import parse_type_filters, split_type_filters
+from exports.typefilter import parse_type_filters, split_type_filters, type_filters
 from pdex.fhir import BadRequest, outcome_issue
 
 NDJSON_FORMATS = ("application/fhir+ndjson", "application/ndjson", "ndjson")
@@ -69,19 +72,13 @@ class ExportParams:
     respond_async: bool = False
     messages: list[dict[str, Any]] = field(default_factory=list)
 
-    def to_job_params(self) -> dict[str, Any]:
-        """What ExportJob.params stores (JSON): exports.jobs re-reads it at execution time."""
-        return {
-            "output_format": self.output_format,
-            "since": self.since.isoformat() if self.since else None,
-            "until": self.until.isoformat() if self.until else None,
-            "types": list(self.types),
-            "type_filters": list(self.type_filters),
-            "patients": list(self.patients),
-            "include_associated_data": list(self.include_associated_data),
-            "export_type": self.export_type,
-            "lenient": self.lenient,
-        }
+    def job_params(self, *, request_time: datetime) -> JobParams:
+        """What the job runs with: these parameters, and the window computed once, at `request_time`."""
+        return JobParams(
+            window=rules.export_window(request_time=request_time, since=self.since, until=self.until),
+            types=self.types, type_filters=self.type_filters, patients=self.patients,
+            output_format=self.output_format, include_associated_data=self.include_associated_data,
+            export_type=self.export_type, lenient=self.lenient)
 
     @classmethod
     def from_request(cls, request, *, operation: str = DAVINCI) -> ExportParams:
@@ -89,6 +86,80 @@ class ExportParams:
         body = request.data if request.method == "POST" else None
         return parse_export_params(method=request.method, query=_query_lists(request.query_params), body=body,
                                    prefer=request.headers.get("Prefer"), operation=operation)
+
+
+@dataclass(frozen=True)
+class JobParams:
+    """What an export job runs with, fixed at kick-off and stored on the job (ExportJob.params, as JSON).
+
+    One value for every kind of export, $everything included: planning, chunks and finalize read it back
+    with `from_json` instead of re-reading a dict, and the window is the one computed at kick-off.
+    """
+
+    window: rules.Window
+    types: tuple[str, ...] = ()  # empty: every exported type
+    type_filters: tuple[str, ...] = ()  # validated _typeFilter queries
+    patients: tuple[str, ...] = ()  # `patient` references narrowing the members
+    care_start: datetime | None = None  # $everything start/end: date-of-service bounds
+    care_end: datetime | None = None
+    output_format: str = NDJSON_FORMATS[0]
+    include_associated_data: tuple[str, ...] = ()
+    export_type: str = P2P_EXPORT_TYPE
+    lenient: bool = False
+
+    @property
+    def requested_types(self) -> tuple[str, ...] | None:
+        """The requested types, or None for every exported type."""
+        return self.types or None
+
+    def context(self, *, regular_member_ids: Iterable[int] = ()) -> rules.ExportContext:
+        """The rules' context of one chunk of this job."""
+        return rules.export_context(
+            window=self.window, types=self.requested_types, type_filters=parsed_type_filters(self.type_filters),
+            regular_member_ids=frozenset(regular_member_ids), care_start=self.care_start, care_end=self.care_end)
+
+    def again_at(self, request_time: datetime) -> JobParams:
+        """The same parameters for a re-run at `request_time` (the window moves with it)."""
+        return replace(self, window=self.window.again_at(request_time))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "window": self.window.to_json(), "types": list(self.types), "type_filters": list(self.type_filters),
+            "patients": list(self.patients), "care_start": _instant(self.care_start),
+            "care_end": _instant(self.care_end), "output_format": self.output_format,
+            "include_associated_data": list(self.include_associated_data), "export_type": self.export_type,
+            "lenient": self.lenient,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], *, request_time: datetime) -> JobParams:
+        """Read back what `to_json` stored. Jobs stored by earlier releases have no window: theirs is computed
+        at the job's `request_time` from the `since`/`until` they kept."""
+        if data.get("window"):
+            window = rules.Window.from_json(data["window"])
+        else:
+            window = rules.export_window(request_time=request_time, since=_moment(data.get("since")),
+                                         until=_moment(data.get("until")))
+        return cls(
+            window=window, types=tuple(data.get("types") or ()), type_filters=tuple(data.get("type_filters") or ()),
+            patients=tuple(data.get("patients") or ()), care_start=_moment(data.get("care_start")),
+            care_end=_moment(data.get("care_end")), output_format=data.get("output_format") or NDJSON_FORMATS[0],
+            include_associated_data=tuple(data.get("include_associated_data") or ()),
+            export_type=data.get("export_type") or P2P_EXPORT_TYPE, lenient=bool(data.get("lenient")))
+
+
+def _instant(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def _moment(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+@lru_cache(maxsize=256)
+def parsed_type_filters(queries: tuple[str, ...]) -> dict[str, list[rules.Fragment]]:
+    """A job's validated `_typeFilter` queries as the rules' {type: alternatives}, parsed once per process."""
+    return type_filters(queries) if queries else {}
 
 
 def _query_lists(query: Any) -> dict[str, list[str]]:

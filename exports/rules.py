@@ -69,6 +69,30 @@ class Window:
     since_was_raised: bool = False
     lookback_years: int = 5
 
+    def to_json(self) -> dict[str, Any]:
+        def instant(moment: datetime | None) -> str | None:
+            return moment.isoformat() if moment else None
+
+        return {"request_time": instant(self.request_time), "mode": self.mode,
+                "service_from": instant(self.service_from), "updated_after": instant(self.updated_after),
+                "updated_before": instant(self.updated_before), "requested_since": instant(self.requested_since),
+                "since_was_raised": self.since_was_raised, "lookback_years": self.lookback_years}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Window:
+        def moment(name: str) -> datetime | None:
+            return datetime.fromisoformat(data[name]) if data.get(name) else None
+
+        return cls(request_time=moment("request_time"), mode=data["mode"], service_from=moment("service_from"),
+                   updated_after=moment("updated_after"), updated_before=moment("updated_before"),
+                   requested_since=moment("requested_since"), since_was_raised=bool(data["since_was_raised"]),
+                   lookback_years=int(data["lookback_years"]))
+
+    def again_at(self, request_time: datetime) -> Window:
+        """The same request's window at another request time (a re-run), under the same mode and look-back."""
+        return export_window(request_time=request_time, since=self.requested_since, until=self.updated_before,
+                             mode=self.mode, lookback_years=self.lookback_years)
+
     def informational_issues(self) -> list[dict[str, Any]]:
         """The OperationOutcome issue reporting a raised `_since` (cap mode), for the error file."""
         if not self.since_was_raised:
@@ -174,21 +198,28 @@ class ExportContext:
         return tuple(t for t in self.types if t in MEMBER_TYPES)
 
 
-def export_context(*, request_time: datetime, since: datetime | None = None, until: datetime | None = None,
+def export_context(*, request_time: datetime | None = None, window: Window | None = None,
+                   since: datetime | None = None, until: datetime | None = None,
                    types: Iterable[str] | None = None, type_filters: Mapping[str, Sequence[Fragment]] | None = None,
                    regular_member_ids: Collection[int] = (), care_start: datetime | None = None,
                    care_end: datetime | None = None, mode: str | None = None) -> ExportContext:
     """An ExportContext from request parameters and the settings (look-back, mode, PA rule).
 
-    `types=None` means every exported type; an empty collection means none (the request selects nothing).
+    A job passes the `window` it computed at kick-off; a synchronous request passes `request_time` (and
+    `since`/`until`) and gets its window computed here. `types=None` means every exported type; an empty
+    collection means none (the request selects nothing).
     """
+    if window is None:
+        if request_time is None:
+            raise ValueError("an export context needs a window or a request time")
+        window = export_window(request_time=request_time, since=since, until=until, mode=mode)
     wanted = set(EXPORT_TYPES) if types is None else set(types)
     unknown = wanted - set(EXPORT_TYPES)
     if unknown:
         raise ValueError(f"not exported types: {sorted(unknown)}")
     return ExportContext(
-        window=export_window(request_time=request_time, since=since, until=until, mode=mode),
-        pa=prior_auth_rule(request_time=request_time),
+        window=window,
+        pa=prior_auth_rule(request_time=window.request_time),
         types=tuple(t for t in EXPORT_TYPES if t in wanted),
         type_filters=dict(type_filters or {}),
         regular_member_ids=frozenset(regular_member_ids),

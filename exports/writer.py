@@ -19,13 +19,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
 
 from exports import planning, provenance, rules
-from exports.jobs import ChunkResult
 from exports.models import ExportChunk, ExportJob
 from pdex.jobs.models import OutputFile
 from pdex.jobs.outputs import output_key
@@ -39,6 +39,17 @@ HEARTBEAT_EVERY_BLOCKS = 4
 PROVENANCE_TYPE = "Provenance"
 # The namespace of the transmitter Provenance ids: the same chunk of the same job always gets the same id.
 PROVENANCE_NAMESPACE = uuid.UUID("5b0d0c2e-6a55-4f0e-9d3c-2f4b6f1f0a11")
+
+
+@dataclass
+class ChunkResult:
+    """What writing one chunk produced, recorded on the chunk and summed into the job."""
+
+    count: int = 0
+    size: int = 0
+    parts: int = 0
+    refs: set[str] = field(default_factory=set)
+    files: list[OutputFile] = field(default_factory=list)
 
 
 _stream: dict[str, Any] = {}
@@ -191,7 +202,7 @@ def write_chunk(chunk: ExportChunk, context: rules.ExportContext, *,
     sql, params = chunk_sql(chunk.resource_type, chunk.member_ids, context)
     result = ChunkResult()
     targets: list[str] = []
-    interval = max(settings.EXPORT_LEASE_SECONDS / 3, 0.5)
+    interval = max(settings.JOB_LEASE_SECONDS / 3, 0.5)
     last_beat = time.monotonic()
     prefix = f"{chunk.resource_type}/"
     with PartWriter(job, chunk.resource_type, chunk.sequence) as parts:

@@ -1,13 +1,18 @@
 from django.apps import AppConfig
 
+from matching.kind import MATCH
+from pdex import capability
+from pdex.jobs import kinds
+
 
 class MatchingConfig(AppConfig):
     name = "matching"
     verbose_name = "Member match"
 
     def ready(self) -> None:
-        """Tell /metadata what this app serves: the two match operations and Group read/search."""
-        from pdex import capability
+        """Tell /metadata what this app serves (the two match operations, Group read/search), and the job
+        engine what a bulk member match is."""
+        kinds.register(MATCH)
 
         capability.register_operation(
             "Patient", "member-match", "http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match")

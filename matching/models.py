@@ -6,7 +6,7 @@ import uuid
 
 from django.db import models
 
-from pdex.jobs.models import AsyncJob
+from pdex.jobs.models import AsyncJob, WorkUnit
 from pdex.models import Member, Partner
 
 
@@ -23,6 +23,21 @@ class MatchJob(AsyncJob):
 
     def __str__(self) -> str:
         return f"bulk-member-match {self.id}"
+
+
+class MatchBatch(WorkUnit):
+    """A slice of a match job's entries ([start, end) by index): the unit a worker leases, matches and records
+    in one transaction, so a killed worker's batch is redone whole and no entry is decided twice."""
+
+    job = models.ForeignKey(MatchJob, on_delete=models.CASCADE, related_name="batches")
+    start = models.PositiveIntegerField()
+    end = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "sequence"], name="matchbatch_job_seq_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} #{self.sequence} [{self.start}, {self.end})"
 
 
 class MatchEntry(models.Model):

@@ -15,14 +15,12 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from consent import services as consent_services
 from consent.decision import NPI_SYSTEM, Decision, DecisionKind, Reason, actor_ids, facts_from_resource
 from consent.models import Consent
-from matching import groups, store
+from matching import store
 from matching.matcher import (
     Candidate,
     MatchResult,
@@ -33,11 +31,10 @@ from matching.matcher import (
     match,
     submitted_from,
 )
-from matching.models import MatchEntry, MatchJob
-from matching.parameters import MatchRequest, parse_bulk, parse_member_match, request_from_bundle
+from matching.models import MatchEntry
+from matching.parameters import MatchRequest, parse_member_match, request_from_bundle
 from pdex import audit
-from pdex.fhir import FhirError, TooManyRequests, Unprocessable, operation_outcome, outcome_issue
-from pdex.jobs import asyncstatus
+from pdex.fhir import FhirError, TooManyRequests, Unprocessable
 from pdex.models import Member, Partner
 
 log = logging.getLogger(__name__)
@@ -217,75 +214,7 @@ def member_match_response(member: Member) -> dict[str, Any]:
     }
 
 
-# --- $bulk-member-match --------------------------------------------------------------------------
-
-def start_bulk_match(*, partner: Partner, body: Any, request_url: str, request=None) -> MatchJob:
-    """Validate the whole request now (4xx on structure), then queue a job of one entry per MemberBundle."""
-    try:
-        bundles = parse_bulk(body)
-    except FhirError as exc:
-        audit.record("bulk-member-match", audit.REFUSED, partner=partner, reason=f"invalid input: {exc.code}",
-                     request=request)
-        raise
-    from matching import tasks
-
-    with transaction.atomic():
-        job = MatchJob.objects.create(partner=partner, request_url=request_url, progress_total=len(bundles))
-        store.insert_entries(job.id, bundles)
-        transaction.on_commit(lambda: tasks.start_match_job.delay(str(job.id)))
-    audit.record("bulk-member-match", audit.SUCCESS, partner=partner, entity=f"MatchJob/{job.id}",
-                 reason="accepted", detail={"members": len(bundles)}, request=request)
-    return job
-
-
-def plan_job(job_id: str) -> list[tuple[int, int]]:
-    """queued → running; the index ranges of the batches to match (empty when nothing is left to do)."""
-    job = MatchJob.objects.get(pk=job_id)
-    if job.status == MatchJob.Status.QUEUED:
-        asyncstatus.mark_running(job)
-    if job.status != MatchJob.Status.RUNNING:
-        return []
-    size = max(settings.MATCH_BATCH_SIZE, 1)
-    return [(start, min(start + size, job.progress_total)) for start in range(0, job.progress_total, size)]
-
-
-def run_batch(job_id: str, start: int, end: int) -> bool:
-    """Match entries [start, end) that are still pending; True when this batch finished the job's work.
-
-    Idempotent: entries already decided are skipped, and progress counts only what this run decided, in
-    the same transaction as the entries, under the job's row lock.
-    """
-    job = MatchJob.objects.select_related("partner").get(pk=job_id)
-    if job.status != MatchJob.Status.RUNNING:
-        return False
-    began = time.perf_counter()
-    entries = store.pending_bundles(job.id, start, end)
-    now = job.transaction_time or timezone.now()
-    evaluations = evaluate_entries(job.partner, [bundle for _, _, bundle in entries], now=now)
-    with transaction.atomic():
-        locked = MatchJob.objects.select_for_update().get(pk=job.pk)
-        if locked.status != MatchJob.Status.RUNNING:
-            return False
-        decided_ids = set(store.record_outcomes(
-            [entry_id for entry_id, _, _ in entries], [ev.outcome for ev in evaluations],
-            [ev.member_id for ev in evaluations], [ev.reason for ev in evaluations]))
-        decided = [(entry_id, ev) for (entry_id, _, _), ev in zip(entries, evaluations, strict=True)
-                   if entry_id in decided_ids]
-        consents = [(ev.member_id, ev.consent) for _, ev in decided if ev.outcome == MatchEntry.Outcome.MATCHED]
-        consent_services.record_consents(job.partner, consents, "bulk-member-match")
-        counts = defaultdict(int)
-        for _, evaluation in decided:
-            counts[evaluation.outcome] += 1
-        MatchJob.objects.filter(pk=job.pk).update(
-            progress_done=F("progress_done") + len(decided),
-            matched=F("matched") + counts[MatchEntry.Outcome.MATCHED],
-            no_match=F("no_match") + counts[MatchEntry.Outcome.NO_MATCH],
-            consent_constrained=F("consent_constrained") + counts[MatchEntry.Outcome.CONSENT_CONSTRAINED])
-        locked.refresh_from_db(fields=["progress_done", "progress_total"])
-    log.info("bulk-member-match %s batch [%d, %d): %d members in %.2f s", job.id, start, end, len(decided),
-             time.perf_counter() - began)
-    return bool(decided) and locked.progress_done >= locked.progress_total
-
+# --- many members at once (bulk member match batches, matching.jobs) ----------------------------
 
 def evaluate_entries(partner: Partner, bundles: list[Mapping[str, Any]], *, now: datetime) -> list[Evaluation]:
     """Each member on its own: one that cannot even be read goes to NonMatchedMembers, never failing the rest."""
@@ -324,33 +253,3 @@ def _match_one(submitted: Submitted, candidates: list[Candidate]) -> MatchResult
     except Exception:  # one member's odd data must not fail the batch
         log.warning("a bulk-member-match member could not be compared", exc_info=True)
         return MatchResult(Outcome.NONE, reasons=("error",))
-
-
-def finish_job(job_id: str) -> bool:
-    """Build, persist and write the Groups, then mark the job completed (False if cancelled meanwhile)."""
-    job = MatchJob.objects.select_related("partner").get(pk=job_id)
-    if job.status != MatchJob.Status.RUNNING:
-        return False
-    began = time.perf_counter()
-    built = groups.build_and_store(job)
-    groups.write_outputs(job, built)
-    completed = asyncstatus.mark_completed(job)
-    log.info("bulk-member-match %s groups and files written in %.2f s", job.id, time.perf_counter() - began)
-    job.refresh_from_db()
-    audit.record("bulk-member-match", audit.SUCCESS if completed else audit.REFUSED, partner=job.partner,
-                 entity=f"MatchJob/{job.id}", reason="completed" if completed else "cancelled before completion",
-                 detail={"matched": job.matched, "nomatch": job.no_match,
-                         "consentconstraint": job.consent_constrained})
-    return completed
-
-
-def fail_job(job_id: str, exc: BaseException) -> None:
-    """A job-level failure (not a member's): the status URL answers with this OperationOutcome."""
-    job = MatchJob.objects.filter(pk=job_id).first()
-    if job is None:
-        return
-    outcome = operation_outcome(outcome_issue("error", "exception", "The bulk member match failed; "
-                                              "submit the request again."))
-    if asyncstatus.mark_failed(job, outcome):
-        audit.record("bulk-member-match", audit.FAILED, partner=job.partner, entity=f"MatchJob/{job.id}",
-                     reason=f"failed: {type(exc).__name__}")

@@ -1,40 +1,32 @@
-"""Celery tasks of bulk member match: thin wrappers; the work is in matching.services.
+"""Celery tasks of bulk member match: thin wrappers over matching.jobs, on the shared job engine.
 
-start_match_job → one match_batch per slice of entries → the batch that finishes the count (in
-PostgreSQL) queues finish_match_job. Every task is safe to deliver twice. A lost database connection is
-retried with backoff; any other failure, or retries running out, fails the job with an OperationOutcome.
+start_match_job (control) plans the batches; each match_batch message (match queue) claims whichever batch
+is due; the batch that completes the count asks for finish_match_job (control). Every task is safe to
+deliver twice; failures are counted on the batch and retried with a back-off (pdex.jobs.engine).
 """
 
 from __future__ import annotations
 
-from celery import Task, shared_task
-from django.db import InterfaceError, OperationalError
+from celery import shared_task
 
-from matching import services
-
-
-class MatchJobTask(Task):
-    autoretry_for = (OperationalError, InterfaceError)
-    max_retries = 5
-    retry_backoff = True
-    acks_late = True
-
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        services.fail_job(args[0], exc)
+from matching import jobs
+from matching.kind import MATCH
+from pdex.jobs import engine
 
 
-@shared_task(name="matching.start_match_job", base=MatchJobTask)
-def start_match_job(job_id: str) -> None:
-    for start, end in services.plan_job(job_id):
-        match_batch.delay(job_id, start, end)
+@shared_task(name=MATCH.plan_task, acks_late=True)
+def start_match_job(job_id: str) -> int:
+    return len(jobs.plan(job_id))
 
 
-@shared_task(name="matching.match_batch", base=MatchJobTask)
-def match_batch(job_id: str, start: int, end: int) -> None:
-    if services.run_batch(job_id, start, end):
-        finish_match_job.delay(job_id)
+@shared_task(name=MATCH.run_task, bind=True, acks_late=True)
+def match_batch(self, batch_id: int | None = None) -> str:
+    outcome = jobs.run_batch(batch_id, worker=self.request.hostname or "")
+    if outcome.retry_in is not None:
+        engine.nudge(MATCH.run_task, countdown=outcome.retry_in)
+    return outcome.state
 
 
-@shared_task(name="matching.finish_match_job", base=MatchJobTask)
-def finish_match_job(job_id: str) -> None:
-    services.finish_job(job_id)
+@shared_task(name=MATCH.finish_task, acks_late=True)
+def finish_match_job(job_id: str) -> bool:
+    return jobs.finish(job_id)

@@ -7,7 +7,7 @@ import gc
 from django.http import HttpResponse
 from rest_framework.parsers import FormParser
 
-from matching import selectors, services
+from matching import jobs, selectors, services
 from pdex.auth import scopes
 from pdex.fhir import BadRequest, FhirView, fhir_json_response, operation_outcome, outcome_issue
 from pdex.renderers import FhirJsonParser, JsonParser
@@ -58,7 +58,7 @@ class BulkMemberMatchView(FhirView):
     def post(self, request) -> HttpResponse:
         if "respond-async" not in request.headers.get("Prefer", ""):
             raise BadRequest("$bulk-member-match is asynchronous: send 'Prefer: respond-async'.", code="not-supported")
-        job = services.start_bulk_match(partner=request.partner, body=request.data,
+        job = jobs.start_bulk_match(partner=request.partner, body=request.data,
                                         request_url=request.build_absolute_uri(), request=request)
         outcome = operation_outcome(outcome_issue("information", "informational", "Bulk member match accepted."))
         return fhir_json_response(outcome, status=202, headers={"Content-Location": selectors.status_url(job)})

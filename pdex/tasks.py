@@ -5,7 +5,7 @@ from oauth2_provider.models import clear_expired
 
 from pdex.jobs.tasks import *  # noqa: F403
 
-__all__ = ["clear_expired_tokens", "expire_outputs"]  # noqa: F405
+__all__ = ["clear_expired_tokens", "expire_outputs", "sweep_stale_work"]  # noqa: F405
 
 
 @shared_task(name="pdex.clear_expired_tokens", acks_late=True)

@@ -33,6 +33,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 from benchkit import database_url, recreate_database  # noqa: E402
 
+from config import queues  # noqa: E402
+
 QUEUE = f"bench-export-{uuid.uuid4().hex[:8]}"
 os.environ["CELERY_QUEUE"] = QUEUE
 
@@ -47,7 +49,8 @@ class Worker:
                "CELERY_QUEUE": QUEUE, "EXPORT_STORAGE_URL": storage_url, "LOG_LEVEL": "WARNING"}
         self.log = tempfile.NamedTemporaryFile("w+", prefix="bench-export-worker-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", QUEUE, "-c", str(concurrency),
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues.worker_queues(QUEUE),
+             "-c", str(concurrency),
              "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info", "-n", f"{QUEUE}@%h"],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
@@ -130,13 +133,15 @@ def new_partner():
 
 def run_export(worker: Worker, group, partner) -> tuple[float, object, int, int]:
     """Kick off and wait; returns (seconds, job, peak summed RSS, peak single-process RSS)."""
+    from django.utils import timezone
+
     from exports import jobs
     from exports.models import ExportJob
     from exports.params import ExportParams
 
     started = time.perf_counter()
     job = jobs.start_export(partner=partner, kind=ExportJob.Kind.DAVINCI, group=group,
-                            params=ExportParams().to_job_params(), request_url="bench")
+                            params=ExportParams().job_params(request_time=timezone.now()), request_url="bench")
     peak_total = peak_one = 0
     while True:
         total, one = worker.rss()
@@ -200,12 +205,11 @@ def main() -> None:
     from django.conf import settings
     from django.core.management import call_command
 
-    from config.celery import app
     from pdex import ingest
     from pdex.jobs.models import OutputFile
     from pdex.synthesize import synthesize
 
-    app.conf.task_default_queue = QUEUE
+    # os.environ["CELERY_QUEUE"] above named this run's queues before the settings were read.
     call_command("migrate", verbosity=0)
     ingest.load_paths([args.data], validate=False, progress=False)
     synthesize(seed=42)

@@ -37,6 +37,7 @@ from django.test import Client  # noqa: E402
 from django.utils import timezone  # noqa: E402
 from oauth2_provider.models import AccessToken, Application  # noqa: E402
 
+from config import queues  # noqa: E402
 from config.celery import app as celery_app  # noqa: E402
 from consent.decision import SENSITIVE_POLICY_URI  # noqa: E402
 from matching import normalize  # noqa: E402
@@ -184,8 +185,9 @@ def start_worker(queue: str) -> subprocess.Popen:
            or settings.DATABASE_URL, "REDIS_URL": settings.REDIS_URL}
     log = open(ROOT / "var" / "bench-match-worker.log", "w")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queue, "-c", str(WORKERS),
-         "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info", "-n", f"{queue}@%h"],
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues.worker_queues(queue),
+         "-c", str(WORKERS), "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info",
+         "-n", f"{queue}@%h"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     time.sleep(3)
     return worker
@@ -193,7 +195,9 @@ def start_worker(queue: str) -> subprocess.Popen:
 
 def main() -> None:
     queue = f"bench-match-{uuid.uuid4().hex[:6]}"
-    celery_app.conf.task_default_queue = queue
+    celery_app.conf.task_default_queue = queues.names(queue)["control"]
+    celery_app.conf.task_routes = queues.routes(queue)
+    celery_app.amqp.flush_routes()
     (ROOT / "var").mkdir(exist_ok=True)
     print(f"building {N} members and {N} MemberBundles from {DATA.name} …")
     people = build_members(synthea_patients())

@@ -22,6 +22,7 @@ from django.utils import timezone
 from oauth2_provider.models import AccessToken, Application
 from rest_framework.test import APIClient
 
+from config import queues
 from config.celery import app as celery_app
 from config.embedded import settings_database_url
 from pdex.models import Partner
@@ -39,9 +40,16 @@ ALL_SCOPES = (
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _own_celery_queue():
-    celery_app.conf.task_default_queue = QUEUE
+def _own_celery_queues():
+    """This run's queues (QUEUE.control, QUEUE.export, …), for the tasks it sends and the workers it starts."""
+    celery_app.conf.task_default_queue = queues.names(QUEUE)["control"]
+    celery_app.conf.task_routes = queues.routes(QUEUE)
+    celery_app.amqp.flush_routes()
     yield
+    # Nudges sent with no worker listening stay in Redis: take this run's queues away with it.
+    with celery_app.connection_for_write() as conn:
+        for name in queues.names(QUEUE).values():
+            conn.default_channel.queue_purge(name)
 
 
 @pytest.fixture
@@ -105,7 +113,10 @@ def database_url_for_current_connection() -> str:
 class WorkerProcess:
     """A real `celery worker` subprocess on this run's queue, against the test database."""
 
-    def __init__(self, concurrency: int = 2, extra_env: dict[str, str] | None = None):
+    def __init__(self, concurrency: int = 2, extra_env: dict[str, str] | None = None, kinds: str = "",
+                 beat: bool = False):
+        """`kinds`: the queues it consumes (config/queues.py; all by default); `beat`: run the beat schedule
+        in it too (the recovery sweep every JOB_SWEEP_SECONDS)."""
         env = dict(os.environ)
         env.update({
             "DATABASE_URL": database_url_for_current_connection(),
@@ -116,12 +127,15 @@ class WorkerProcess:
             "DB_CONN_MAX_AGE": "0",
         })
         env.update(extra_env or {})
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"celery-{QUEUE}-{uuid.uuid4().hex[:6]}.log"
+        self.name = f"{QUEUE}-{uuid.uuid4().hex[:6]}"
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"celery-{self.name}.log"
         self.log = open(self.log_path, "w")
+        extra = ["-B", "-s", str(self.log_path.with_suffix(".beat"))] if beat else []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", QUEUE, "-c", str(concurrency),
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues.worker_queues(QUEUE, kinds),
+             "-c", str(concurrency),
              "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info",
-             "-n", f"{QUEUE}-{uuid.uuid4().hex[:6]}@%h"],
+             "-n", f"{self.name}@%h", *extra],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + 60

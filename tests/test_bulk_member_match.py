@@ -11,8 +11,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from consent.models import Consent
-from matching import groups, services
-from matching.models import GroupMember, MatchEntry, MatchJob, MemberMatchGroup
+from matching import groups, jobs, services
+from matching.models import GroupMember, MatchBatch, MatchEntry, MatchJob, MemberMatchGroup
 from pdex.jobs import asyncstatus
 from pdex.jobs.models import OutputFile
 from pdex.jobs.storage import get_storage
@@ -71,9 +71,9 @@ def kick_off(client: APIClient, body, *, prefer: str | None = "respond-async"):
 def run_job(job: MatchJob, *, at: datetime = RUN_AT) -> MatchJob:
     """What the Celery tasks do, in order, in this process: plan, every batch, finish."""
     MatchJob.objects.filter(pk=job.pk).update(transaction_time=at)
-    finished = [services.run_batch(str(job.pk), start, end) for start, end in services.plan_job(str(job.pk))]
-    assert finished.count(True) == 1 and finished[-1]
-    assert services.finish_job(str(job.pk))
+    states = [jobs.run_batch(batch_id).state for batch_id in jobs.plan(str(job.pk))]
+    assert states.count("last") == 1 and states[-1] == "last"
+    assert jobs.finish(str(job.pk))
     job.refresh_from_db()
     return job
 
@@ -198,12 +198,13 @@ def test_batches_are_idempotent_and_counted_once(client, example_members, new_pl
     kick_off(client, load("bulk-member-match-request.json"))
     job = MatchJob.objects.get(partner=new_plan)
     MatchJob.objects.filter(pk=job.pk).update(transaction_time=RUN_AT)
-    batches = services.plan_job(str(job.pk))
-    assert batches == [(0, 2), (2, 4)]
-    assert services.run_batch(str(job.pk), 0, 2) is False
-    assert services.run_batch(str(job.pk), 0, 2) is False  # delivered twice: nothing left to do
-    assert services.run_batch(str(job.pk), 2, 4) is True
-    assert services.finish_job(str(job.pk)) and not services.finish_job(str(job.pk))
+    first, second = jobs.plan(str(job.pk))
+    assert list(MatchBatch.objects.filter(job=job).order_by("sequence").values_list("start", "end")) == [
+        (0, 2), (2, 4)]
+    assert jobs.run_batch(first).state == "done"
+    assert jobs.run_batch(first).state == "idle"  # delivered twice: nothing left to do
+    assert jobs.run_batch(second).state == "last"
+    assert jobs.finish(str(job.pk)) and not jobs.finish(str(job.pk))
     job.refresh_from_db()
     assert (job.progress_done, job.matched + job.no_match + job.consent_constrained) == (4, 4)
     assert MemberMatchGroup.objects.filter(job=job).count() == 3
@@ -212,11 +213,11 @@ def test_batches_are_idempotent_and_counted_once(client, example_members, new_pl
 def test_cancelled_job_stops_work(client, example_members, new_plan):
     kick_off(client, load("bulk-member-match-request.json"))
     job = MatchJob.objects.get(partner=new_plan)
-    batches = services.plan_job(str(job.pk))
+    batches = jobs.plan(str(job.pk))
     asyncstatus.cancel_job(job)
-    assert [services.run_batch(str(job.pk), *b) for b in batches] == [False, False]
+    assert [jobs.run_batch(b).state for b in batches] == ["idle", "idle"]
     assert not MatchEntry.objects.filter(job=job).exclude(outcome="pending").exists()
-    assert not services.finish_job(str(job.pk))
+    assert not jobs.finish(str(job.pk))
 
 
 def test_prefer_respond_async_is_required(client, example_members):
@@ -266,15 +267,22 @@ def test_a_member_that_breaks_the_matcher_does_not_fail_the_batch(client, exampl
     assert outcomes == ["match", "nomatch", "nomatch", "consentconstraint"]
 
 
-def test_a_failed_job_answers_with_its_operation_outcome(client, example_members, new_plan):
-    from matching.tasks import MatchJobTask
+def test_a_failed_job_answers_with_its_operation_outcome(client, example_members, new_plan, monkeypatch,
+                                                         settings):
+    def broken(*args, **kwargs):
+        raise RuntimeError("storage down")
 
+    monkeypatch.setattr(jobs, "evaluate_entries", broken)
+    settings.JOB_MAX_ATTEMPTS = 2
     kick_off(client, load("bulk-member-match-request.json"))
     job = MatchJob.objects.get(partner=new_plan)
-    services.plan_job(str(job.pk))
-    MatchJobTask().on_failure(RuntimeError("storage down"), "task-id", [str(job.pk)], {}, None)
+    first = jobs.plan(str(job.pk))[0]
+    assert jobs.run_batch(first).state == "retry"
+    MatchBatch.objects.filter(pk=first).update(not_before=None)  # its back-off has passed
+    assert jobs.run_batch(first).state == "failed"
     job.refresh_from_db()
     assert job.status == "failed" and job.error["resourceType"] == "OperationOutcome"
+    assert "storage down" not in json.dumps(job.error)  # the cause stays in the log and on the batch
     answer = asyncstatus.poll(job.pk, partner=new_plan)
     assert answer.http_status == 500 and answer.body == job.error
-    assert not services.run_batch(str(job.pk), 0, 2)
+    assert jobs.run_batch().state == "idle"

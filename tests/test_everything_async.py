@@ -36,6 +36,7 @@ def export_and_pages(api, partner, path: str, query: str) -> tuple[dict, dict, s
     job = ExportJob.objects.filter(partner=partner, kind=ExportJob.Kind.EVERYTHING).latest("created_at")
     for chunk_id in jobs.plan(job.id):
         jobs.run_chunk(chunk_id)
+    jobs.finalize(job.id)  # what the control queue does once the last chunk is done
     job.refresh_from_db()
     assert job.status == ExportJob.Status.COMPLETED
     exported = {}

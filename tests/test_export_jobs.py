@@ -1,4 +1,4 @@
-"""The export job's state machine, driven directly (no Celery): plan, lease, write, finish, finalize, recover."""
+"""The export job's state machine, driven directly (no worker): plan, lease, write, finish, finalize, recover."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from exports import jobs
+from exports import jobs, rules
+from exports.kind import EXPORT
 from exports.models import ExportChunk, ExportJob
+from exports.params import JobParams
+from exports.writer import ChunkResult
 from pdex.fhir import TooManyRequests
-from pdex.jobs import asyncstatus
+from pdex.jobs import asyncstatus, engine
 from pdex.jobs.models import OutputFile
 from pdex.models import AuditEvent
 from tests.export_world import assert_p2p_export, build_world, exported_lines
@@ -25,7 +28,7 @@ def _storage(settings, tmp_path):
 
     settings.EXPORT_STORAGE_URL = f"file://{tmp_path}/exports"
     settings.EXPORT_CHUNK_MEMBERS = 1
-    settings.EXPORT_MAX_CHUNK_ATTEMPTS = 3
+    settings.JOB_MAX_ATTEMPTS = 3
     yield
     close_stream_connection()  # the test database is dropped at the end of the run
 
@@ -41,8 +44,15 @@ def new_job(partner, world, **params) -> ExportJob:
                                     transaction_time=timezone.now())
 
 
+def every_type() -> JobParams:
+    return JobParams(window=rules.export_window(request_time=timezone.now()))
+
+
 def run_all(job: ExportJob) -> list[str]:
+    """Every chunk, then the finalize the last one asks for (what the export and control queues do)."""
     states = [jobs.run_chunk(chunk_id).state for chunk_id in jobs.plan(job.id)]
+    if "last" in states:
+        jobs.finalize(job.id)
     job.refresh_from_db()
     return states
 
@@ -73,7 +83,7 @@ def test_plan_runs_once(partner, world):
 def test_a_whole_export_keeps_every_p2p_rule(partner, world):
     job = new_job(partner, world)
     states = run_all(job)
-    assert states.count("finalized") == 1 and set(states) <= {"done", "finalized"}
+    assert states.count("last") == 1 and set(states) <= {"done", "last"}
     assert job.status == ExportJob.Status.COMPLETED and job.progress_done == job.progress_total
     resources = assert_p2p_export(exported_lines(job), world)
     assert job.counts["Encounter"] == 2 and job.counts["Practitioner"] == 2
@@ -97,7 +107,7 @@ def test_a_chunk_run_twice_overwrites_its_own_files(partner, world):
     chunk_ids = jobs.plan(job.id)
     jobs.run_chunk(chunk_ids[0])
     before = set(OutputFile.objects.filter(job_id=job.id).values_list("storage_key", "count"))
-    assert jobs.run_chunk(chunk_ids[0]).state == "skipped"  # a redelivered message finds it done
+    assert jobs.run_chunk(chunk_ids[0]).state == "idle"  # a redelivered message finds it done
     ExportChunk.objects.filter(pk=chunk_ids[0]).update(status=ExportChunk.Status.PENDING)
     ExportJob.objects.filter(pk=job.pk).update(progress_done=0)
     assert jobs.run_chunk(chunk_ids[0]).state == "done"
@@ -127,7 +137,7 @@ def test_only_one_worker_holds_a_lease(partner, world):
         jobs.heartbeat(chunk_id, "a")
     chunk = ExportChunk.objects.get(pk=chunk_id)
     with pytest.raises(jobs.LeaseLost):
-        jobs.finish_chunk(chunk, "a", jobs.ChunkResult())
+        jobs.finish_chunk(chunk, "a", ChunkResult())
     assert chunk.attempts == 2
 
 
@@ -138,7 +148,7 @@ def test_the_last_chunk_to_finish_is_counted_once(partner, world):
     results = []
     for n, chunk_id in enumerate(chunk_ids):
         chunk = jobs.lease(chunk_id, f"w{n}")
-        results.append(jobs.finish_chunk(chunk, f"w{n}", jobs.ChunkResult()))
+        results.append(jobs.finish_chunk(chunk, f"w{n}", ChunkResult()))
     assert results == [False, True]
     job.refresh_from_db()
     assert job.progress_done == 2 and job.finalize_started_at is not None
@@ -149,10 +159,11 @@ def test_stale_leases_are_requeued_and_exhausted_ones_fail_the_job(partner, worl
     first, second = jobs.plan(job.id)
     jobs.lease(first, "dead")
     later = timezone.now() + timedelta(seconds=3600)
-    assert jobs.requeue_stale(now=later).chunks == [first, second]  # stale lease; stalled pending chunk
+    found = engine.sweep(now=later, send=False)
+    assert found.units[EXPORT.job_model] == [first, second]  # stale lease; stalled pending chunk
     ExportChunk.objects.filter(pk=second).update(status=ExportChunk.Status.RUNNING, attempts=3,
                                                  lease_expires=timezone.now())
-    jobs.requeue_stale(now=later)
+    engine.sweep(now=later, send=False)
     job.refresh_from_db()
     assert job.status == ExportJob.Status.FAILED
     assert job.error["issue"][0]["severity"] == "error"
@@ -167,7 +178,11 @@ def test_a_chunk_that_keeps_failing_fails_the_job(partner, world, monkeypatch):
     monkeypatch.setattr(writer, "write_chunk", broken)
     job = new_job(partner, world, types=["Patient"])
     chunk_id = jobs.plan(job.id)[0]
-    outcomes = [jobs.run_chunk(chunk_id) for _ in range(3)]
+    outcomes = []
+    for _ in range(3):
+        outcomes.append(jobs.run_chunk(chunk_id))
+        assert jobs.run_chunk(chunk_id).state == "idle"  # backing off: not leased again yet
+        ExportChunk.objects.filter(pk=chunk_id).update(not_before=None)  # …until its back-off has passed
     assert [o.state for o in outcomes] == ["retry", "retry", "failed"]
     assert outcomes[0].retry_in == 2
     job.refresh_from_db()
@@ -180,7 +195,7 @@ def test_cancelled_jobs_write_nothing_more(partner, world):
     chunk_ids = jobs.plan(job.id)
     jobs.run_chunk(chunk_ids[0])
     asyncstatus.cancel_job(job)
-    assert [jobs.run_chunk(c).state for c in chunk_ids[1:]] == ["skipped"] * (len(chunk_ids) - 1)
+    assert [jobs.run_chunk(c).state for c in chunk_ids[1:]] == ["idle"] * (len(chunk_ids) - 1)
     assert not OutputFile.objects.filter(job_id=job.id).exists()
 
 
@@ -191,7 +206,7 @@ def test_a_chunk_finishing_after_a_cancel_removes_its_files(partner, world):
     from exports import writer
     from pdex.jobs.storage import get_storage
 
-    result = writer.write_chunk(chunk, jobs.export_context(job))
+    result = writer.write_chunk(chunk, jobs.job_params(job).context())
     keys = [f.storage_key for f in result.files]
     assert keys and all(get_storage().exists(key) for key in keys)
     ExportJob.objects.filter(pk=job.pk).update(status=ExportJob.Status.CANCELLED)
@@ -206,6 +221,7 @@ def test_no_consenting_member_completes_with_only_the_error_file(partner, world)
     Consent.objects.filter(partner=partner).update(status=Consent.Status.REVOKED)
     job = new_job(partner, world)
     assert jobs.plan(job.id) == []
+    assert jobs.finalize(job.id)  # the plan asked for it at once (control queue)
     job.refresh_from_db()
     assert job.status == ExportJob.Status.COMPLETED
     assert list(OutputFile.objects.filter(job_id=job.id).values_list("kind", flat=True)) == ["error"]
@@ -216,10 +232,11 @@ def test_too_many_running_exports_answer_429(partner, world, settings):
     for _ in range(2):
         new_job(partner, world)
     with pytest.raises(TooManyRequests) as caught:
-        jobs.start_export(partner=partner, kind=ExportJob.Kind.DAVINCI, params={}, request_url="x", group=world.group)
+        jobs.start_export(partner=partner, kind=ExportJob.Kind.DAVINCI, params=every_type(), request_url="x",
+                          group=world.group)
     assert caught.value.headers["Retry-After"]
     ExportJob.objects.filter(partner=partner).update(status=ExportJob.Status.COMPLETED)
-    job = jobs.start_export(partner=partner, kind=ExportJob.Kind.DAVINCI, params={}, request_url="x",
+    job = jobs.start_export(partner=partner, kind=ExportJob.Kind.DAVINCI, params=every_type(), request_url="x",
                             group=world.group)
     assert job.status == ExportJob.Status.QUEUED
     assert AuditEvent.objects.filter(action="export", outcome=AuditEvent.Outcome.MINOR_FAILURE).count() == 1
@@ -247,10 +264,16 @@ def test_type_filter_since_and_until_reach_the_rows(partner, world):
 @pytest.fixture
 def planner_nudges(monkeypatch) -> list[str]:
     """Record the planning nudges instead of sending them to the broker (no worker runs in these tests)."""
-    from exports.tasks.export import plan_export_task
-
     sent: list[str] = []
-    monkeypatch.setattr(plan_export_task, "delay", sent.append)
+    real = engine.nudge
+
+    def record(task: str, *args, **kwargs) -> None:
+        if task == EXPORT.plan_task:
+            sent.extend(args)
+        else:
+            real(task, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "nudge", record)
     return sent
 
 
@@ -263,6 +286,7 @@ def test_rerun_runs_a_failed_job_again_in_place(partner, world, monkeypatch, pla
     chunk_id = jobs.plan(job.id)[0]
     for _ in range(3):
         jobs.run_chunk(chunk_id)
+        ExportChunk.objects.filter(pk=chunk_id).update(not_before=None)  # skip the back-off
     job.refresh_from_db()
     assert job.status == ExportJob.Status.FAILED
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from exports.params import EXPORT, P2P_EXPORT_TYPE, parse_export_params, parse_prefer
+from exports.params import EXPORT, P2P_EXPORT_TYPE, JobParams, parse_export_params, parse_prefer
 from pdex.fhir import BadRequest
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "spec" / "examples"
@@ -134,7 +134,24 @@ def test_spec_examples_parse():
         assert params.respond_async
 
 
-def test_job_params_are_json():
-    params = get({"_since": ["2024-01-01T00:00:00Z"], "_type": ["Encounter"]})
-    stored = json.loads(json.dumps(params.to_job_params()))
-    assert stored["since"].startswith("2024-01-01T00:00:00") and stored["types"] == ["Encounter"]
+def test_job_params_are_json_and_keep_the_window_of_the_kick_off():
+    params = get({"_since": ["2024-01-01T00:00:00Z"], "_type": ["Encounter"],
+                  "_typeFilter": ["Encounter?date=ge2024-02-01"]})
+    kick_off = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    job_params = params.job_params(request_time=kick_off)
+    stored = json.loads(json.dumps(job_params.to_json()))
+    again = JobParams.from_json(stored, request_time=datetime(2030, 1, 1, tzinfo=UTC))
+    assert again == job_params  # the window is the kick-off's, whatever the time it is read back
+    assert again.window.request_time == kick_off and again.window.updated_after == params.since
+    assert again.types == ("Encounter",) and again.type_filters == ("Encounter?date=ge2024-02-01",)
+    context = again.context(regular_member_ids=[7])
+    assert context.window is again.window and context.regular_member_ids == {7}
+    assert list(context.type_filters) == ["Encounter"]
+
+
+def test_a_rerun_moves_the_window_with_it():
+    params = get({"_since": ["2015-01-01T00:00:00Z"]}).job_params(request_time=datetime(2026, 6, 1, tzinfo=UTC))
+    assert params.window.since_was_raised  # cap mode: raised to the look-back
+    later = params.again_at(datetime(2027, 6, 1, tzinfo=UTC))
+    assert later.window.request_time.year == 2027 and later.window.updated_after.year == 2022
+    assert later.window.requested_since == params.window.requested_since

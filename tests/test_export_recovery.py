@@ -18,9 +18,11 @@ import psutil
 import pytest
 
 from exports import jobs
+from exports.kind import EXPORT
 from exports.models import ExportChunk, ExportJob
-from exports.tasks.export import requeue_stale_chunks
 from pdex import ingest
+from pdex.jobs import engine
+from pdex.jobs.tasks import sweep_stale_work
 from pdex.models import Member
 from tests.conftest import SHARED_DATA, issue_token
 from tests.export_world import give_consent, match_group
@@ -30,7 +32,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 LEASE = "3"
 # The worker plans the job, so it needs the chunk size too: small chunks make an export of hundreds of them.
-WORKER_ENV = {"EXPORT_LEASE_SECONDS": LEASE, "EXPORT_CHUNK_MEMBERS": "5"}
+WORKER_ENV = {"JOB_LEASE_SECONDS": LEASE, "EXPORT_CHUNK_MEMBERS": "5"}
 DEADLINE_SECONDS = 240
 
 
@@ -49,7 +51,7 @@ def fhir_base(live_server, settings, tmp_path):
     settings.STATUS_RETRY_AFTER_SECONDS = 1
     settings.EXPORT_STORAGE_URL = f"file://{tmp_path}/exports"
     settings.EXPORT_CHUNK_MEMBERS = 5
-    settings.EXPORT_LEASE_SECONDS = int(LEASE)
+    settings.JOB_LEASE_SECONDS = int(LEASE)
     return settings.FHIR_BASE_URL
 
 
@@ -66,7 +68,7 @@ def wait_until(predicate, what: str, seconds: float = DEADLINE_SECONDS, sweep: b
         if predicate():
             return
         if sweep:
-            requeue_stale_chunks()  # what beat does every EXPORT_REQUEUE_SWEEP_SECONDS
+            sweep_stale_work()  # what beat does every JOB_SWEEP_SECONDS
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -140,15 +142,18 @@ def test_stalled_jobs_get_their_pending_chunks_sent_again(partner, settings):
 
     from django.utils import timezone
 
-    member = Member.objects.create(fhir_id="p1", umb="u1")
+    from tests.export_fixtures import make_member
+
+    member = make_member("p1")  # with its Patient resource, so the export has a chunk
     give_consent(member, partner)
     group = match_group(partner, [member])
     job = ExportJob.objects.create(partner=partner, kind=ExportJob.Kind.DAVINCI, group=group, params={},
                                    request_url="x", transaction_time=timezone.now())
     chunk_ids = jobs.plan(job.id)
-    assert jobs.requeue_stale().chunks == []  # just planned: its messages are still on their way
-    later = timezone.now() + timedelta(seconds=settings.EXPORT_LEASE_SECONDS + 1)
-    assert sorted(jobs.requeue_stale(now=later).chunks) == sorted(chunk_ids)
+    assert chunk_ids
+    assert engine.sweep(send=False).units == {}  # just planned: its messages are still on their way
+    later = timezone.now() + timedelta(seconds=settings.JOB_LEASE_SECONDS + 1)
+    assert sorted(engine.sweep(now=later, send=False).units[EXPORT.job_model]) == sorted(chunk_ids)
 
 
 def test_cancel_mid_export_stops_the_chunks_and_removes_every_file(fhir_base, settings, partner, shared_members,

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from django.http import JsonResponse
 from django.utils import timezone
 
-from exports import jobs, rules
+from exports import rules
+from exports.jobs.start import start_export
 from exports.models import ExportJob
 from exports.params import ExportParams, parse_prefer
 from matching.models import MemberMatchGroup
@@ -31,7 +32,7 @@ def audited(request, entity: str) -> Iterator[None]:
     try:
         yield
     except TooManyRequests:
-        raise  # jobs.start_export audits it, with the running count
+        raise  # start_export audits it, with the running count
     except FhirError as exc:
         audit.record("export", audit.REFUSED, partner=request.partner, entity=entity, request=request,
                      reason=f"kick-off refused: {exc.status} {exc.code}")
@@ -57,10 +58,9 @@ def kick_off(request, *, kind: str, operation: str, group: MemberMatchGroup | No
     require_async(request)
     params = ExportParams.from_request(request, operation=operation)
     require_type_scopes(request, params.types)
-    window = rules.export_window(request_time=timezone.now(), since=params.since, until=params.until)
-    return jobs.start_export(partner=request.partner, kind=kind, group=group, params=params.to_job_params(),
-                             request_url=request_url(request), request=request,
-                             messages=[*params.messages, *window.informational_issues()])
+    return start_export(partner=request.partner, kind=kind, group=group,
+                        params=params.job_params(request_time=timezone.now()), request_url=request_url(request),
+                        request=request, messages=params.messages)
 
 
 def request_url(request) -> str:

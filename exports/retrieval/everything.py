@@ -22,7 +22,7 @@ from django.utils import timezone
 from consent.decision import Decision
 from consent.services import decision_for, decisions_for_members
 from exports import rules
-from exports.params import parse_instant, parse_prefer
+from exports.params import JobParams, parse_instant, parse_prefer
 from exports.provenance import payer_organization, transmitter_provenance
 from exports.typefilter import date_range
 from pdex import audit
@@ -375,24 +375,17 @@ def everything_page(access: MemberAccess, params: EverythingParams, *, path: str
 
 
 def everything_job(access: MemberAccess, params: EverythingParams, *, granted_scopes: Iterable[str],
-                   now: datetime | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """ExportJob.params (the keys exports.jobs reads) and error-file messages for an asynchronous $everything.
+                   now: datetime | None = None) -> JobParams:
+    """The parameters of an asynchronous $everything as a bulk job of this one member.
 
     Types are narrowed to what the token may read, as for synchronous pages; start/end travel as the job's
     care-date bounds, so the bulk pipeline applies the same date-of-service filter as the pages.
     """
-    wanted = params.types or rules.EXPORT_TYPES
-    types = readable_types(granted_scopes, wanted)
+    types = readable_types(granted_scopes, params.types or rules.EXPORT_TYPES)
     if not types:
         raise BadRequest("The token allows none of the requested types.", code="forbidden")
-    window = rules.export_window(request_time=now or timezone.now(), since=params.since)
-    job_params = {
-        "patients": [f"Patient/{access.member.fhir_id}"],
-        "types": [] if tuple(types) == tuple(rules.EXPORT_TYPES) else types,
-        "since": params.since.isoformat() if params.since else None,
-        "until": None,
-        "type_filters": [],
-        "care_start": params.start.isoformat() if params.start else None,
-        "care_end": params.end.isoformat() if params.end else None,
-    }
-    return job_params, [*params.issues, *window.informational_issues()]
+    return JobParams(
+        window=rules.export_window(request_time=now or timezone.now(), since=params.since),
+        patients=(f"Patient/{access.member.fhir_id}",),
+        types=() if tuple(types) == tuple(rules.EXPORT_TYPES) else tuple(types),
+        care_start=params.start, care_end=params.end)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.http import HttpResponse
 
-from exports import jobs
+from exports.jobs.start import start_export
 from exports.models import ExportJob
 from exports.operations.kickoff import accepted
 from exports.retrieval import everything, search
@@ -50,9 +50,9 @@ class EverythingView(FhirView):
                                                     prefer=request.headers.get("Prefer"))
         access = everything.member_access(request.partner, patient_id, request=request, action="everything")
         if params.respond_async:
-            job_params, messages = everything.everything_job(access, params, granted_scopes=_granted(request))
-            job = jobs.start_export(partner=request.partner, kind=ExportJob.Kind.EVERYTHING, params=job_params,
-                                    request_url=request.build_absolute_uri(), request=request, messages=messages)
+            job_params = everything.everything_job(access, params, granted_scopes=_granted(request))
+            job = start_export(partner=request.partner, kind=ExportJob.Kind.EVERYTHING, params=job_params,
+                               request_url=request.build_absolute_uri(), request=request, messages=params.issues)
             return accepted(job)
         page = everything.everything_page(access, params, path=_path(request), granted_scopes=_granted(request))
         return _json(everything.bundle_text(page))

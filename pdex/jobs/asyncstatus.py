@@ -4,9 +4,9 @@ One status URL per job (`/fhir/bulkstatus/{id}`) whatever the job's kind: while 
 `X-Progress` and `Retry-After`; polled too fast, 429; completed, 200 with the manifest; failed, the stored
 OperationOutcome; cancelled, expired, unknown or another partner's, 404 (spec §5.7 rule 7).
 
-Job kinds register in JOB_MODELS. Work in progress (export chunks, match batches) reads `job.status` and stops
-when it sees `cancelled`; the helpers `mark_completed` / `mark_failed` change state only from queued/running,
-so a cancel is never overwritten by a late finish.
+Job kinds register in pdex.jobs.kinds (each app in its AppConfig.ready()). Work in progress (export chunks,
+match batches) reads `job.status` and stops when it sees `cancelled`; the helpers `mark_completed` /
+`mark_failed` change state only from queued/running, so a cancel is never overwritten by a late finish.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from django.apps import apps
 from django.conf import settings
 from django.db import DatabaseError
 from django.db.models import Q
@@ -28,15 +27,13 @@ from django.utils.http import http_date
 
 from pdex import audit
 from pdex.fhir import FhirError, NotFound, TooManyRequests, operation_outcome, outcome_issue
-from pdex.jobs import outputs, signing
+from pdex.jobs import kinds, outputs, signing
 from pdex.jobs.models import AsyncJob, OutputFile
 from pdex.jobs.storage import get_storage
 from pdex.models import Partner
 
 log = logging.getLogger(__name__)
 
-# Job models served by the status URL, with the unit their progress counts (for X-Progress).
-JOB_MODELS: dict[str, str] = {"exports.ExportJob": "chunks", "matching.MatchJob": "members"}
 # A poll that comes sooner than this fraction of Retry-After after the previous one is answered 429.
 POLL_FLOOR_FRACTION = 0.5
 # Manifest `extension` key carrying the instant presigned URLs stop working (EXPORT_PRESIGNED_MANIFEST).
@@ -84,7 +81,8 @@ class StatusAnswer:
 # --- lookup --------------------------------------------------------------------------------------
 
 def job_models() -> list[type[AsyncJob]]:
-    return [apps.get_model(label) for label in JOB_MODELS]
+    """The job models the status URL serves: every registered kind."""
+    return [kind.jobs for kind in kinds.kinds()]
 
 
 def status_url(job: AsyncJob) -> str:
@@ -125,7 +123,7 @@ def progress_text(job: AsyncJob) -> str:
     """X-Progress (under 100 characters), e.g. "chunks 45/100" or "members 300/1000"."""
     if job.status == AsyncJob.Status.QUEUED and not job.progress_total:
         return "queued"
-    unit = JOB_MODELS.get(job._meta.label, "items")
+    unit = kinds.kind_of(job).progress_unit
     return f"{unit} {job.progress_done}/{job.progress_total}"[:99]
 
 

@@ -36,6 +36,8 @@ class AsyncJob(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True, help_text="outputs are deleted after this")
     last_polled_at = models.DateTimeField(null=True, blank=True)
+    finalize_started_at = models.DateTimeField(null=True, blank=True,
+                                               help_text="when the last unit of work began finishing the job")
 
     class Meta:
         abstract = True
@@ -43,6 +45,33 @@ class AsyncJob(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in {self.Status.COMPLETED, self.Status.FAILED, self.Status.CANCELLED}
+
+
+class WorkUnit(models.Model):
+    """One leasable piece of a job's work (an export chunk, a match batch): the job engine's unit.
+
+    A worker holds a unit only under a lease it renews (heartbeat); a unit whose lease expired is taken over
+    by the next worker that asks for work (pdex.jobs.engine). Subclasses add `job` and their own payload.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    sequence = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    not_before = models.DateTimeField(null=True, blank=True, help_text="back-off: not leased again before this")
+    lease_owner = models.CharField(max_length=200, blank=True)
+    lease_expires = models.DateTimeField(null=True, blank=True, db_index=True)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
 
 
 class OutputFile(models.Model):

@@ -13,7 +13,7 @@ from uuid import UUID
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
-SALT = "pdex.jobs.signing.bulkfile"
+SALT = "exports.signing.bulkfile"  # unchanged since the module moved: live URLs stay valid
 
 
 def signature(file_id: UUID | str, expires: int) -> str:

@@ -1,15 +1,23 @@
-"""Housekeeping of the asynchronous-job machinery: expire outputs past their TTL."""
+"""Housekeeping of the asynchronous-job machinery (maintenance queue): the recovery sweep, output expiry."""
 
 from __future__ import annotations
 
 from celery import shared_task
 
-from pdex.jobs import asyncstatus
+from pdex.jobs import asyncstatus, engine
 
-__all__ = ["expire_outputs"]
+__all__ = ["expire_outputs", "sweep_stale_work"]
 
 
 @shared_task(name="pdex.expire_outputs", acks_late=True, ignore_result=True)
 def expire_outputs() -> int:
     """Delete the files of jobs past expires_at (and any left by a cancel); their status URLs answer 404."""
     return asyncstatus.expire_outputs()
+
+
+@shared_task(name="pdex.sweep_stale_work", ignore_result=True)
+def sweep_stale_work() -> dict[str, int]:
+    """Beat: nudge again the work that lost its worker or its message (pdex.jobs.engine.sweep)."""
+    found = engine.sweep()
+    return {"units": sum(len(ids) for ids in found.units.values()), "plans": len(found.plans),
+            "finishes": len(found.finishes), "failed": len(found.failed)}

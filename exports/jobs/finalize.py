@@ -1,0 +1,105 @@
+"""The end of an export: shared resources, the error file, counts, completed; and re-running a job in place.
+
+The finalize runs on the control queue when the last chunk is done (or when the sweep finds a finalize that
+never ended); deterministic keys make a second run overwrite the first.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from exports import planning, writer
+from exports.jobs.plan import job_params
+from exports.jobs.run import delete_objects, record_files
+from exports.kind import EXPORT
+from exports.models import ExportChunk, ExportJob
+from pdex import audit
+from pdex.fhir import operation_outcome
+from pdex.jobs import asyncstatus, engine
+from pdex.jobs.models import OutputFile
+from pdex.jobs.outputs import write_output_file
+
+ERROR_TYPE = "OperationOutcome"
+
+
+def finalize(job_id: uuid.UUID | str, *, now: datetime | None = None) -> bool:
+    """Write what belongs to the whole export (shared resources, error file), sum counts, mark completed.
+
+    Only a running job whose chunks are all done is finalized; returns whether this call completed it.
+    """
+    now = now or timezone.now()
+    job = ExportJob.objects.select_related("partner").get(pk=job_id)
+    if job.status != ExportJob.Status.RUNNING or job.progress_done < job.progress_total:
+        return False
+    chunks = list(job.chunks.filter(status=ExportChunk.Status.DONE).only("resource_type", "count", "refs"))
+    counts: Counter[str] = Counter()
+    refs: set[str] = set()
+    for chunk in chunks:
+        counts[chunk.resource_type] += chunk.count
+        refs.update(chunk.refs)
+    first = job.progress_total + 1
+    extra, files = writer.write_shared(job, refs, first_sequence=first, types=job_params(job).requested_types)
+    delete_objects(record_files(job.id, files, planning.part_sequence(first, 0),
+                                planning.part_sequence(first + len(planning.SHARED_TYPES) + 1, 0)))
+    counts.update(extra)
+    provenance = OutputFile.objects.filter(job_id=job.id, kind=OutputFile.Kind.OUTPUT, resource_type="Provenance")
+    counts["Provenance"] = sum(provenance.values_list("count", flat=True))
+    write_error_file(job)
+    job.counts = {k: v for k, v in sorted(counts.items()) if v}
+    job.save(update_fields=["counts"])
+    if not asyncstatus.mark_completed(job, now=now):
+        return False
+    audit.record("export-complete", audit.SUCCESS, partner=job.partner, entity=f"exportjob/{job.id}",
+                 detail={"members": job.member_count, "counts": job.counts,
+                         "group": job.group_id or "", "kind": job.kind})
+    return True
+
+
+def write_error_file(job: ExportJob) -> OutputFile | None:
+    """The manifest's `error` file: one OperationOutcome per message (warnings, exclusions, rewrites)."""
+    messages = [*job.messages, *job.planning_messages]
+    if not messages:
+        return None
+    lines = (json.dumps(operation_outcome(issue), separators=(",", ":")).encode() for issue in messages)
+    return write_output_file(partner=job.partner, job_id=job.id, resource_type=ERROR_TYPE, lines=lines,
+                             kind=OutputFile.Kind.ERROR, sequence=0)
+
+
+def rerun(job_id: uuid.UUID | str, *, request=None, now: datetime | None = None) -> bool:
+    """Run a failed or completed export again in place, for an admin: the partner's status URL stays valid.
+
+    Chunks, files and counts start afresh, the window moves to the new request time, and consent is
+    re-checked at planning, as for any export. Running and cancelled jobs are left alone (a cancel means the
+    partner is done with it); returns whether it re-ran.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        job = ExportJob.objects.select_for_update().select_related("partner").get(pk=job_id)
+        if job.status not in (ExportJob.Status.FAILED, ExportJob.Status.COMPLETED):
+            return False
+        job.chunks.all().delete()
+        ExportJob.objects.filter(pk=job.pk).update(
+            status=ExportJob.Status.QUEUED, transaction_time=now, params=job_params(job).again_at(now).to_json(),
+            progress_done=0, progress_total=0, error=None, started_at=None, finished_at=None, expires_at=None,
+            last_polled_at=None, finalize_started_at=None, member_count=0, counts={}, planning_messages=[])
+
+        def restart() -> None:
+            # Files first, then the nudge: the new chunks write to the same deterministic keys.
+            asyncstatus.delete_outputs(job)
+            engine.nudge(EXPORT.plan_task, str(job.id))
+
+        transaction.on_commit(restart)
+    audit.record("export-rerun", audit.SUCCESS, partner=job.partner, entity=f"exportjob/{job.id}", request=request,
+                 reason="re-run by admin")
+    return True
+
+
+def fail(job_id: uuid.UUID | str, diagnostics: str, *, now: datetime | None = None) -> bool:
+    """The job ends as failed with an OperationOutcome (the status URL answers with it)."""
+    return engine.fail_job(EXPORT, job_id, diagnostics, now=now)

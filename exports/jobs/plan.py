@@ -1,0 +1,118 @@
+"""Planning an export: re-check every member's consent now, then split the work into chunks.
+
+Runs on the control queue, once per job; a redelivered planning message finds the job running and
+re-nudges its pending chunks instead (any nudge claims whichever chunk is due).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from consent.services import decisions_for_members
+from exports import planning, rules
+from exports.kind import EXPORT
+from exports.models import ExportChunk, ExportJob
+from exports.params import JobParams
+from matching.models import GroupMember
+from pdex import audit
+from pdex.fhir import outcome_issue
+from pdex.jobs import engine
+from pdex.models import Member
+
+
+def job_params(job: ExportJob) -> JobParams:
+    return JobParams.from_json(job.params, request_time=job.transaction_time)
+
+
+def candidate_members(job: ExportJob, params: JobParams) -> tuple[list[int], list[dict[str, Any]]]:
+    """The members the request names (Group members, or the partner's consented members for Patient/$export),
+    narrowed by the `patient` parameter; plus one issue per `patient` reference that is not among them."""
+    if job.group_id is not None:
+        pool = GroupMember.objects.filter(group_id=job.group_id).values_list("member_id", flat=True)
+    else:
+        pool = job.partner.consents.values_list("member_id", flat=True)
+    member_ids = set(pool)
+    issues: list[dict[str, Any]] = []
+    if params.patients:
+        by_fhir_id = dict(Member.objects.filter(fhir_id__in=[p.split("/")[-1] for p in params.patients])
+                          .values_list("fhir_id", "id"))
+        chosen: set[int] = set()
+        for index, reference in enumerate(params.patients):
+            member_id = by_fhir_id.get(reference.split("/")[-1])
+            if member_id in member_ids:
+                chosen.add(member_id)
+            else:
+                issues.append(outcome_issue(
+                    "warning", "not-found",
+                    f"patient parameter #{index + 1} does not name a member of this export; it was skipped.",
+                    expression=[f"patient[{index}]"]))
+        member_ids = chosen
+    return sorted(member_ids), issues
+
+
+def present_types(resource_types: Iterable[str], member_ids: list[int]) -> list[str]:
+    """The requested types any of these members has a row of: a type nobody has costs no chunk."""
+    wanted = list(dict.fromkeys(resource_types))
+    if not member_ids:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT t FROM unnest(%s::text[]) AS t WHERE EXISTS (SELECT 1 FROM pdex_resource r"
+            " WHERE r.resource_type = t AND r.member_id = ANY(%s))", [wanted, member_ids])
+        present = {row[0] for row in cursor.fetchall()}
+    return [t for t in wanted if t in present or t in planning.SHARED_TYPES]
+
+
+def plan(job_id: uuid.UUID | str, *, now: datetime | None = None) -> list[int]:
+    """Re-check every member's consent now, create the job's chunks and nudge one worker per chunk; returns
+    the chunk ids. A job that is no longer queued is left alone (a running one has its pending chunks nudged
+    again). A job with nothing to export is finalized at once."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        job = ExportJob.objects.select_for_update().select_related("partner").get(pk=job_id)
+        if job.status == ExportJob.Status.RUNNING:
+            pending = list(job.chunks.filter(status=ExportChunk.Status.PENDING).values_list("id", flat=True))
+            engine.nudge_on_commit(EXPORT.run_task, times=len(pending))
+            return pending
+        if job.status != ExportJob.Status.QUEUED:
+            return []
+        params = job_params(job)
+        member_ids, issues = candidate_members(job, params)
+        decisions = decisions_for_members(job.partner, member_ids, now=now)
+        include_sensitive = {m: d.include_sensitive for m, d in decisions.items() if d.allowed}
+        excluded = Counter(str(d.reason) for d in decisions.values() if not d.allowed)
+        for reason, count in sorted(excluded.items()):
+            # Counts and reasons only: the error file names no member (spec §5.7 rule 4).
+            issues.append(outcome_issue(
+                "warning", "suppressed",
+                f"{count} member(s) excluded from this export: consent {reason} at export time."))
+        types = present_types(params.types or rules.EXPORT_TYPES, list(include_sensitive))
+        chunks = planning.plan_chunks(include_sensitive=include_sensitive, resource_types=types,
+                                      chunk_members=settings.EXPORT_CHUNK_MEMBERS)
+        created = ExportChunk.objects.bulk_create([
+            ExportChunk(job=job, sequence=c.sequence, resource_type=c.resource_type, member_ids=list(c.member_ids),
+                        regular_member_ids=list(c.regular_member_ids)) for c in chunks])
+        job.status = ExportJob.Status.RUNNING
+        job.started_at = now
+        job.progress_total = len(created)
+        job.progress_done = 0
+        job.member_count = len(include_sensitive)
+        job.planning_messages = issues
+        if not created:
+            job.finalize_started_at = now
+            engine.nudge_on_commit(EXPORT.finish_task, str(job.id))
+        job.save(update_fields=["status", "started_at", "progress_total", "progress_done", "member_count",
+                                "planning_messages", "finalize_started_at"])
+        engine.nudge_on_commit(EXPORT.run_task, times=len(created))
+    audit.record("export-plan", audit.SUCCESS, partner=job.partner, entity=f"exportjob/{job.id}",
+                 detail={"members": len(include_sensitive), "excluded": sum(excluded.values()),
+                         "chunks": len(created)})
+    return [chunk.id for chunk in created]

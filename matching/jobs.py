@@ -1,0 +1,139 @@
+"""Bulk member match on the shared job engine (pdex.jobs.engine): job, batch and entry rows are the truth.
+
+start (web) ──▶ plan (control queue): batches of MATCH_BATCH_SIZE entries ──▶ each batch claimed, matched and
+recorded in one transaction (match queue) ──▶ the batch that completes the count asks for the finish
+(control queue): Groups and files written, job completed. A worker killed mid-batch loses its lease; the
+next claim takes the batch over and, since a batch's outcomes and consents are recorded together with its
+"done", no entry is decided twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from consent import services as consent_services
+from matching import groups, store
+from matching.kind import MATCH
+from matching.models import MatchBatch, MatchEntry, MatchJob
+from matching.parameters import parse_bulk
+from matching.services import Evaluation, evaluate_entries
+from pdex import audit
+from pdex.fhir import FhirError
+from pdex.jobs import asyncstatus, engine
+from pdex.jobs.engine import Finished, UnitOutcome
+from pdex.models import Partner
+
+log = logging.getLogger(__name__)
+
+
+def start_bulk_match(*, partner: Partner, body: Any, request_url: str, request=None) -> MatchJob:
+    """Validate the whole request now (4xx on structure), then queue a job of one entry per MemberBundle."""
+    try:
+        bundles = parse_bulk(body)
+    except FhirError as exc:
+        audit.record("bulk-member-match", audit.REFUSED, partner=partner, reason=f"invalid input: {exc.code}",
+                     request=request)
+        raise
+    with transaction.atomic():
+        job = MatchJob.objects.create(partner=partner, request_url=request_url, progress_total=len(bundles))
+        store.insert_entries(job.id, bundles)
+        engine.nudge_on_commit(MATCH.plan_task, str(job.id))
+    audit.record("bulk-member-match", audit.SUCCESS, partner=partner, entity=f"MatchJob/{job.id}",
+                 reason="accepted", detail={"members": len(bundles)}, request=request)
+    return job
+
+
+def plan(job_id: str, *, now: datetime | None = None) -> list[int]:
+    """queued → running with one batch per MATCH_BATCH_SIZE entries, one nudge per batch; the batch ids.
+
+    A redelivered plan finds the job running and nudges its pending batches again.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        job = MatchJob.objects.select_for_update().get(pk=job_id)
+        if job.status == MatchJob.Status.RUNNING:
+            pending = list(job.batches.filter(status=MatchBatch.Status.PENDING).values_list("id", flat=True))
+            engine.nudge_on_commit(MATCH.run_task, times=len(pending))
+            return pending
+        if job.status != MatchJob.Status.QUEUED:
+            return []
+        size = max(settings.MATCH_BATCH_SIZE, 1)
+        batches = MatchBatch.objects.bulk_create([
+            MatchBatch(job=job, sequence=n, start=start, end=min(start + size, job.progress_total))
+            for n, start in enumerate(range(0, job.progress_total, size))])
+        MatchJob.objects.filter(pk=job.pk).update(
+            status=MatchJob.Status.RUNNING, started_at=now, transaction_time=job.transaction_time or now,
+            finalize_started_at=None if batches else now)
+        engine.nudge_on_commit(MATCH.run_task, times=len(batches))
+        if not batches:
+            engine.nudge_on_commit(MATCH.finish_task, str(job.id))
+    return [batch.id for batch in batches]
+
+
+def match(batch: MatchBatch, beat) -> list[tuple[int, Evaluation]]:
+    """The batch's entries, each evaluated (match, then consent) as of the job's transaction time."""
+    job = batch.job
+    began = time.perf_counter()
+    entries = store.pending_bundles(job.id, batch.start, batch.end)
+    evaluations = evaluate_entries(job.partner, [bundle for _, _, bundle in entries],
+                                   now=job.transaction_time or timezone.now())
+    beat()
+    log.info("bulk-member-match %s batch [%d, %d): %d members in %.2f s", job.id, batch.start, batch.end,
+             len(entries), time.perf_counter() - began)
+    return [(entry_id, evaluation) for (entry_id, _, _), evaluation in zip(entries, evaluations, strict=True)]
+
+
+def record(batch: MatchBatch, owner: str, evaluated: list[tuple[int, Evaluation]], *,
+           now: datetime | None = None) -> Finished:
+    """The batch's outcomes, its members' consents and the job's counts, with the batch's "done", at once."""
+    job = batch.job
+
+    def write() -> None:
+        decided = set(store.record_outcomes([entry_id for entry_id, _ in evaluated],
+                                            [ev.outcome for _, ev in evaluated],
+                                            [ev.member_id for _, ev in evaluated], [ev.reason for _, ev in evaluated]))
+        outcomes = [ev for entry_id, ev in evaluated if entry_id in decided]
+        consent_services.record_consents(
+            job.partner, [(ev.member_id, ev.consent) for ev in outcomes if ev.outcome == MatchEntry.Outcome.MATCHED],
+            "bulk-member-match")
+        counts = Counter(ev.outcome for ev in outcomes)
+        MatchJob.objects.filter(pk=job.pk).update(
+            matched=F("matched") + counts[MatchEntry.Outcome.MATCHED],
+            no_match=F("no_match") + counts[MatchEntry.Outcome.NO_MATCH],
+            consent_constrained=F("consent_constrained") + counts[MatchEntry.Outcome.CONSENT_CONSTRAINED])
+
+    return engine.finish(MATCH, batch, owner, progress=batch.end - batch.start, record=write, now=now)
+
+
+def run_batch(batch_id: int | None = None, *, worker: str = "") -> UnitOutcome:
+    """Claim the next batch due (or this one), match and record it; the last one asks for the finish."""
+    return engine.run_one(MATCH, match, record, worker=worker, unit_id=batch_id,
+                          describe=lambda batch: f"members {batch.start}–{batch.end - 1}")
+
+
+def finish(job_id: str) -> bool:
+    """Build, persist and write the Groups, then mark the job completed (False if cancelled meanwhile, or
+    not every batch is done). Safe twice: Groups are keyed by (job, code) and files by their keys."""
+    job = MatchJob.objects.select_related("partner").get(pk=job_id)
+    if job.status != MatchJob.Status.RUNNING or job.progress_done < job.progress_total:
+        return False
+    began = time.perf_counter()
+    built = groups.build_and_store(job)
+    groups.write_outputs(job, built)
+    completed = asyncstatus.mark_completed(job)
+    log.info("bulk-member-match %s groups and files written in %.2f s", job.id, time.perf_counter() - began)
+    job.refresh_from_db()
+    audit.record("bulk-member-match", audit.SUCCESS if completed else audit.REFUSED, partner=job.partner,
+                 entity=f"MatchJob/{job.id}", reason="completed" if completed else "cancelled before completion",
+                 detail={"matched": job.matched, "nomatch": job.no_match,
+                         "consentconstraint": job.consent_constrained})
+    return completed

@@ -1,0 +1,52 @@
+"""The kinds of asynchronous job the service runs, registered by their apps (AppConfig.ready()).
+
+The status URL (pdex.jobs.asyncstatus) and the job engine (pdex.jobs.engine) serve every registered kind,
+so the ground floor never imports the apps that build on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from django.apps import apps
+
+if TYPE_CHECKING:  # kinds are declared before the app registry is ready: no model import at run time
+    from pdex.jobs.models import AsyncJob, WorkUnit
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """One kind of asynchronous job: its models (by label), its tasks (by name) and how it is reported."""
+
+    job_model: str  # e.g. "exports.ExportJob"
+    unit_model: str  # e.g. "exports.ExportChunk"; its `job` foreign key points at job_model
+    progress_unit: str  # what X-Progress counts: "chunks", "members"
+    plan_task: str
+    run_task: str
+    finish_task: str
+    audit_action: str  # the audit action of the job's end
+    title: str  # what an OperationOutcome calls it: "export", "bulk member match"
+
+    @property
+    def jobs(self) -> type[AsyncJob]:
+        return apps.get_model(self.job_model)
+
+    @property
+    def units(self) -> type[WorkUnit]:
+        return apps.get_model(self.unit_model)
+
+
+_kinds: dict[str, JobKind] = {}
+
+
+def register(kind: JobKind) -> None:
+    _kinds[kind.job_model] = kind
+
+
+def kinds() -> list[JobKind]:
+    return list(_kinds.values())
+
+
+def kind_of(job: AsyncJob | type[AsyncJob]) -> JobKind:
+    return _kinds[job._meta.label]
