@@ -19,6 +19,7 @@ from exports import rules
 from exports.rules import EXPORT_TYPES
 from exports.typefilter import parse_type_filters, split_type_filters, type_filters
 from pdex.fhir import BadRequest, outcome_issue
+from pdex.parameters import read_parameters, values_by_name
 
 NDJSON_FORMATS = ("application/fhir+ndjson", "application/ndjson", "ndjson")
 P2P_EXPORT_TYPE = "hl7.fhir.us.davinci-pdex#payertopayer"
@@ -172,27 +173,15 @@ def _body_lists(body: Any) -> dict[str, list[Any]]:
     """The Parameters body as {name: [values]}; each value the content of its accepted value[x]."""
     if body in (None, b"", "", {}):
         return {}
-    if not isinstance(body, Mapping) or body.get("resourceType") != "Parameters":
-        raise BadRequest("The POST body must be a FHIR Parameters resource.", code="structure")
-    found: dict[str, list[Any]] = {}
-    for index, parameter in enumerate(body.get("parameter") or []):
-        if not isinstance(parameter, Mapping) or not isinstance(parameter.get("name"), str):
-            raise BadRequest(f"Parameters.parameter[{index}] has no name.", code="structure")
-        name = parameter["name"]
-        accepted = _VALUE_TYPES.get(name)
-        value_keys = [key for key in parameter if key.startswith("value")]
-        if accepted is None:
-            found.setdefault(name, []).append(None)  # unknown name: judged with the others below
-            continue
-        usable = [key for key in value_keys if key in accepted]
-        if len(value_keys) != 1 or not usable:
-            raise BadRequest(f"Parameter '{name}' needs one of {', '.join(accepted)}.", code="structure")
-        value = parameter[usable[0]]
-        if name == "patient":
-            value = value.get("reference") if isinstance(value, Mapping) else None
-            if not isinstance(value, str) or not value:
-                raise BadRequest("Parameter 'patient' needs a valueReference with a reference.", code="structure")
-        found.setdefault(name, []).append(value)
+    found = values_by_name(read_parameters(body), _VALUE_TYPES)
+    references = []
+    for value in found.get("patient", []):
+        reference = value.get("reference") if isinstance(value, Mapping) else None
+        if not isinstance(reference, str) or not reference:
+            raise BadRequest("Parameter 'patient' needs a valueReference with a reference.", code="structure")
+        references.append(reference)
+    if references:
+        found["patient"] = references
     return found
 
 

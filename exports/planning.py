@@ -52,7 +52,10 @@ def plan_chunks(*, include_sensitive: Mapping[int, bool], resource_types: Sequen
     return chunks
 
 
-def part_sequence(chunk_sequence: int, part: int, parts_per_chunk: int = 1000) -> int:
+PARTS_PER_CHUNK = 1000
+
+
+def part_sequence(chunk_sequence: int, part: int, parts_per_chunk: int = PARTS_PER_CHUNK) -> int:
     """The file sequence of a chunk's `part`-th file: every chunk owns its own range, so keys never clash."""
     if not 0 <= part < parts_per_chunk:
         raise ValueError(f"a chunk writes at most {parts_per_chunk} files; raise EXPORT_FILE_MAX_BYTES")

@@ -28,8 +28,7 @@ from django.db import connection
 from exports import planning, provenance, rules
 from exports.models import ExportChunk, ExportJob
 from pdex.jobs.models import OutputFile
-from pdex.jobs.outputs import output_key
-from pdex.jobs.storage import get_storage
+from pdex.jobs.outputs import NdjsonWriter
 
 FIELD = b"\x02"
 QUOTE = b"\x01"
@@ -125,70 +124,11 @@ def blocks(sql: str, params: dict[str, Any]) -> Iterator[tuple[list[str], bytes,
         yield ids.decode().split(","), refs, lines + b"\n"
 
 
-class PartWriter:
-    """NDJSON parts of one (kind, type) under deterministic keys, split at EXPORT_FILE_MAX_BYTES."""
-
-    def __init__(self, job: ExportJob, resource_type: str, chunk_sequence: int,
-                 kind: str = OutputFile.Kind.OUTPUT, max_bytes: int | None = None):
-        self.job = job
-        self.resource_type = resource_type
-        self.chunk_sequence = chunk_sequence
-        self.kind = kind
-        self.max_bytes = max_bytes or settings.EXPORT_FILE_MAX_BYTES
-        self.storage = get_storage()
-        self.part = None  # the open storage writer (a context manager) of the current part
-        self.handle = None
-        self.parts: list[list] = []  # [key, count, size] per part
-        self.count = self.size = 0
-
-    def __enter__(self) -> PartWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            if self.part is not None:
-                self.part.__exit__(exc_type, exc, tb)  # abandons the half-written part
-            return
-        self._close_part()
-
-    @property
-    def files(self) -> list[OutputFile]:
-        """The OutputFile rows of the parts written (saved by `record_files`, with the chunk's finish)."""
-        return [OutputFile(storage_key=key, job_id=self.job.id, partner_id=self.job.partner_id, kind=self.kind,
-                           resource_type=self.resource_type, count=count, size=size,
-                           sequence=planning.part_sequence(self.chunk_sequence, index))
-                for index, (key, count, size) in enumerate(self.parts)]
-
-    def _close_part(self) -> None:
-        if self.part is not None:
-            part, self.part, self.handle = self.part, None, None
-            part.__exit__(None, None, None)  # commits the object (atomic rename / upload)
-
-    def write(self, line: bytes) -> None:
-        """`line` ends with its newline."""
-        self.write_block(line, 1)
-
-    def write_block(self, lines: bytes, count: int) -> None:
-        """`count` NDJSON lines, each ending with its newline; a block that would overfill the part is split
-        into its lines so no file passes the limit (unless a single line does)."""
-        size = len(lines)
-        current = self.parts[-1][2] if self.part is not None else 0
-        if count > 1 and current + size > self.max_bytes:
-            for line in lines.splitlines(keepends=True):
-                self.write_block(line, 1)
-            return
-        if self.part is None or (current and current + size > self.max_bytes):
-            self._close_part()
-            sequence = planning.part_sequence(self.chunk_sequence, len(self.parts))
-            key = output_key(self.job.partner_id, self.job.id, self.kind, self.resource_type, sequence)
-            self.part = self.storage.writer(key)
-            self.handle = self.part.__enter__()
-            self.parts.append([key, 0, 0])
-        self.handle.write(lines)
-        self.parts[-1][1] += count
-        self.parts[-1][2] += size
-        self.count += count
-        self.size += size
+def part_writer(job: ExportJob, resource_type: str, chunk_sequence: int) -> NdjsonWriter:
+    """The NDJSON parts of one chunk (or of one shared type at the end), in the chunk's own sequence range."""
+    return NdjsonWriter(partner_id=job.partner_id, job_id=job.id, resource_type=resource_type,
+                        first_sequence=planning.part_sequence(chunk_sequence, 0),
+                        max_parts=planning.PARTS_PER_CHUNK)
 
 
 def write_chunk(chunk: ExportChunk, context: rules.ExportContext, *,
@@ -205,7 +145,7 @@ def write_chunk(chunk: ExportChunk, context: rules.ExportContext, *,
     interval = max(settings.JOB_LEASE_SECONDS / 3, 0.5)
     last_beat = time.monotonic()
     prefix = f"{chunk.resource_type}/"
-    with PartWriter(job, chunk.resource_type, chunk.sequence) as parts:
+    with part_writer(job, chunk.resource_type, chunk.sequence) as parts:
         for n, (ids, refs, lines) in enumerate(blocks(sql, params), 1):
             parts.write_block(lines, len(ids))
             targets.extend(prefix + fhir_id for fhir_id in ids)
@@ -226,7 +166,7 @@ def write_transmitter_provenance(job: ExportJob, chunk_sequence: int, targets: l
     provenance_id = str(uuid.uuid5(PROVENANCE_NAMESPACE, f"{job.id}/{chunk_sequence}"))
     line = provenance.transmitter_provenance_line(targets, recorded=job.transaction_time,
                                                   provenance_id=provenance_id)
-    with PartWriter(job, PROVENANCE_TYPE, chunk_sequence) as parts:
+    with part_writer(job, PROVENANCE_TYPE, chunk_sequence) as parts:
         parts.write(line)
     return parts.files
 
@@ -253,7 +193,7 @@ def write_shared(job: ExportJob, refs: Iterable[str], *, first_sequence: int,
     files: list[OutputFile] = []
     targets: list[str] = []
     for offset, resource_type in enumerate(sorted(by_type)):
-        with PartWriter(job, resource_type, first_sequence + offset) as parts:
+        with part_writer(job, resource_type, first_sequence + offset) as parts:
             for row in shared_rows(resource_type, sorted(set(by_type[resource_type]))):
                 fhir_id, _, line = row.split(FIELD, 2)
                 parts.write(line)

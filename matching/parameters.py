@@ -6,13 +6,14 @@ by `problems()` so a single match answers 422 and a bulk match files that member
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from matching import normalize
 from pdex.extract import parse_fhir_date
-from pdex.fhir import BadRequest, Unprocessable
+from pdex.fhir import Unprocessable
+from pdex.parameters import Parameter, read_parameters, read_parts
 
 RESOURCE_PARTS = {"MemberPatient": "Patient", "CoverageToMatch": "Coverage", "CoverageToLink": "Coverage",
                   "Consent": "Consent"}
@@ -30,23 +31,19 @@ class MatchRequest:
     legacy: bool = False
 
 
-def _parameters(body: Any) -> list[Any]:
-    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-        raise BadRequest("The request body must be a FHIR Parameters resource.", code="structure")
-    parameters = body.get("parameter")
-    if not isinstance(parameters, list) or not parameters:
+def _parameters(body: Any) -> list[Parameter]:
+    parameters = read_parameters(body, invalid=Unprocessable)
+    if not parameters:
         raise Unprocessable("Parameters.parameter is missing or empty.", code="required")
     return parameters
 
 
-def _collect(parts: list[Any], *, where: str, closed: bool) -> tuple[dict[str, Mapping[str, Any]], bool]:
+def _collect(parts: Sequence[Parameter], *, where: str, closed: bool) -> tuple[dict[str, Mapping[str, Any]], bool]:
     """name → resource for the known parts; unknown names fail only when the slicing is closed."""
     found: dict[str, Mapping[str, Any]] = {}
     legacy = False
-    for index, part in enumerate(parts):
-        if not isinstance(part, dict) or not isinstance(part.get("name"), str):
-            raise Unprocessable(f"{where}[{index}] has no name.", code="structure")
-        raw_name = part["name"]
+    for part in parts:
+        raw_name = part.name
         name = LEGACY_NAMES.get(raw_name, raw_name)
         legacy = legacy or raw_name in LEGACY_NAMES
         if name not in RESOURCE_PARTS:
@@ -54,8 +51,8 @@ def _collect(parts: list[Any], *, where: str, closed: bool) -> tuple[dict[str, M
                 raise Unprocessable(f"Unknown parameter '{raw_name}' (allowed: MemberPatient, CoverageToMatch, "
                                     "CoverageToLink, Consent).", code="structure")
             continue
-        resource = part.get("resource")
-        if not isinstance(resource, dict) or not resource.get("resourceType"):
+        resource = part.resource
+        if resource is None or not resource.get("resourceType"):
             raise Unprocessable(f"{where} '{raw_name}' must carry a resource.", code="structure")
         if resource["resourceType"] != RESOURCE_PARTS[name]:
             raise Unprocessable(f"{where} '{raw_name}' must be a {RESOURCE_PARTS[name]}, "
@@ -87,16 +84,15 @@ def parse_bulk(body: Any) -> list[dict[str, Any]]:
     """The MemberBundle parameters, each checked for structure only (members are judged one by one later)."""
     bundles = []
     for parameter in _parameters(body):
-        if not isinstance(parameter, dict) or parameter.get("name") != "MemberBundle":
+        if parameter.name != "MemberBundle":
             continue
-        parts = parameter.get("part")
         where = f"MemberBundle[{len(bundles)}]"
-        if not isinstance(parts, list) or not parts:
+        if not parameter.parts:
             raise Unprocessable(f"{where} has no parts.", code="structure")
-        found, _ = _collect(parts, where=where, closed=False)
+        found, _ = _collect(parameter.parts, where=where, closed=False)
         if "MemberPatient" not in found:
             raise Unprocessable(f"{where} has no MemberPatient.", code="required")
-        bundles.append(parameter)
+        bundles.append(dict(parameter.raw))
     if not bundles:
         raise Unprocessable("The request has no MemberBundle parameter "
                             "(pdex-parameters-multi-member-match-bundle-in).", code="required")
@@ -104,7 +100,9 @@ def parse_bulk(body: Any) -> list[dict[str, Any]]:
 
 
 def request_from_bundle(bundle: Mapping[str, Any]) -> MatchRequest:
-    found, legacy = _collect(list(bundle.get("part") or []), where="MemberBundle", closed=False)
+    """One stored MemberBundle (as submitted) read again, for the batch that matches it."""
+    parts = read_parts(bundle.get("part") or [], invalid=Unprocessable, where="MemberBundle.part")
+    found, legacy = _collect(parts, where="MemberBundle", closed=False)
     return MatchRequest(patient=found["MemberPatient"], coverage_to_match=found.get("CoverageToMatch"),
                         coverage_to_link=found.get("CoverageToLink"), consent=found.get("Consent"),
                         legacy=legacy)

@@ -15,7 +15,7 @@ from exports import planning, writer
 from exports.jobs.plan import job_params
 from exports.kind import EXPORT
 from exports.models import ExportChunk
-from pdex.jobs import engine
+from pdex.jobs import engine, outputs
 from pdex.jobs.engine import Finished, LeaseLost, UnitOutcome
 from pdex.jobs.models import OutputFile
 from pdex.jobs.storage import get_storage
@@ -68,9 +68,7 @@ def run_chunk(chunk_id: int | None = None, *, worker: str = "") -> UnitOutcome:
 def record_files(job_id: uuid.UUID | str, files: list[OutputFile], low: int, high: int) -> list[str]:
     """Upsert the OutputFile rows of one unit of work (sequences low ≤ s < high) in one statement, and drop
     the rows a previous, longer run of it left behind; returns the storage keys to delete."""
-    OutputFile.objects.bulk_create(files, update_conflicts=True, unique_fields=["storage_key"],
-                                   update_fields=["job_id", "partner", "kind", "resource_type", "count", "size",
-                                                  "sequence"])
+    outputs.record(files)
     stale = OutputFile.objects.filter(job_id=job_id, kind=OutputFile.Kind.OUTPUT, sequence__gte=low,
                                       sequence__lt=high).exclude(
         storage_key__in=[f.storage_key for f in files])

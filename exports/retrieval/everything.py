@@ -30,6 +30,7 @@ from pdex.auth.scopes import satisfies
 from pdex.extract import SHARED_TYPES
 from pdex.fhir import BadRequest, NotFound, outcome_issue
 from pdex.models import Member, Partner, Resource
+from pdex.parameters import read_parameters, values_by_name
 
 DEFAULT_COUNT = 100
 MAX_COUNT = 1000
@@ -265,19 +266,8 @@ def parse_count(raw: Any) -> int:
 def _everything_body(body: Any) -> dict[str, list[str]]:
     if body in (None, b"", "", {}):
         return {}
-    if not isinstance(body, Mapping) or body.get("resourceType") != "Parameters":
-        raise BadRequest("The POST body must be a FHIR Parameters resource.", code="structure")
-    found: dict[str, list[str]] = {}
-    for parameter in body.get("parameter") or []:
-        name = parameter.get("name") if isinstance(parameter, Mapping) else None
-        accepted = _EVERYTHING_VALUE_TYPES.get(name or "", ())
-        value = next((parameter[k] for k in accepted if k in parameter), None)
-        if value is None:
-            value = next((v for k, v in parameter.items() if k.startswith("value")), None) if name else None
-            if name in _EVERYTHING_VALUE_TYPES:
-                raise BadRequest(f"Parameter '{name}' needs one of {', '.join(accepted)}.", code="structure")
-        found.setdefault(str(name), []).append(str(value))
-    return found
+    found = values_by_name(read_parameters(body), _EVERYTHING_VALUE_TYPES)
+    return {name: [str(value) for value in values] for name, values in found.items()}
 
 
 def parse_everything_params(*, query: Mapping[str, list[str]], body: Any = None,
