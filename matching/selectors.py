@@ -37,12 +37,7 @@ def owned_group(*, partner: Partner, group_id: str) -> MemberMatchGroup:
 
 
 def read_group(*, partner: Partner, group_id: str, request=None) -> dict[str, Any]:
-    try:
-        group = owned_group(partner=partner, group_id=group_id)
-    except NotFound:
-        audit.record("group-read", audit.REFUSED, partner=partner, entity=f"Group/{group_id}", reason="not found",
-                     request=request)
-        raise
+    group = owned_group(partner=partner, group_id=group_id)
     audit.record("group-read", audit.SUCCESS, partner=partner, entity=f"Group/{group.id}", request=request)
     return served(group)
 

@@ -34,7 +34,7 @@ from matching.matcher import (
 from matching.models import MatchEntry
 from matching.parameters import MatchRequest, parse_member_match, request_from_bundle
 from pdex import audit
-from pdex.fhir import FhirError, TooManyRequests, Unprocessable
+from pdex.fhir import TooManyRequests, Unprocessable
 from pdex.models import Member, Partner
 
 log = logging.getLogger(__name__)
@@ -171,12 +171,7 @@ def member_match(*, partner: Partner, body: Any, request=None, now: datetime | N
     """$member-match: the one member, with the consent stored; Unprocessable (one generic text) otherwise."""
     now = now or timezone.now()
     check_throttle(partner)
-    try:
-        match_request = parse_member_match(body)
-    except FhirError as exc:
-        audit.record("member-match", audit.REFUSED, partner=partner, reason=f"invalid input: {exc.code}",
-                     request=request)
-        raise
+    match_request = parse_member_match(body)
     submitted = submitted_from(match_request, our_identity())
     result = match(submitted, find_candidates([submitted])[0])
     evaluation = evaluate(match_request, result, partner, revoked=revoked_members(partner, [result.member_id]),
@@ -184,9 +179,8 @@ def member_match(*, partner: Partner, body: Any, request=None, now: datetime | N
     entity = f"Member/{evaluation.member_id}" if evaluation.member_id else ""
     if evaluation.outcome != MatchEntry.Outcome.MATCHED:
         count_failure(partner)
-        audit.record("member-match", audit.REFUSED, partner=partner, entity=entity, request=request,
-                     reason=_audit_outcome(evaluation), detail={"reasons": evaluation.reason})
-        raise Unprocessable(NOT_MATCHED_TEXT, code="processing")
+        raise Unprocessable(NOT_MATCHED_TEXT, code="processing", audit_reason=_audit_outcome(evaluation),
+                            audit_entity=entity, audit_detail={"reasons": evaluation.reason})
     member = Member.objects.get(pk=evaluation.member_id)
     consent_services.record_consent(member, partner, match_request.consent, "member-match")
     audit.record("member-match", audit.SUCCESS, partner=partner, entity=f"Patient/{member.fhir_id}", request=request,

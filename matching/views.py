@@ -42,6 +42,7 @@ class MemberMatchView(FhirView):
 
     required_scopes = (scopes.MEMBER_MATCH,)
     http_method_names = ["post", "options"]
+    audit_action = "member-match"
 
     def post(self, request) -> HttpResponse:
         member = services.member_match(partner=request.partner, body=request.data, request=request)
@@ -53,6 +54,7 @@ class BulkMemberMatchView(FhirView):
 
     required_scopes = (scopes.BULK_MEMBER_MATCH,)
     http_method_names = ["post", "options"]
+    audit_action = "bulk-member-match"
     parser_classes = [BulkFhirJsonParser, BulkJsonParser]
 
     def post(self, request) -> HttpResponse:
@@ -68,6 +70,7 @@ class GroupReadView(FhirView):
     """GET [base]/Group/{id}: only the caller's Groups; anything else is 404."""
 
     required_scopes = (GROUP_READ,)
+    audit_action, audit_entity = "group-read", "Group/{group_id}"
 
     def get(self, request, group_id: str) -> HttpResponse:
         return fhir_json_response(selectors.read_group(partner=request.partner, group_id=group_id, request=request))
@@ -77,6 +80,7 @@ class GroupSearchView(FhirView):
     """GET [base]/Group?… and POST [base]/Group/_search (form body): a searchset of the caller's Groups only."""
 
     required_scopes = (GROUP_READ,)
+    audit_action, audit_entity = "group-search", "Group"
     parser_classes = [FormParser]
 
     def get(self, request) -> HttpResponse:

@@ -16,6 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
+
 SHARED_TYPES = frozenset({"Organization", "Practitioner", "PractitionerRole", "Location", "Medication"})
 # Where each member-owned type points at its member, in the order we look.
 MEMBER_FIELDS = ("patient", "subject", "beneficiary")
@@ -407,8 +409,6 @@ def extract(resource: dict, *, security_codes: frozenset[str] | set[str], codes_
 
 def extract_configured(resource: dict) -> Extracted:
     """extract() with the security codes and code list from settings."""
-    from django.conf import settings
-
     return extract(resource, security_codes=frozenset(settings.SENSITIVE_SECURITY_CODES),
                    codes_file=str(settings.SENSITIVE_CODES_FILE))
 

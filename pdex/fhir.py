@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.views import APIView
 
+from pdex import audit
 from pdex.renderers import FHIR_JSON, FHIR_NDJSON  # noqa: F401 - re-exported for views
 
 log = logging.getLogger(__name__)
@@ -52,14 +54,20 @@ def outcome_response(status: int, outcome: dict[str, Any], headers: dict[str, st
 
 
 class FhirError(Exception):
-    """An error to answer with an OperationOutcome; subclasses fix the usual status and issue code."""
+    """An error to answer with an OperationOutcome; subclasses fix the usual status and issue code.
+
+    `audit_reason`, `audit_entity` and `audit_detail` are what the audit trail records of the refusal beyond
+    its status and code (the edge writes it: `audit_refusal`). They are for our compliance staff, never for
+    the client, and never hold demographics or other PHI.
+    """
 
     status = 400
     code = "invalid"
     severity = "error"
 
     def __init__(self, diagnostics: str, *, status: int | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None, issues: list[dict[str, Any]] | None = None):
+                 headers: dict[str, str] | None = None, issues: list[dict[str, Any]] | None = None,
+                 audit_reason: str = "", audit_entity: str = "", audit_detail: dict[str, Any] | None = None):
         super().__init__(diagnostics)
         self.diagnostics = diagnostics
         if status is not None:
@@ -68,6 +76,9 @@ class FhirError(Exception):
             self.code = code
         self.headers = headers or {}
         self.extra_issues = issues or []
+        self.audit_reason = audit_reason
+        self.audit_entity = audit_entity
+        self.audit_detail = audit_detail or {}
 
     def outcome(self) -> dict[str, Any]:
         return operation_outcome(outcome_issue(self.severity, self.code, self.diagnostics), *self.extra_issues)
@@ -110,16 +121,48 @@ _DRF_CODES: list[tuple[type[Exception], str]] = [
 ]
 
 
-def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse:
-    """DRF's EXCEPTION_HANDLER: every error becomes an OperationOutcome, never an HTML page."""
-    from django.core.exceptions import PermissionDenied
-    from django.http import Http404
+def audit_refusal(view: Any, request: Any, exc: Exception, status: int, code: str) -> None:
+    """The one place a refused FHIR request is audited: the view declares the action and the entity (from its
+    URL), the exception may add a reason, an entity and details. Views without an `audit_action` are not
+    audited (metadata, discovery)."""
+    action = getattr(view, "audit_action", None)
+    if isinstance(action, Mapping):
+        action = action.get(getattr(request, "method", ""))
+    if not action:
+        return
+    token = getattr(request, "auth", None)
+    partner = getattr(request, "partner", None) or getattr(getattr(token, "application", None), "partner", None)
+    entity = getattr(exc, "audit_entity", "") or view.audit_entity_for(request)
+    why = getattr(exc, "audit_reason", "")
+    audit.record(action, audit.REFUSED, partner=partner, entity=entity, request=request,
+                 reason=f"{status} {code}" + (f": {why}" if why else ""),
+                 detail=getattr(exc, "audit_detail", None) or {})
 
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse:
+    """DRF's EXCEPTION_HANDLER: every error becomes an OperationOutcome, never an HTML page; every refusal of
+    an audited view is audited."""
+    response = _error_response(exc)
+    if 400 <= response.status_code < 500:
+        code = getattr(exc, "code", None) if isinstance(exc, FhirError) else _drf_code(exc)
+        audit_refusal(context.get("view"), context.get("request"), exc, response.status_code, code or "invalid")
+    return response
+
+
+def _drf_code(exc: Exception) -> str:
+    if isinstance(exc, Http404):
+        return "not-found"
+    if isinstance(exc, DjangoPermissionDenied):
+        return "forbidden"
+    return next((c for cls, c in _DRF_CODES if isinstance(exc, cls)), "processing")
+
+
+def _error_response(exc: Exception) -> HttpResponse:
     if isinstance(exc, FhirError):
         return outcome_response(exc.status, exc.outcome(), exc.headers)
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()
-    elif isinstance(exc, PermissionDenied):
+    elif isinstance(exc, DjangoPermissionDenied):
         exc = drf_exceptions.PermissionDenied()
     if isinstance(exc, drf_exceptions.APIException):
         code = next((c for cls, c in _DRF_CODES if isinstance(exc, cls)), "processing")
@@ -172,17 +215,28 @@ class FhirView(APIView):
 
     `required_scopes` lists what the token must carry: each item is a scope, or a tuple of scopes any one
     of which will do. After authentication `request.partner` is the calling partner.
+
+    `audit_action` (a name, or one per HTTP method) and `audit_entity` (a template over the URL's parameters,
+    e.g. "Group/{group_id}") say how a refusal of this view is audited (`audit_refusal`).
     """
 
     required_scopes: tuple[str | tuple[str, ...], ...] = ()
+    audit_action: str | Mapping[str, str] | None = None
+    audit_entity: str = ""
+
+    def audit_entity_for(self, request) -> str:
+        try:
+            return self.audit_entity.format(**self.kwargs)[:300]
+        except (KeyError, IndexError, ValueError):
+            return self.audit_entity
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
         request.partner = getattr(getattr(request.auth, "application", None), "partner", None)
 
 
-class PublicFhirView(APIView):
-    """A FHIR endpoint anyone may call (/metadata, SMART discovery)."""
+class PublicFhirView(FhirView):
+    """A FHIR endpoint anyone may call (/metadata, SMART discovery, signed file URLs)."""
 
     authentication_classes: list = []
     permission_classes: list = []

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import connection, transaction
+from tqdm import tqdm
 
 from pdex.extract import SHARED_TYPES, extract, format_instant, normalize_name
 
@@ -142,7 +143,7 @@ def parse_line(text: str, config: ParseConfig) -> tuple[tuple | None, dict | Non
         return None, None, "not a FHIR resource with resourceType and id"
     kind = resource["resourceType"]
     if config.validate:
-        from fhir.resources.R4B import get_fhir_model_class
+        from fhir.resources.R4B import get_fhir_model_class  # noqa: PLC0415 - fhir.resources takes ~0.25 s to import: only a validating load pays
         try:
             get_fhir_model_class(kind).model_validate_json(text)
         except KeyError:
@@ -413,7 +414,6 @@ def _progress_bar(enabled: bool):
     """tqdm on a terminal only: logs and CI get the summary table, not carriage returns."""
     if not enabled:
         return _NoBar()
-    from tqdm import tqdm
     return tqdm(unit=" res", unit_scale=True, file=sys.stderr, desc="loading")
 
 

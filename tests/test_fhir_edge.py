@@ -5,6 +5,7 @@ import json
 import pytest
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.operationoutcome import OperationOutcome
+from rest_framework.test import APIClient
 
 from tests.conftest import issue_token
 
@@ -142,3 +143,19 @@ def test_readyz_reports_an_unreachable_dependency(client, db, settings):
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["checks"]["redis"].startswith("unavailable")
+
+
+def test_every_refusal_of_a_fhir_view_is_audited_in_one_place(make_partner, api_for):
+    """The edge audits what the view declares (action, entity from the URL) and what the error adds."""
+    from pdex.models import AuditEvent
+
+    partner = make_partner()
+    api_for(partner).get("/fhir/Group/no-such-group")
+    APIClient().post("/fhir/Patient/$member-match", data="{}", content_type="application/fhir+json")
+    api_for(partner, scopes="system/Patient.rs").get("/fhir/Group/no-such-group")
+    refused = AuditEvent.objects.filter(outcome=AuditEvent.Outcome.MINOR_FAILURE).order_by("recorded")
+    assert [(e.action, e.entity, e.reason, e.partner_id) for e in refused] == [
+        ("group-read", "Group/no-such-group", "404 not-found", partner.pk),
+        ("member-match", "", "401 login", None),
+        ("group-read", "Group/no-such-group", "403 forbidden", partner.pk),
+    ]

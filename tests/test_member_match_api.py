@@ -126,7 +126,7 @@ def test_no_match_several_and_consent_answer_the_same_text(client, patricia, new
     assert no_match == several == consent
     reasons = list(AuditEvent.objects.filter(action="member-match", partner=new_plan)
                    .order_by("recorded").values_list("reason", flat=True))
-    assert reasons == ["no match", "several", "consent"]
+    assert reasons == ["422 processing: no match", "422 processing: several", "422 processing: consent"]
     assert not Consent.objects.exists()
 
 
@@ -135,7 +135,7 @@ def test_wrong_requester_is_consent_constrained(make_partner, patricia):
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_token(other)}")
     refused(post(api, with_consent(load("member-match-request.json"))))
-    assert AuditEvent.objects.get(action="member-match", partner=other).reason == "consent"
+    assert AuditEvent.objects.get(action="member-match", partner=other).reason == "422 processing: consent"
 
 
 def test_regular_policy_needs_segmentation(client, patricia, settings):

@@ -43,11 +43,11 @@ def start_export(*, partner: Partner, kind: str, params: JobParams, request_url:
                 messages=[*messages, *params.window.informational_issues()])
             engine.nudge_on_commit(EXPORT.plan_task, str(job.id))
     if job is None:
-        audit.record("export", audit.REFUSED, partner=partner, reason="too many running exports", entity=entity,
-                     request=request, detail={"running": running, "limit": settings.EXPORT_MAX_RUNNING_JOBS})
         raise TooManyRequests(
             f"{running} exports are already running for this client (limit {settings.EXPORT_MAX_RUNNING_JOBS}); "
-            "retry when one has finished.", retry_after=BUSY_RETRY_AFTER_SECONDS)
+            "retry when one has finished.", retry_after=BUSY_RETRY_AFTER_SECONDS,
+            audit_reason="too many running exports", audit_entity=entity,
+            audit_detail={"running": running, "limit": settings.EXPORT_MAX_RUNNING_JOBS})
     audit.record("export", audit.SUCCESS, partner=partner, reason="kick-off", request=request, entity=entity,
                  detail={"job": str(job.id), "kind": kind, "types": list(params.types) or "all"})
     return job

@@ -6,7 +6,7 @@ Only the caller's own `match` Groups are exportable (§5.7 rule 5); another part
 from __future__ import annotations
 
 from exports.models import ExportJob
-from exports.operations.kickoff import accepted, audited, kick_off
+from exports.operations.kickoff import accepted, kick_off
 from exports.params import DAVINCI
 from matching.models import MemberMatchGroup
 from matching.selectors import owned_group
@@ -29,14 +29,13 @@ class GroupKickOffView(FhirView):
     """Kick-off of an export of one of the caller's match Groups; subclasses name the operation."""
 
     required_scopes = GROUP_EXPORT_SCOPES
+    audit_action, audit_entity = "export", "Group/{group_id}"
     kind: str
     operation: str
 
     def post(self, request, group_id: str):
-        with audited(request, f"Group/{group_id}"):
-            group = exportable_group(partner=request.partner, group_id=group_id)
-            job = kick_off(request, kind=self.kind, operation=self.operation, group=group)
-        return accepted(job)
+        group = exportable_group(partner=request.partner, group_id=group_id)
+        return accepted(kick_off(request, kind=self.kind, operation=self.operation, group=group))
 
     get = post
 

@@ -5,9 +5,6 @@ The three operations (one module each) differ only in who is exported; this is t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from django.http import JsonResponse
 from django.utils import timezone
 
@@ -16,27 +13,13 @@ from exports.jobs.start import start_export
 from exports.models import ExportJob
 from exports.params import ExportParams, parse_prefer
 from matching.models import MemberMatchGroup
-from pdex import audit
 from pdex.auth import scopes
-from pdex.fhir import BadRequest, FhirError, TooManyRequests, fhir_json_response, operation_outcome, outcome_issue
+from pdex.fhir import BadRequest, FhirError, fhir_json_response, operation_outcome, outcome_issue
 from pdex.jobs import asyncstatus
 
 
 class Forbidden(FhirError):
     status, code = 403, "forbidden"
-
-
-@contextmanager
-def audited(request, entity: str) -> Iterator[None]:
-    """A refused kick-off is audited with its status and issue code (never the client's input)."""
-    try:
-        yield
-    except TooManyRequests:
-        raise  # start_export audits it, with the running count
-    except FhirError as exc:
-        audit.record("export", audit.REFUSED, partner=request.partner, entity=entity, request=request,
-                     reason=f"kick-off refused: {exc.status} {exc.code}")
-        raise
 
 
 def require_async(request) -> None:

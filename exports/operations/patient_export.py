@@ -7,17 +7,16 @@ The members are the partner's consented members, re-checked at execution time li
 from __future__ import annotations
 
 from exports.models import ExportJob
-from exports.operations.kickoff import accepted, audited, kick_off
+from exports.operations.kickoff import accepted, kick_off
 from exports.params import EXPORT
 from pdex.fhir import FhirView
 
 
 class PatientExportView(FhirView):
     required_scopes = (("system/Patient.rs",),)
+    audit_action, audit_entity = "export", "Patient"
 
     def post(self, request):
-        with audited(request, "Patient"):
-            job = kick_off(request, kind=ExportJob.Kind.PATIENT, operation=EXPORT)
-        return accepted(job)
+        return accepted(kick_off(request, kind=ExportJob.Kind.PATIENT, operation=EXPORT))
 
     get = post

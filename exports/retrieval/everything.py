@@ -61,9 +61,9 @@ def member_access(partner: Partner, patient_id: str, *, request=None, action: st
     member = Member.objects.filter(fhir_id=patient_id).first()
     decision = decision_for(member, partner) if member else None
     if member is None or decision is None or not decision.allowed:
-        audit.record(action, audit.REFUSED, partner=partner, request=request, entity="Patient",
-                     reason="no member the client may read" if member is None else f"consent: {decision.reason}")
-        raise NotFound(f"Patient/{patient_id} is not known to this server or not available to this client.")
+        raise NotFound(f"Patient/{patient_id} is not known to this server or not available to this client.",
+                       audit_reason="no member the client may read" if member is None
+                       else f"consent: {decision.reason}")
     audit.record(action, audit.SUCCESS, partner=partner, request=request, entity=f"Patient/{member.fhir_id}",
                  detail={"sensitive": decision.include_sensitive})
     return MemberAccess(member=member, decision=decision)

@@ -248,9 +248,9 @@ def read_resource(partner, resource_type: str, fhir_id: str, *, request=None,
             raise missing
         context = rules.export_context(request_time=now, regular_member_ids=regular)
         body = _one(rules.keyed_query(resource_type, member_ids, context), fhir_id)
-        audit.record("read", audit.SUCCESS if body else audit.REFUSED, partner=partner, request=request,
-                     entity=f"{resource_type}/{fhir_id}",
-                     reason="" if body else "not referenced by data the client may read")
+        if body is None:
+            raise NotFound(missing.diagnostics, audit_reason="not referenced by data the client may read")
+        audit.record("read", audit.SUCCESS, partner=partner, request=request, entity=f"{resource_type}/{fhir_id}")
     else:
         member = Member.objects.filter(pk=stored["member_id"]).first()
         if member is None:

@@ -38,6 +38,7 @@ class EverythingView(FhirView):
     """GET|POST /fhir/Patient/{id}/$everything; `Prefer: respond-async` runs it as a bulk job."""
 
     required_scopes = ("system/Patient.r",)
+    audit_action, audit_entity = "everything", "Patient/{patient_id}"
 
     def get(self, request, patient_id: str):
         return self._everything(request, patient_id, body=None)
@@ -61,6 +62,8 @@ class EverythingView(FhirView):
 class SearchView(FhirView):
     """GET /fhir/{Type}?patient={id}&… for every exported type."""
 
+    audit_action, audit_entity = "search", "{resource_type}"
+
     @property
     def required_scopes(self) -> tuple[str, ...]:
         return (f"system/{self.kwargs.get('resource_type', '')}.rs",)
@@ -73,6 +76,8 @@ class SearchView(FhirView):
 
 class ReadView(FhirView):
     """GET /fhir/{Type}/{id} under the same access rule and export rules."""
+
+    audit_action, audit_entity = "read", "{resource_type}/{fhir_id}"
 
     @property
     def required_scopes(self) -> tuple[str, ...]:

@@ -100,7 +100,7 @@ def find_job(job_id: UUID | str, *, partner: Partner | None = None) -> AsyncJob:
             job = jobs.first()
             if job is not None:
                 return job
-    raise NotFound(f"No bulk job {job_id}.")
+    raise NotFound(f"No bulk job {job_id}.", audit_reason="no such job of this client")
 
 
 def is_expired(job: AsyncJob, now: datetime | None = None) -> bool:
@@ -111,9 +111,9 @@ def live_job(job_id: UUID | str, *, partner: Partner, now: datetime | None = Non
     """The partner's job unless it was cancelled or its outputs expired (both answer 404, spec §7.5)."""
     job = find_job(job_id, partner=partner)
     if job.status == AsyncJob.Status.CANCELLED:
-        raise NotFound(f"Bulk job {job_id} was cancelled.")
+        raise NotFound(f"Bulk job {job_id} was cancelled.", audit_reason="cancelled")
     if job.is_finished and is_expired(job, now):
-        raise NotFound(f"The outputs of bulk job {job_id} have expired.")
+        raise NotFound(f"The outputs of bulk job {job_id} have expired.", audit_reason="expired")
     return job
 
 
@@ -288,24 +288,12 @@ def cancel_job(job: AsyncJob, request=None, *, reason: str = "", now: datetime |
     return True
 
 
-@contextmanager
-def refusal_audited(action: str, *, partner: Partner | None, entity: str, request=None):
-    """Audit a 404 answered to a partner (unknown, foreign, cancelled or expired id) as a refusal."""
-    try:
-        yield
-    except NotFound as exc:
-        audit.record(action, audit.REFUSED, partner=partner, entity=entity, reason=exc.diagnostics,
-                     request=request)
-        raise
-
-
 def cancel(job_id: UUID | str, *, partner: Partner, request=None) -> None:
     """DELETE on the status URL: the partner's live job is cancelled, anything else is 404."""
-    with refusal_audited("bulk-cancel", partner=partner, entity=f"bulkstatus/{job_id}", request=request), \
-            job_store():
+    with job_store():
         job = live_job(job_id, partner=partner)
         if not cancel_job(job, request):
-            raise NotFound(f"Bulk job {job_id} was cancelled.")
+            raise NotFound(f"Bulk job {job_id} was cancelled.", audit_reason="cancelled")
 
 
 def expire_outputs(*, now: datetime | None = None) -> int:
@@ -361,11 +349,10 @@ def download(file_id: UUID | str, *, partner: Partner | None, request=None,
              signed: bool = False) -> tuple[OutputFile, Iterator[bytes], int]:
     """A manifest file for `partner` (None: a signed URL already vouched for it): the row, its bytes, its size.
 
-    Audited either way: a refusal (404) with the caller, a download with the file's partner and job.
+    A download is audited here with the file's partner and job; a refusal (404) by the FHIR edge.
     """
-    with refusal_audited("bulk-download", partner=partner, entity=f"OutputFile/{file_id}", request=request):
-        output = downloadable_file(file_id, partner=partner)
-        content, size = open_file(output)
+    output = downloadable_file(file_id, partner=partner)
+    content, size = open_file(output)
     audit_download(output, request, signed=signed)
     return output, content, size
 

@@ -43,6 +43,7 @@ class BulkStatusView(FhirView):
     """GET: progress, manifest or failure; DELETE: cancel (202, then 404). Only the job's partner sees it."""
 
     content_negotiation_class = AnyAccept
+    audit_action, audit_entity = {"GET": "bulk-status", "DELETE": "bulk-cancel"}, "bulkstatus/{job_id}"
 
     def get(self, request, job_id):
         answer = asyncstatus.poll(job_id, partner=request.partner)
@@ -58,6 +59,7 @@ class BulkFileView(FhirView):
     """A manifest file, streamed to the job's partner with its bearer token (requiresAccessToken true)."""
 
     content_negotiation_class = AnyAccept
+    audit_action, audit_entity = "bulk-download", "OutputFile/{file_id}"
 
     def get(self, request, file_id):
         return file_response(*asyncstatus.download(file_id, partner=request.partner, request=request))
@@ -67,6 +69,7 @@ class SignedBulkFileView(PublicFhirView):
     """A manifest file at an HMAC-signed, expiring URL (EXPORT_PRESIGNED_MANIFEST with file storage)."""
 
     content_negotiation_class = AnyAccept
+    audit_action, audit_entity = "bulk-download", "OutputFile/{file_id}"
 
     def get(self, request, file_id):
         if not signing.verify(file_id, request.GET.get("expires"), request.GET.get("signature")):
