@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 
 from exports import rules
-from tests.export_fixtures import (
+from tests.builders import (
     REQUEST_TIME,
     claim_eob,
     condition,
