@@ -14,7 +14,6 @@ import time
 import pytest
 from django.conf import settings
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from exports import jobs
 from exports.models import ExportChunk, ExportJob
@@ -24,7 +23,6 @@ from matching.models import MatchBatch, MatchEntry, MatchJob, MemberMatchGroup
 from pdex.jobs.tasks import sweep_stale_work
 from pdex.models import Member
 from tests.builders import consent_for, consent_resource, days_ago, encounter, make_member, match_group, store
-from tests.conftest import issue_token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -67,7 +65,8 @@ def member_bundle(k: int) -> dict:
                                              {"name": "Consent", "resource": consent}]}
 
 
-def test_a_sigkilled_match_worker_loses_and_duplicates_no_entry(make_partner, celery_worker_process, settings):
+def test_a_sigkilled_match_worker_loses_and_duplicates_no_entry(make_partner, api_for, celery_worker_process,
+                                                                 settings):
     members, strangers = 1500, 100
     settings.JOB_LEASE_SECONDS = 3  # the sweep below runs here, in the test, with the workers' lease
     Member.objects.bulk_create([
@@ -77,9 +76,7 @@ def test_a_sigkilled_match_worker_loses_and_duplicates_no_entry(make_partner, ce
     body = {"resourceType": "Parameters", "parameter": [member_bundle(k) for k in range(members + strangers)]}
     env = {"MATCH_BATCH_SIZE": "10", "JOB_LEASE_SECONDS": "3"}
     worker = celery_worker_process(extra_env=env)
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_token(partner)}")
-    response = api.post("/fhir/Group/$bulk-member-match", data=json.dumps(body),
+    response = api_for(partner).post("/fhir/Group/$bulk-member-match", data=json.dumps(body),
                         content_type="application/fhir+json", HTTP_PREFER="respond-async")
     assert response.status_code == 202, response.content
     job = MatchJob.objects.get(partner=partner)
