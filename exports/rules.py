@@ -148,28 +148,6 @@ def prior_auth_rule(*, request_time: datetime, months: int | None = None, exclud
     )
 
 
-def prior_auth_included(rule: PriorAuthRule, *, status: str, status_changed: datetime | None,
-                        period_end: datetime | None, drug: bool) -> bool:
-    """The PA rule on one PA's extracted columns: the pure twin of `_pa_sql`, pinned by the same tests."""
-    if rule.exclude_denied and status == "denied":
-        return False
-    if rule.exclude_drug and drug:
-        return False
-    if status in PA_PENDING_STATUSES:
-        return True
-    if status in PA_ACTIVE_STATUSES and (period_end is None or period_end >= rule.request_time):
-        return True
-    return status_changed is not None and status_changed >= rule.status_changed_after
-
-
-def in_window(window: Window, *, service_start: datetime | None, service_end: datetime | None) -> bool:
-    """The date-of-service rule on one resource: the pure twin of `_window_sql`. Undated resources pass."""
-    if window.service_from is None:
-        return True
-    latest = service_end or service_start
-    return latest is None or latest >= window.service_from
-
-
 @dataclass(frozen=True)
 class Fragment:
     """A piece of SQL over a row alias with its named parameters (psycopg `%(name)s` style)."""

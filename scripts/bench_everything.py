@@ -41,10 +41,10 @@ def largest_member():
 def grant(member):
     """A partner with a #sensitive consent from `member` (everything may be disclosed)."""
     from pdex.models import Partner
-    from tests.export_fixtures import consent_for
+    from tests.builders import consent_for
 
     partner = Partner.objects.create(name="Bench Plan", npi="1999999999", status="active")
-    consent_for(member, partner, policy="sensitive", start="2020-01-01", end="2099-12-31")
+    consent_for(member, partner, policy="sensitive")
     return partner
 
 
@@ -70,7 +70,7 @@ def multiply(member, times: int) -> int:
 
 def page_through(partner, member, count: int) -> tuple[int, int, float, int]:
     """(resources, pages, seconds, peak bytes) of one full pass through $everything."""
-    from pdex import everything
+    from exports.retrieval import everything
 
     access = everything.MemberAccess(member=member, decision=everything.decision_for(member, partner))
     query: dict[str, list[str]] = {"_count": [str(count)]}

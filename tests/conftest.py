@@ -26,6 +26,7 @@ from config import queues
 from config.celery import app as celery_app
 from config.embedded import settings_database_url
 from pdex.models import Partner
+from tests.builders import EXAMPLE_PARTNER_NAME, EXAMPLE_PARTNER_NPI
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -82,15 +83,8 @@ def issue_token(partner: Partner, scopes: str = ALL_SCOPES, *, expires_in: int =
 
 @pytest.fixture
 def partner(make_partner) -> Partner:
-    return make_partner("Requesting Plan")
-
-
-@pytest.fixture
-def api(partner) -> APIClient:
-    """An API client authenticated as `partner` with every scope."""
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_token(partner)}")
-    return client
+    """The requesting plan: the new plan of the spec's examples (their consents and CoverageToLink name it)."""
+    return make_partner(EXAMPLE_PARTNER_NAME, npi=EXAMPLE_PARTNER_NPI)
 
 
 @pytest.fixture
@@ -103,6 +97,12 @@ def api_for():
         return client
 
     return make
+
+
+@pytest.fixture
+def api(partner, api_for) -> APIClient:
+    """An API client authenticated as `partner` with every scope."""
+    return api_for(partner)
 
 
 def database_url_for_current_connection() -> str:

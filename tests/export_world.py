@@ -1,65 +1,40 @@
 """A small payer world for export tests: a partner's match Group, members with consents, and data that
 each P2P rule keeps or withholds — with the ids each rule expects to see and never to see.
 
-Dates are relative to the real "now", because a job's request time is the moment of its kick-off.
+Dates are relative to the real "now" (tests.builders), because a job's request time is the moment of its kick-off.
 """
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 from django.conf import settings
-from django.utils import timezone
+from fhir.resources.R4B import get_fhir_model_class
 
-from consent.decision import NPI_SYSTEM, RECIPIENT_ROLE, SOURCE_ROLE
-from consent.models import Consent
-from matching.models import GroupMember, MemberMatchGroup
+from consent.services import revoke
+from matching.models import MemberMatchGroup
+from pdex.jobs.models import OutputFile
+from pdex.jobs.storage import get_storage
 from pdex.models import Member, Partner
-from tests.export_fixtures import (
+from tests.builders import (
     claim_eob,
     condition,
+    consent_for,
+    coverage,
+    days_ago,
+    days_from_now,
     document,
     encounter,
     make_member,
+    match_group,
     observation,
     prior_auth,
     shared,
     store,
+    years_ago,
 )
-
-POLICY_URIS = {"regular": "http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html#regular",
-               "sensitive": "http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html#sensitive"}
-
-
-def ago(**delta: float) -> str:
-    return (timezone.now() - timedelta(**delta)).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def consent_resource(partner: Partner, policy: str) -> dict:
-    today = timezone.now().date()
-    actor = lambda role, npi: {"role": {"coding": [{"system": role[0], "code": role[1]}]},  # noqa: E731
-                               "reference": {"identifier": {"system": NPI_SYSTEM, "value": npi}}}
-    return {
-        "resourceType": "Consent", "status": "active", "policy": [{"uri": POLICY_URIS[policy]}],
-        "provision": {"type": "permit", "period": {"start": str(today - timedelta(days=30)),
-                                                     "end": str(today + timedelta(days=365))},
-                      "actor": [actor(SOURCE_ROLE, settings.PAYER_NPI), actor(RECIPIENT_ROLE, partner.npi)]},
-    }
-
-
-def give_consent(member: Member, partner: Partner, policy: str = "sensitive") -> Consent:
-    today = timezone.now().date()
-    return Consent.objects.create(
-        member=member, partner=partner, policy=policy, policy_uri=POLICY_URIS[policy],
-        period_start=today - timedelta(days=30), period_end=today + timedelta(days=365),
-        resource=consent_resource(partner, policy), submitted_via="bulk-member-match")
-
-
-def match_group(partner: Partner, members: list[Member], code: str = MemberMatchGroup.Code.MATCH) -> MemberMatchGroup:
-    group = MemberMatchGroup.objects.create(partner=partner, code=code, resource={"resourceType": "Group"})
-    GroupMember.objects.bulk_create([GroupMember(group=group, member=member) for member in members])
-    return group
 
 
 @dataclass
@@ -80,18 +55,19 @@ def member_data(world: World, key: str, member: Member, *, visible: bool, regula
         (world.expected if kept and visible else world.withheld).add(ref)
 
     (world.expected if visible else world.withheld).add(f"Patient/{p}")
-    add(encounter(f"{key}-enc-near", p, ago(days=200), practitioner=f"{key}-prac"), kept=True)
-    add(encounter(f"{key}-enc-old", p, ago(days=6 * 366), practitioner=f"{key}-prac-old"), kept=False)
-    add(observation(f"{key}-obs-near", p, ago(days=100)), kept=True)
-    add(observation(f"{key}-obs-sensitive", p, ago(days=90), security=("R",)), kept=not regular)
-    add(condition(f"{key}-cond-active-old", p, ago(days=9 * 366), "active"), kept=True)
-    add(condition(f"{key}-cond-resolved-old", p, ago(days=9 * 366), "resolved"), kept=False)
-    add(claim_eob(f"{key}-eob-claim", p, ago(days=50), organization=f"{key}-org"), kept=True)
-    add(prior_auth(f"{key}-pa-recent", p, "approved", changed=ago(days=60), period_end=ago(days=-60),
+    add(coverage(f"{key}-cov-old", p, start=years_ago(9), end=years_ago(6)), kept=True)  # Coverage has no window
+    add(encounter(f"{key}-enc-near", p, days_ago(200), practitioner=f"{key}-prac"), kept=True)
+    add(encounter(f"{key}-enc-old", p, days_ago(6 * 366), practitioner=f"{key}-prac-old"), kept=False)
+    add(observation(f"{key}-obs-near", p, days_ago(100)), kept=True)
+    add(observation(f"{key}-obs-sensitive", p, days_ago(90), security=("R",)), kept=not regular)
+    add(condition(f"{key}-cond-active-old", p, days_ago(9 * 366), "active"), kept=True)
+    add(condition(f"{key}-cond-resolved-old", p, days_ago(9 * 366), "resolved"), kept=False)
+    add(claim_eob(f"{key}-eob-claim", p, days_ago(50), organization=f"{key}-org"), kept=True)
+    add(prior_auth(f"{key}-pa-recent", p, "approved", changed=days_ago(60), period_end=days_from_now(60),
                    documents=(f"{key}-doc-pa",)), kept=True)
-    add(document(f"{key}-doc-pa", p, ago(days=6 * 366)), kept=True)  # PA rule, never the window
-    add(prior_auth(f"{key}-pa-old", p, "approved", changed=ago(days=2 * 366), period_end=ago(days=500)), kept=False)
-    add(prior_auth(f"{key}-pa-denied", p, "denied", changed=ago(days=10)), kept=False)
+    add(document(f"{key}-doc-pa", p, days_ago(6 * 366)), kept=True)  # PA rule, never the window
+    add(prior_auth(f"{key}-pa-old", p, "approved", changed=days_ago(2 * 366), period_end=days_ago(500)), kept=False)
+    add(prior_auth(f"{key}-pa-denied", p, "denied", changed=days_ago(10)), kept=False)
     for resource_type, suffix in (("Practitioner", "prac"), ("Organization", "org")):
         store(shared(resource_type, f"{key}-{suffix}"))
         (world.expected if visible else world.withheld).add(f"{resource_type}/{key}-{suffix}")
@@ -102,12 +78,11 @@ def member_data(world: World, key: str, member: Member, *, visible: bool, regula
 def build_world(partner: Partner) -> World:
     """Four members: #sensitive, #regular, consent revoked after the match, and one outside the Group."""
     members = {key: make_member(f"pt-{key}-{partner.pk}") for key in ("sens", "reg", "revoked", "outsider")}
-    give_consent(members["sens"], partner, "sensitive")
-    give_consent(members["reg"], partner, "regular")
-    revoked = give_consent(members["revoked"], partner, "sensitive")
+    consent_for(members["sens"], partner, policy="sensitive", via="bulk-member-match")
+    consent_for(members["reg"], partner, policy="regular", via="bulk-member-match")
+    revoked = consent_for(members["revoked"], partner, policy="sensitive", via="bulk-member-match")
     group = match_group(partner, [members["sens"], members["reg"], members["revoked"]])
-    revoked.status = Consent.Status.REVOKED
-    revoked.save()
+    revoke(revoked, "member asked us to stop after the match")
     world = World(group=group, members=members)
     member_data(world, f"sens{partner.pk}", members["sens"], visible=True)
     member_data(world, f"reg{partner.pk}", members["reg"], visible=True, regular=True)
@@ -118,9 +93,6 @@ def build_world(partner: Partner) -> World:
 
 def exported_lines(job) -> list[bytes]:
     """Every NDJSON line of a finished job's output files, read back from storage."""
-    from pdex.jobs.models import OutputFile
-    from pdex.jobs.storage import get_storage
-
     storage = get_storage()
     lines: list[bytes] = []
     for output in OutputFile.objects.filter(job_id=job.id, kind=OutputFile.Kind.OUTPUT):
@@ -140,11 +112,6 @@ def _has_key(node, names: set[str]) -> bool:
 
 def assert_p2p_export(lines: list[bytes], world: World) -> dict[str, dict]:
     """The P2P guarantees on an export's lines; returns the resources by "Type/id"."""
-    import json
-    from collections import Counter
-
-    from fhir.resources.R4B import get_fhir_model_class
-
     resources: dict[str, dict] = {}
     seen: Counter[str] = Counter()
     for line in lines:

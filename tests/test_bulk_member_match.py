@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import UTC, date, datetime
-from pathlib import Path
+from datetime import UTC, datetime
 
 import pytest
 from rest_framework.test import APIClient
@@ -17,22 +16,17 @@ from pdex.jobs import asyncstatus
 from pdex.jobs.models import OutputFile
 from pdex.jobs.storage import get_storage
 from pdex.models import Member
-from tests.conftest import issue_token
+from tests.builders import EXAMPLE_PARTNER_NPI, EXAMPLE_PAYER_NPI, example, example_members
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
 URL = "/fhir/Group/$bulk-member-match"
-OLD_NPI = "9876543210"
-NEW_NPI = "0123456789"
-RUN_AT = datetime(2026, 7, 15, 13, 45, tzinfo=UTC)  # the example's match date; its consents cover 2026
-
-
-def load(name: str) -> dict:
-    return json.loads((EXAMPLES / name).read_text())
+# The example replayed on its own match date (the run date its response Groups carry): its consents cover
+# calendar 2026 and member 4's expired in 2025, so every date these tests compare is the example's, none the clock's.
+RUN_AT = datetime(2026, 7, 15, 13, 45, tzinfo=UTC)
 
 
 @pytest.fixture(autouse=True)
 def our_plan(settings):
-    settings.PAYER_NPI = OLD_NPI
+    settings.PAYER_NPI = EXAMPLE_PAYER_NPI
     settings.PAYER_NAME = "Old Health Plan"
     settings.MEMBER_ID_SYSTEM = "http://example.org/old-payer"
     settings.CONSENT_CAN_SEGMENT_SENSITIVE = True
@@ -40,27 +34,8 @@ def our_plan(settings):
 
 
 @pytest.fixture
-def example_members(db) -> dict[str, Member]:
-    """Our records of the example's members 1, 2 and 4 (member 3's card number is unknown here)."""
-    rows = [("pat-1001", "DH10001235", "1234564321", "person", "patricia ann", date(1974, 12, 25), "female"),
-            ("pat-2002", "DH10001236", "9876543789", "smith", "william john", date(1958, 12, 25), "male"),
-            ("pat-4004", "DH10001237", "7777700000", "noway", "janis noelle", date(1956, 12, 25), "female")]
-    return {fhir_id: Member.objects.create(fhir_id=fhir_id, umb=f"UMB-{fhir_id}", member_number=number,
-                                           subscriber_id=subscriber, family=family, given=given, birth_date=birth,
-                                           gender=gender)
-            for fhir_id, number, subscriber, family, given, birth, gender in rows}
-
-
-@pytest.fixture
-def new_plan(make_partner):
-    return make_partner("New Health Plan", npi=NEW_NPI)
-
-
-@pytest.fixture
-def client(new_plan) -> APIClient:
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_token(new_plan)}")
-    return api
+def members(db) -> dict[str, Member]:
+    return example_members()
 
 
 def kick_off(client: APIClient, body, *, prefer: str | None = "respond-async"):
@@ -95,10 +70,10 @@ def comparable(group: dict, references: dict[str, str]) -> dict:
     return group
 
 
-def test_example_request_matches_the_constructed_example_response(client, example_members, new_plan):
-    response = kick_off(client, load("bulk-member-match-request.json"))
+def test_example_request_matches_the_constructed_example_response(api, members, partner):
+    response = kick_off(api, example("bulk-member-match-request.json"))
     assert response.status_code == 202, response.content
-    job = MatchJob.objects.get(partner=new_plan)
+    job = MatchJob.objects.get(partner=partner)
     assert response["Content-Location"] == asyncstatus.status_url(job)
     assert job.entries.count() == 4 and job.progress_total == 4
 
@@ -106,7 +81,7 @@ def test_example_request_matches_the_constructed_example_response(client, exampl
     assert (job.status, job.progress_done, job.matched, job.no_match, job.consent_constrained) == (
         "completed", 4, 2, 1, 1)
     envelope = json.loads(read_output(job, "Parameters"))
-    expected = load("bulk-member-match-response.constructed.parameters.json")
+    expected = example("bulk-member-match-response.constructed.parameters.json")
     ours = {"Patient/pat-1001": "Patient/1001", "Patient/pat-2002": "Patient/2002"}
     assert [p["name"] for p in envelope["parameter"]] == [p["name"] for p in expected["parameter"]]
     for got, want in zip(envelope["parameter"], expected["parameter"], strict=True):
@@ -114,18 +89,18 @@ def test_example_request_matches_the_constructed_example_response(client, exampl
     assert envelope["meta"]["profile"] == expected["meta"]["profile"]
 
 
-def test_groups_are_persisted_and_only_matched_members_are_members(client, example_members, new_plan):
-    kick_off(client, load("bulk-member-match-request.json"))
-    job = run_job(MatchJob.objects.get(partner=new_plan))
+def test_groups_are_persisted_and_only_matched_members_are_members(api, members, partner):
+    kick_off(api, example("bulk-member-match-request.json"))
+    job = run_job(MatchJob.objects.get(partner=partner))
     stored = {g.code: g for g in MemberMatchGroup.objects.filter(job=job)}
     assert set(stored) == {"match", "nomatch", "consentconstraint"}
-    assert all(g.partner == new_plan for g in stored.values())
+    assert all(g.partner == partner for g in stored.values())
     assert set(GroupMember.objects.filter(group=stored["match"]).values_list("member__fhir_id", flat=True)) == {
         "pat-1001", "pat-2002"}
     assert not GroupMember.objects.filter(group__in=[stored["nomatch"], stored["consentconstraint"]]).exists()
     constrained = json.dumps(stored["consentconstraint"].resource)
     assert "pat-4004" not in constrained and "UMB-" not in constrained
-    assert set(Consent.objects.filter(partner=new_plan).values_list("member__fhir_id", flat=True)) == {
+    assert set(Consent.objects.filter(partner=partner).values_list("member__fhir_id", flat=True)) == {
         "pat-1001", "pat-2002"}
     files = {f.resource_type: f for f in OutputFile.objects.filter(job_id=job.pk)}
     assert (files["Group"].count, files["Parameters"].count) == (3, 1)
@@ -133,29 +108,29 @@ def test_groups_are_persisted_and_only_matched_members_are_members(client, examp
     assert [item["type"] for item in manifest["output"]] == ["Group", "Parameters"] and manifest["error"] == []
 
 
-def bundle_of(example: dict, index: int) -> dict:
-    return copy.deepcopy(example["parameter"][index])
+def bundle_of(request: dict, index: int) -> dict:
+    return copy.deepcopy(request["parameter"][index])
 
 
 def test_mixed_request_each_member_lands_in_its_group_and_bad_members_do_not_fail_the_batch(
-        client, example_members, new_plan):
-    example = load("bulk-member-match-request.json")
-    no_birth_date = bundle_of(example, 0)
+        api, members, partner):
+    request = example("bulk-member-match-request.json")
+    no_birth_date = bundle_of(request, 0)
     del no_birth_date["part"][0]["resource"]["birthDate"]
-    no_coverage = bundle_of(example, 1)
+    no_coverage = bundle_of(request, 1)
     no_coverage["part"] = [p for p in no_coverage["part"] if p["name"] != "CoverageToMatch"]
-    unknown_policy = bundle_of(example, 1)
+    unknown_policy = bundle_of(request, 1)
     next(p for p in unknown_policy["part"] if p["name"] == "Consent")["resource"]["policy"] = [
         {"uri": "http://example.org/some-other-policy"}]
     unknown_policy["part"][0]["resource"]["id"] = "2b"
-    wrong_payor = bundle_of(example, 0)
+    wrong_payor = bundle_of(request, 0)
     wrong_payor["part"][1]["resource"]["payor"][0]["identifier"]["value"] = "1111111111"
     wrong_payor["part"][0]["resource"]["id"] = "1b"
     body = {"resourceType": "Parameters", "parameter": [
-        bundle_of(example, 0), no_birth_date, no_coverage, unknown_policy, wrong_payor, bundle_of(example, 3),
-        bundle_of(example, 2)]}
-    kick_off(client, body)
-    job = run_job(MatchJob.objects.get(partner=new_plan))
+        bundle_of(request, 0), no_birth_date, no_coverage, unknown_policy, wrong_payor, bundle_of(request, 3),
+        bundle_of(request, 2)]}
+    kick_off(api, body)
+    job = run_job(MatchJob.objects.get(partner=partner))
     outcomes = list(MatchEntry.objects.filter(job=job).order_by("index").values_list("outcome", flat=True))
     assert outcomes == ["match", "nomatch", "nomatch", "consentconstraint", "nomatch", "consentconstraint",
                         "nomatch"]
@@ -163,12 +138,12 @@ def test_mixed_request_each_member_lands_in_its_group_and_bad_members_do_not_fai
     assert "unknown policy" in reason
 
 
-def test_same_patient_id_twice_is_contained_once_with_coverages(client, example_members, new_plan):
-    example = load("bulk-member-match-request.json")
-    second = bundle_of(example, 0)
+def test_same_patient_id_twice_is_contained_once_with_coverages(api, members, partner):
+    request = example("bulk-member-match-request.json")
+    second = bundle_of(request, 0)
     second["part"][1]["resource"]["id"] = "coverage-1-other"
-    kick_off(client, {"resourceType": "Parameters", "parameter": [bundle_of(example, 0), second]})
-    job = run_job(MatchJob.objects.get(partner=new_plan))
+    kick_off(api, {"resourceType": "Parameters", "parameter": [bundle_of(request, 0), second]})
+    job = run_job(MatchJob.objects.get(partner=partner))
     matched = MemberMatchGroup.objects.get(job=job, code="match").resource
     assert [c["id"] for c in matched["contained"]] == ["1", "coverage-1", "coverage-1-other"]
     coverage_refs = [e["valueReference"]["reference"] for m in matched["member"] for e in m["entity"]["extension"]
@@ -185,18 +160,18 @@ def test_contained_patients_are_cleaned():
                                                "birthDate": "2000-01-01"}
 
 
-def test_empty_match_group_is_always_emitted(client, new_plan, db):
-    example = load("bulk-member-match-request.json")
-    kick_off(client, {"resourceType": "Parameters", "parameter": [bundle_of(example, 2)]})
-    job = run_job(MatchJob.objects.get(partner=new_plan))
+def test_empty_match_group_is_always_emitted(api, partner, db):
+    request = example("bulk-member-match-request.json")
+    kick_off(api, {"resourceType": "Parameters", "parameter": [bundle_of(request, 2)]})
+    job = run_job(MatchJob.objects.get(partner=partner))
     matched = MemberMatchGroup.objects.get(job=job, code="match").resource
     assert matched["member"] == [] and matched["quantity"] == 0
-    assert matched["characteristic"][0]["valueReference"]["identifier"]["value"] == NEW_NPI
+    assert matched["characteristic"][0]["valueReference"]["identifier"]["value"] == EXAMPLE_PARTNER_NPI
 
 
-def test_batches_are_idempotent_and_counted_once(client, example_members, new_plan):
-    kick_off(client, load("bulk-member-match-request.json"))
-    job = MatchJob.objects.get(partner=new_plan)
+def test_batches_are_idempotent_and_counted_once(api, members, partner):
+    kick_off(api, example("bulk-member-match-request.json"))
+    job = MatchJob.objects.get(partner=partner)
     MatchJob.objects.filter(pk=job.pk).update(transaction_time=RUN_AT)
     first, second = jobs.plan(str(job.pk))
     assert list(MatchBatch.objects.filter(job=job).order_by("sequence").values_list("start", "end")) == [
@@ -210,9 +185,9 @@ def test_batches_are_idempotent_and_counted_once(client, example_members, new_pl
     assert MemberMatchGroup.objects.filter(job=job).count() == 3
 
 
-def test_cancelled_job_stops_work(client, example_members, new_plan):
-    kick_off(client, load("bulk-member-match-request.json"))
-    job = MatchJob.objects.get(partner=new_plan)
+def test_cancelled_job_stops_work(api, members, partner):
+    kick_off(api, example("bulk-member-match-request.json"))
+    job = MatchJob.objects.get(partner=partner)
     batches = jobs.plan(str(job.pk))
     asyncstatus.cancel_job(job)
     assert [jobs.run_batch(b).state for b in batches] == ["idle", "idle"]
@@ -220,8 +195,8 @@ def test_cancelled_job_stops_work(client, example_members, new_plan):
     assert not jobs.finish(str(job.pk))
 
 
-def test_prefer_respond_async_is_required(client, example_members):
-    response = kick_off(client, load("bulk-member-match-request.json"), prefer=None)
+def test_prefer_respond_async_is_required(api, members):
+    response = kick_off(api, example("bulk-member-match-request.json"), prefer=None)
     assert response.status_code == 400 and "respond-async" in response.content.decode()
     assert not MatchJob.objects.exists()
 
@@ -234,25 +209,22 @@ def test_prefer_respond_async_is_required(client, example_members):
     ({"resourceType": "Parameters", "parameter": [{"name": "MemberBundle", "part": [
         {"name": "Consent", "resource": {"resourceType": "Consent"}}]}]}, 422, "no MemberPatient"),
 ])
-def test_structural_errors_fail_the_whole_request(client, body, status, text):
-    response = kick_off(client, body)
+def test_structural_errors_fail_the_whole_request(api, body, status, text):
+    response = kick_off(api, body)
     assert response.status_code == status and text in response.content.decode()
     assert response.json()["resourceType"] == "OperationOutcome"
     assert not MatchJob.objects.exists()
 
 
-def test_either_bulk_scope_spelling_and_post_only(new_plan, example_members):
-    api = APIClient()
-    lower = "http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/bulk-member-match"
-    api.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_token(new_plan, scopes=lower)}")
-    assert kick_off(api, load("bulk-member-match-request.json")).status_code == 202
-    assert api.get(URL).status_code == 405
-    api.credentials(HTTP_AUTHORIZATION="Bearer " + issue_token(
-        new_plan, scopes="http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match"))
-    assert kick_off(api, load("bulk-member-match-request.json")).status_code == 403
+def test_either_bulk_scope_spelling_and_post_only(partner, api_for, members):
+    lower = api_for(partner, "http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/bulk-member-match")
+    assert kick_off(lower, example("bulk-member-match-request.json")).status_code == 202
+    assert lower.get(URL).status_code == 405
+    match_only = api_for(partner, "http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match")
+    assert kick_off(match_only, example("bulk-member-match-request.json")).status_code == 403
 
 
-def test_a_member_that_breaks_the_matcher_does_not_fail_the_batch(client, example_members, new_plan, monkeypatch):
+def test_a_member_that_breaks_the_matcher_does_not_fail_the_batch(api, members, partner, monkeypatch):
     real_match = services.match
 
     def fragile(submitted, candidates):
@@ -261,21 +233,20 @@ def test_a_member_that_breaks_the_matcher_does_not_fail_the_batch(client, exampl
         return real_match(submitted, candidates)
 
     monkeypatch.setattr(services, "match", fragile)
-    kick_off(client, load("bulk-member-match-request.json"))
-    job = run_job(MatchJob.objects.get(partner=new_plan))
+    kick_off(api, example("bulk-member-match-request.json"))
+    job = run_job(MatchJob.objects.get(partner=partner))
     outcomes = list(MatchEntry.objects.filter(job=job).order_by("index").values_list("outcome", flat=True))
     assert outcomes == ["match", "nomatch", "nomatch", "consentconstraint"]
 
 
-def test_a_failed_job_answers_with_its_operation_outcome(client, example_members, new_plan, monkeypatch,
-                                                         settings):
+def test_a_failed_job_answers_with_its_operation_outcome(api, members, partner, monkeypatch, settings):
     def broken(*args, **kwargs):
         raise RuntimeError("storage down")
 
     monkeypatch.setattr(jobs, "evaluate_entries", broken)
     settings.JOB_MAX_ATTEMPTS = 2
-    kick_off(client, load("bulk-member-match-request.json"))
-    job = MatchJob.objects.get(partner=new_plan)
+    kick_off(api, example("bulk-member-match-request.json"))
+    job = MatchJob.objects.get(partner=partner)
     first = jobs.plan(str(job.pk))[0]
     assert jobs.run_batch(first).state == "retry"
     MatchBatch.objects.filter(pk=first).update(not_before=None)  # its back-off has passed
@@ -283,6 +254,6 @@ def test_a_failed_job_answers_with_its_operation_outcome(client, example_members
     job.refresh_from_db()
     assert job.status == "failed" and job.error["resourceType"] == "OperationOutcome"
     assert "storage down" not in json.dumps(job.error)  # the cause stays in the log and on the batch
-    answer = asyncstatus.poll(job.pk, partner=new_plan)
+    answer = asyncstatus.poll(job.pk, partner=partner)
     assert answer.http_status == 500 and answer.body == job.error
     assert jobs.run_batch().state == "idle"

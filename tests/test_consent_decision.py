@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-import json
-from datetime import UTC, date, datetime
-from pathlib import Path
+from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
+from django.conf import settings
+from django.utils import timezone
+from fhir.resources.R4B import get_fhir_model_class
 
 from consent import services
 from consent.decision import (
@@ -22,23 +22,26 @@ from consent.decision import (
     organization_ids,
 )
 from consent.models import Consent
-from pdex.models import AuditEvent, Member
+from pdex.models import AuditEvent
+from tests.builders import consent_for, consent_resource, days_ago, days_from_now, example, make_member
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
 OLD = "9876543210"
 NEW = "0123456789"
 US = organization_ids(npi=OLD, organization_id="payer-old-plan")
 REQUESTER = organization_ids(npi=NEW)
+# The pure decision runs at a fixed "now", inside a consent for that calendar year.
+NOW = date(2026, 7, 15)
+PERIOD_START, PERIOD_END = NOW.replace(month=1, day=1), NOW.replace(month=12, day=31)
 
 
 def facts(**changes) -> ConsentFacts:
-    base = dict(policy="sensitive", period_start=date(2026, 1, 1), period_end=date(2026, 12, 31), status="active",
+    base = dict(policy="sensitive", period_start=PERIOD_START, period_end=PERIOD_END, status="active",
                 sources=frozenset({(NPI_SYSTEM, OLD)}), recipients=frozenset({(NPI_SYSTEM, NEW)}))
     base.update(changes)
     return ConsentFacts(**base)
 
 
-def run(f, *, now=date(2026, 7, 15), can_segment=True, requester=REQUESTER):
+def run(f, *, now=NOW, can_segment=True, requester=REQUESTER):
     return decide(f, requester=requester, us=US, can_segment=can_segment, now=now)
 
 
@@ -60,7 +63,8 @@ def test_regular_without_segmentation_cannot_comply():
 
 
 @pytest.mark.parametrize("today,allowed", [
-    (date(2025, 12, 31), False), (date(2026, 1, 1), True), (date(2026, 12, 31), True), (date(2027, 1, 1), False),
+    (PERIOD_START - timedelta(days=1), False), (PERIOD_START, True), (PERIOD_END, True),
+    (PERIOD_END + timedelta(days=1), False),
 ])
 def test_period_bounds_are_inclusive(today, allowed):
     decision = run(facts(), now=today)
@@ -70,7 +74,7 @@ def test_period_bounds_are_inclusive(today, allowed):
 
 
 def test_now_as_datetime_uses_its_date():
-    assert run(facts(), now=datetime(2026, 12, 31, 23, 59, tzinfo=UTC)).allowed
+    assert run(facts(), now=datetime.combine(PERIOD_END, time(23, 59), UTC)).allowed
 
 
 def test_open_period_is_not_valid():
@@ -97,18 +101,14 @@ def test_no_consent_cannot_comply():
     assert run(None).reason is Reason.NO_CONSENT
 
 
-def load(name: str) -> dict:
-    return json.loads((EXAMPLES / name).read_text())
-
-
 def test_example_consent_facts():
-    parsed = facts_from_resource(load("consent-hrex-payer-to-payer.json"))
+    parsed = facts_from_resource(example("consent-hrex-payer-to-payer.json"))
     assert parsed.policy in ("regular", "sensitive")
     assert (NPI_SYSTEM, OLD) in parsed.sources and (NPI_SYSTEM, NEW) in parsed.recipients
 
 
 def test_policy_uris_are_matched_exactly():
-    consent = load("consent-hrex-authorized-representative.json")
+    consent = example("consent-hrex-authorized-representative.json")
     assert facts_from_resource(consent).policy == "sensitive"
     consent["policy"] = [{"uri": REGULAR_POLICY_URI}]
     assert facts_from_resource(consent).policy == "regular"
@@ -119,12 +119,12 @@ def test_policy_uris_are_matched_exactly():
 
 
 def test_authorized_representative_extra_actor_is_ignored():
-    parsed = facts_from_resource(load("consent-hrex-authorized-representative.json"))
-    assert run(parsed, now=date(2026, 2, 1)).kind is DecisionKind.COMPLY_ALL
+    parsed = facts_from_resource(example("consent-hrex-authorized-representative.json"))
+    assert run(parsed, now=parsed.period_start).kind is DecisionKind.COMPLY_ALL  # on a day the example covers
 
 
 def test_actor_by_contained_organization_and_by_reference():
-    consent = load("consent-hrex-payer-to-payer.json")
+    consent = example("consent-hrex-payer-to-payer.json")
     consent["contained"] = [{"resourceType": "Organization", "id": "old",
                              "identifier": [{"system": NPI_SYSTEM, "value": OLD}]}]
     actors = consent["provision"]["actor"]
@@ -136,84 +136,74 @@ def test_actor_by_contained_organization_and_by_reference():
 
 
 def test_fhir_status_other_than_active_is_refused():
-    consent = load("consent-hrex-payer-to-payer.json")
+    consent = example("consent-hrex-payer-to-payer.json")
     consent["status"] = "inactive"
     assert facts_from_resource(consent).status == "revoked"
     consent["status"] = "proposed"
     assert facts_from_resource(consent).status == "rejected"
 
 
-# --- services ------------------------------------------------------------------------------------
+# --- services: consents recorded as member match records them, decided at the real "now" ------------------
 
 @pytest.fixture
 def member(db):
-    return Member.objects.create(fhir_id="pat-1", umb="UMB-1", member_number="DH1", family="person",
-                                 given="patricia ann", birth_date=date(1974, 12, 25), gender="female")
+    return make_member("pat-1", umb="UMB-1", member_number="DH1", family="Person", given=("Patricia", "Ann"),
+                       birth_date="1974-12-25", gender="female")
 
 
-@pytest.fixture
-def example_consent() -> dict:
-    consent = load("consent-hrex-payer-to-payer.json")
-    consent["provision"]["period"] = {"start": "2026-01-01", "end": "2026-12-31"}
-    return consent
+def test_the_tests_consent_is_valid_fhir_naming_us_and_the_recipient(member):
+    resource = consent_resource(member.fhir_id, NEW, start=days_ago(30), end=days_from_now(60))
+    get_fhir_model_class("Consent").model_validate(resource)
+    parsed = facts_from_resource(resource)
+    assert (NPI_SYSTEM, settings.PAYER_NPI) in parsed.sources and parsed.recipients == {(NPI_SYSTEM, NEW)}
 
 
-def test_record_and_decide(settings, member, make_partner, example_consent):
-    settings.PAYER_NPI = OLD
+def test_record_and_decide(member, make_partner):
     partner = make_partner(npi=NEW)
     other = make_partner(npi="2222222222")
-    consent = services.record_consent(member, partner, example_consent, "member-match")
-    assert consent.period_start == date(2026, 1, 1) and consent.status == Consent.Status.ACTIVE
-    now = datetime(2026, 7, 15, tzinfo=UTC)
-    assert services.decision_for(member, partner, now).allowed
-    assert services.decision_for(member, other, now).reason is Reason.NO_CONSENT
-    later = datetime(2027, 1, 1, tzinfo=UTC)
+    start, end = days_ago(30), days_from_now(60)
+    consent = consent_for(member, partner, start=start, end=end)
+    assert consent.period_start == start.date() and consent.status == Consent.Status.ACTIVE
+    assert services.decision_for(member, partner).allowed
+    assert services.decision_for(member, other).reason is Reason.NO_CONSENT
+    later = datetime.combine(end.date() + timedelta(days=1), time(), UTC)
     assert services.decision_for(member, partner, later).reason is Reason.PERIOD_NOT_VALID
 
 
-def test_revocation_sticks_across_resubmission(settings, member, make_partner, example_consent):
-    settings.PAYER_NPI = OLD
+def test_revocation_sticks_across_resubmission(member, make_partner):
     partner = make_partner(npi=NEW)
-    consent = services.record_consent(member, partner, example_consent, "member-match")
+    consent = consent_for(member, partner)
     services.revoke(consent, "member asked us to block release")
-    now = datetime(2026, 7, 15, tzinfo=UTC)
-    assert services.decision_for(member, partner, now).reason is Reason.REVOKED
-    services.record_consent(member, partner, example_consent, "member-match")
-    assert services.decision_for(member, partner, now).reason is Reason.REVOKED
+    assert services.decision_for(member, partner).reason is Reason.REVOKED
+    consent_for(member, partner)
+    assert services.decision_for(member, partner).reason is Reason.REVOKED
     assert AuditEvent.objects.filter(action="consent-revoke", partner=partner).count() == 1
 
 
-def test_decisions_for_members_is_one_query(settings, member, make_partner, example_consent,
-                                            django_assert_num_queries):
-    settings.PAYER_NPI = OLD
+def test_decisions_for_members_is_one_query(member, make_partner, django_assert_num_queries):
     partner = make_partner(npi=NEW)
-    services.record_consent(member, partner, example_consent, "bulk-member-match")
-    other = Member.objects.create(fhir_id="pat-2", umb="UMB-2")
-    now = datetime(2026, 7, 15, tzinfo=UTC)
+    consent_for(member, partner, via="bulk-member-match")
+    other = make_member("pat-2", umb="UMB-2")
+    now = timezone.now()
     with django_assert_num_queries(1):
         decisions = services.decisions_for_members(partner, [member.pk, other.pk], now)
     assert decisions[member.pk].allowed
     assert decisions[other.pk].reason is Reason.NO_CONSENT
 
 
-def test_segmentation_setting_applies_to_stored_regular_consent(settings, member, make_partner, example_consent):
-    settings.PAYER_NPI = OLD
+def test_segmentation_setting_applies_to_stored_regular_consent(settings, member, make_partner):
     partner = make_partner(npi=NEW)
-    example_consent["policy"] = [{"uri": REGULAR_POLICY_URI}]
-    services.record_consent(member, partner, copy.deepcopy(example_consent), "member-match")
-    now = datetime(2026, 7, 15, tzinfo=UTC)
-    assert services.decision_for(member, partner, now).kind is DecisionKind.COMPLY_NON_SENSITIVE
+    consent_for(member, partner, policy="regular")
+    assert services.decision_for(member, partner).kind is DecisionKind.COMPLY_NON_SENSITIVE
     settings.CONSENT_CAN_SEGMENT_SENSITIVE = False
-    assert services.decision_for(member, partner, now).reason is Reason.CANNOT_SEGMENT
+    assert services.decision_for(member, partner).reason is Reason.CANNOT_SEGMENT
 
 
 # --- admin -----------------------------------------------------------------------------------------
 
-def test_admin_lists_consents_with_filters_and_revokes(admin_client, settings, member, make_partner,
-                                                       example_consent):
-    settings.PAYER_NPI = OLD
+def test_admin_lists_consents_with_filters_and_revokes(admin_client, member, make_partner):
     partner = make_partner(npi=NEW)
-    consent = services.record_consent(member, partner, example_consent, "member-match")
+    consent = consent_for(member, partner)
     for query in ("", "?status__exact=active", "?policy__exact=regular", f"?partner__id__exact={partner.pk}",
                   "?period=current", "?period=expired"):
         assert admin_client.get(f"/admin/consent/consent/{query}").status_code == 200
@@ -232,7 +222,7 @@ def test_admin_match_pages(admin_client, make_partner):
     partner = make_partner()
     job = MatchJob.objects.create(partner=partner, request_url="x", progress_total=3, matched=1)
     group = MemberMatchGroup.objects.create(partner=partner, job=job, code="match", resource={})
-    member = Member.objects.create(fhir_id="pat-9", umb="UMB-9")
+    member = make_member("pat-9", umb="UMB-9")
     GroupMember.objects.create(group=group, member=member)
     for url in ("/admin/matching/matchjob/", f"/admin/matching/matchjob/{job.pk}/change/",
                 "/admin/matching/membermatchgroup/", f"/admin/matching/membermatchgroup/{group.pk}/change/",

@@ -14,8 +14,8 @@ from fhir.resources.R4B import get_fhir_model_class
 from consent.services import revoke
 from exports import rules
 from exports.models import ExportJob
+from tests.builders import consent_for, encounter, load_shared_member, prior_auth, store
 from tests.conftest import SHARED_DATA
-from tests.export_fixtures import consent_for, encounter, load_shared_member, prior_auth, store
 
 
 @pytest.fixture

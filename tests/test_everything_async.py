@@ -10,8 +10,8 @@ from django.utils import timezone
 
 from exports import jobs
 from exports.models import ExportJob
+from tests.builders import consent_for, encounter, load_shared_member, prior_auth, store
 from tests.conftest import SHARED_DATA
-from tests.export_fixtures import consent_for, encounter, load_shared_member, prior_auth, store
 from tests.export_world import exported_lines
 
 # The chunk writer streams on a connection of its own, which sees only committed rows.

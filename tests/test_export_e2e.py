@@ -15,10 +15,20 @@ import uuid
 import pytest
 import requests
 
+from consent.models import Consent
+from consent.services import revoke
 from exports.models import ExportJob
 from matching.models import MemberMatchGroup
+from tests.builders import (
+    EXAMPLE_PARTNER_NPI,
+    EXAMPLE_PAYER_NPI,
+    bulk_match_request,
+    consent_for,
+    example_members,
+    match_group,
+)
 from tests.conftest import issue_token
-from tests.export_world import assert_p2p_export, build_world, give_consent, match_group
+from tests.export_world import World, assert_p2p_export, build_world, member_data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -257,7 +267,7 @@ def test_group_export_get_and_patient_export(fhir_base, file_storage, partner, c
     assert patients == {world.members["sens"].fhir_id, world.members["reg"].fhir_id}
 
     outsider = world.members["outsider"]
-    give_consent(outsider, partner)  # matched by $member-match some other day: Patient/$export includes them
+    consent_for(outsider, partner)  # matched by $member-match some other day: Patient/$export includes them
     response = client.kick_off("Patient/$export", [
         {"name": "_type", "valueString": "Patient"},
         {"name": "patient", "valueReference": {"reference": f"Patient/{outsider.fhir_id}"}},
@@ -270,38 +280,19 @@ def test_group_export_get_and_patient_export(fhir_base, file_storage, partner, c
 
 # --- the whole exchange: $bulk-member-match first, then the export of the Group it produced ----------------
 
-OLD_NPI, NEW_NPI = "9876543210", "0123456789"  # the NPIs of the spec's example request
-EXAMPLE_MEMBERS = [("pat-1001", "DH10001235", "1234564321", "person", "patricia ann", "1974-12-25", "female"),
-                   ("pat-2002", "DH10001236", "9876543789", "smith", "william john", "1958-12-25", "male"),
-                   ("pat-4004", "DH10001237", "7777700000", "noway", "janis noelle", "1956-12-25", "female")]
-
-
 def test_bulk_member_match_then_export(fhir_base, file_storage, settings, celery_worker_process):
-    from pathlib import Path
-
-    from consent.models import Consent
-    from pdex.models import Member
-    from tests.export_fixtures import store
-    from tests.export_world import World, member_data
-
-    plan = {"PAYER_NPI": OLD_NPI, "PAYER_NAME": "Old Health Plan", "MEMBER_ID_SYSTEM": "http://example.org/old-payer"}
+    plan = {"PAYER_NPI": EXAMPLE_PAYER_NPI, "PAYER_NAME": "Old Health Plan",
+            "MEMBER_ID_SYSTEM": "http://example.org/old-payer"}
     for name, value in plan.items():
         setattr(settings, name, value)
-    new_plan, private_jwk = smart_partner("New Health Plan", npi=NEW_NPI)
-    members = {}
-    for fhir_id, number, subscriber, family, given, birth, gender in EXAMPLE_MEMBERS:
-        members[fhir_id] = Member.objects.create(
-            fhir_id=fhir_id, umb=f"UMB-{fhir_id}", member_number=number, subscriber_id=subscriber, family=family,
-            given=given, birth_date=birth, gender=gender)
-        store({"resourceType": "Patient", "id": fhir_id, "meta": {"lastUpdated": "2026-01-01T00:00:00Z"},
-               "gender": gender, "birthDate": birth}, members[fhir_id])
+    new_plan, private_jwk = smart_partner("New Health Plan", npi=EXAMPLE_PARTNER_NPI)
+    members = example_members()
     celery_worker_process(extra_env={**WORKER_ENV, **plan})
     client = Client(fhir_base, smart_token(
         fhir_base, new_plan, private_jwk,
         "system/*.read http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/BulkMemberMatch"))
 
-    request = json.loads((Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples" /
-                          "bulk-member-match-request.json").read_text())
+    request = bulk_match_request()  # members 1–3 consent now; member 4's consent has expired
     response = client.session.post(f"{fhir_base}/Group/$bulk-member-match", json=request, timeout=30, headers={
         "Prefer": "respond-async", "Content-Type": "application/fhir+json", "Accept": "application/fhir+json"})
     assert response.status_code == 202, response.text
@@ -313,7 +304,7 @@ def test_bulk_member_match_then_export(fhir_base, file_storage, settings, celery
 
     # Between the match and the export, one matched member revokes their consent.
     revoked_id = sorted(in_group)[0]
-    Consent.objects.filter(member__fhir_id=revoked_id, partner=new_plan).update(status=Consent.Status.REVOKED)
+    revoke(Consent.objects.get(member__fhir_id=revoked_id, partner=new_plan), "member asked us to stop")
     world = World(group=group, members=members)
     for fhir_id, member in members.items():
         visible = fhir_id in in_group and fhir_id != revoked_id

@@ -7,6 +7,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from consent.models import Consent
+from consent.services import revoke
 from exports import jobs, rules
 from exports.kind import EXPORT
 from exports.models import ExportChunk, ExportJob
@@ -16,6 +18,7 @@ from pdex.fhir import TooManyRequests
 from pdex.jobs import asyncstatus, engine
 from pdex.jobs.models import OutputFile
 from pdex.models import AuditEvent
+from tests.builders import day, days_ago
 from tests.export_world import assert_p2p_export, build_world, exported_lines
 
 # The chunk writer streams on a connection of its own, which sees only committed rows.
@@ -216,9 +219,8 @@ def test_a_chunk_finishing_after_a_cancel_removes_its_files(partner, world):
 
 
 def test_no_consenting_member_completes_with_only_the_error_file(partner, world):
-    from consent.models import Consent
-
-    Consent.objects.filter(partner=partner).update(status=Consent.Status.REVOKED)
+    for consent in Consent.objects.filter(partner=partner):
+        revoke(consent, "member asked us to stop")
     job = new_job(partner, world)
     assert jobs.plan(job.id) == []
     assert jobs.finalize(job.id)  # the plan asked for it at once (control queue)
@@ -245,20 +247,19 @@ def test_too_many_running_exports_answer_429(partner, world, settings):
 
 
 def test_type_filter_since_and_until_reach_the_rows(partner, world):
-    from datetime import timedelta
-
-    day = (timezone.now() - timedelta(days=150)).date().isoformat()
     filtered = new_job(partner, world, types=["Encounter", "Observation"],
-                       type_filters=[f"Encounter?date=ge{day}", "Observation?category=laboratory"])
+                       type_filters=[f"Encounter?date=ge{day(days_ago(150))}", "Observation?category=laboratory"])
     run_all(filtered)
     assert filtered.counts.get("Encounter", 0) == 0  # the in-window encounters are 200 days old
     assert filtered.counts["Observation"] == 3  # both near ones, and the #sensitive member's sensitive one
 
-    since = new_job(partner, world, types=["Patient", "Encounter"], since="2026-03-01T00:00:00+00:00")
+    # The world's Patients were last updated 330 days ago, the rest of its data 180 days ago.
+    between = days_ago(250).isoformat()
+    since = new_job(partner, world, types=["Patient", "Encounter"], since=between)
     run_all(since)
-    assert since.counts == {"Encounter": 2, "Provenance": 2}  # Patients were last updated in January
+    assert since.counts == {"Encounter": 2, "Provenance": 2}
 
-    until = new_job(partner, world, types=["Patient", "Encounter"], until="2026-03-01T00:00:00+00:00")
+    until = new_job(partner, world, types=["Patient", "Encounter"], until=between)
     run_all(until)
     assert until.counts == {"Patient": 2, "Provenance": 2}  # one transmitter Provenance a chunk
 

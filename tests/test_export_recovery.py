@@ -24,8 +24,8 @@ from pdex import ingest
 from pdex.jobs import engine
 from pdex.jobs.tasks import sweep_stale_work
 from pdex.models import Member
+from tests.builders import consent_for, make_member, match_group
 from tests.conftest import SHARED_DATA, issue_token
-from tests.export_world import give_consent, match_group
 from tests.test_export_e2e import Client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -41,7 +41,7 @@ def shared_members(partner):
     ingest.load_paths([SHARED_DATA], validate=False, workers=1, progress=False)
     members = list(Member.objects.all())
     for member in members:
-        give_consent(member, partner, "sensitive")
+        consent_for(member, partner, policy="sensitive", via="bulk-member-match")
     return match_group(partner, members)
 
 
@@ -142,10 +142,8 @@ def test_stalled_jobs_get_their_pending_chunks_sent_again(partner, settings):
 
     from django.utils import timezone
 
-    from tests.export_fixtures import make_member
-
     member = make_member("p1")  # with its Patient resource, so the export has a chunk
-    give_consent(member, partner)
+    consent_for(member, partner)
     group = match_group(partner, [member])
     job = ExportJob.objects.create(partner=partner, kind=ExportJob.Kind.DAVINCI, group=group, params={},
                                    request_url="x", transaction_time=timezone.now())

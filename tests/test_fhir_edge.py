@@ -21,8 +21,9 @@ def assert_outcome(response, status: int) -> OperationOutcome:
 
 
 @pytest.fixture
-def authorized(client, partner):
-    return {"HTTP_AUTHORIZATION": f"Bearer {issue_token(partner, 'system/*.read')}"}
+def reader(partner, api_for):
+    """A client of `partner` with a token that may read everything."""
+    return api_for(partner, "system/*.read")
 
 
 def test_metadata_is_an_r4_capability_statement(client):
@@ -40,14 +41,14 @@ def test_metadata_accepts_plain_json(client):
     assert response.json()["resourceType"] == "CapabilityStatement"
 
 
-def test_400_bad_request(client, authorized):
-    outcome = assert_outcome(client.get("/fhir/_test/fail/bad-request", **authorized), 400)
+def test_400_bad_request(reader):
+    outcome = assert_outcome(reader.get("/fhir/_test/fail/bad-request"), 400)
     assert outcome.issue[0].code == "invalid"
     assert "_foo" in outcome.issue[0].diagnostics
 
 
-def test_400_unparseable_json(client, authorized):
-    response = client.post("/fhir/_test/echo", data="{not json", content_type="application/fhir+json", **authorized)
+def test_400_unparseable_json(reader):
+    response = reader.post("/fhir/_test/echo", data="{not json", content_type="application/fhir+json")
     assert assert_outcome(response, 400).issue[0].code == "structure"
 
 
@@ -62,15 +63,14 @@ def test_401_with_expired_token(client, partner):
     assert_outcome(client.get("/fhir/_test/echo", HTTP_AUTHORIZATION=f"Bearer {token}"), 401)
 
 
-def test_401_for_a_suspended_partner(client, partner, authorized):
+def test_401_for_a_suspended_partner(reader, partner):
     partner.status = "suspended"
     partner.save()
-    assert_outcome(client.get("/fhir/_test/echo", **authorized), 401)
+    assert_outcome(reader.get("/fhir/_test/echo"), 401)
 
 
-def test_403_when_scopes_fall_short(client, partner):
-    token = issue_token(partner, "system/Patient.read")
-    response = client.get("/fhir/_test/echo", HTTP_AUTHORIZATION=f"Bearer {token}")
+def test_403_when_scopes_fall_short(partner, api_for):
+    response = api_for(partner, "system/Patient.read").get("/fhir/_test/echo")
     assert assert_outcome(response, 403).issue[0].code == "forbidden"
 
 
@@ -78,8 +78,8 @@ def test_404_unknown_url(client):
     assert assert_outcome(client.get("/fhir/NoSuchThing/1"), 404).issue[0].code == "not-found"
 
 
-def test_405_wrong_method(client, authorized):
-    response = client.delete("/fhir/_test/echo", **authorized)
+def test_405_wrong_method(reader):
+    response = reader.delete("/fhir/_test/echo")
     assert_outcome(response, 405)
     assert "GET" in response["Allow"]
 
@@ -88,35 +88,33 @@ def test_406_unsupported_accept(client):
     assert_outcome(client.get("/fhir/metadata", HTTP_ACCEPT="application/fhir+xml"), 406)
 
 
-def test_415_unsupported_content_type(client, authorized):
-    response = client.post("/fhir/_test/echo", data="<Parameters/>", content_type="application/fhir+xml",
-                           **authorized)
+def test_415_unsupported_content_type(reader):
+    response = reader.post("/fhir/_test/echo", data="<Parameters/>", content_type="application/fhir+xml")
     assert_outcome(response, 415)
 
 
-def test_422_unprocessable(client, authorized):
-    response = client.post("/fhir/_test/echo", data=json.dumps({"resourceType": "Patient"}),
-                           content_type="application/fhir+json", **authorized)
+def test_422_unprocessable(reader):
+    response = reader.post("/fhir/_test/echo", data=json.dumps({"resourceType": "Patient"}),
+                           content_type="application/fhir+json")
     assert assert_outcome(response, 422).issue[0].code == "processing"
 
 
-def test_fhir_json_body_round_trips(client, authorized):
+def test_fhir_json_body_round_trips(reader):
     body = {"resourceType": "Parameters", "parameter": [{"name": "x", "valueString": "y"}]}
-    response = client.post("/fhir/_test/echo", data=json.dumps(body), content_type="application/fhir+json",
-                           **authorized)
+    response = reader.post("/fhir/_test/echo", data=json.dumps(body), content_type="application/fhir+json")
     assert response.status_code == 200
     assert response["Content-Type"].startswith("application/fhir+json")
     assert response.json() == body
 
 
-def test_429_carries_retry_after(client, authorized):
-    response = client.get("/fhir/_test/fail/throttled", **authorized)
+def test_429_carries_retry_after(reader):
+    response = reader.get("/fhir/_test/fail/throttled")
     assert assert_outcome(response, 429).issue[0].code == "throttled"
     assert response["Retry-After"] == "7"
 
 
-def test_500_in_a_fhir_view_leaks_nothing(client, authorized):
-    response = client.get("/fhir/_test/fail/crash", **authorized)
+def test_500_in_a_fhir_view_leaks_nothing(reader):
+    response = reader.get("/fhir/_test/fail/crash")
     outcome = assert_outcome(response, 500)
     assert "secret" not in response.content.decode()
     assert outcome.issue[0].code == "exception"

@@ -6,36 +6,26 @@ from __future__ import annotations
 import copy
 import json
 import time
-from datetime import date, timedelta
-from pathlib import Path
 
 import pytest
 import requests
-from rest_framework.test import APIClient
 
 from matching import groups
 from matching.models import MemberMatchGroup
 from pdex.auth import scopes
-from pdex.models import Member
+from tests.builders import EXAMPLE_PAYER_NPI, bulk_match_request, day, days_ago, example_members
 from tests.conftest import issue_token
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
-OLD_NPI = "9876543210"
-NEW_NPI = "0123456789"
+GROUP_READ = "system/Group.rs"
 
 
 def make_group(partner, code: str = "match", name: str = "Matched members") -> MemberMatchGroup:
     group = MemberMatchGroup(partner=partner, code=code, name=name, identifier_system=groups.NPI_SYSTEM,
                              identifier_value=partner.npi)
-    group.resource = groups.group_resource(group_id=group.id, code=code, partner=partner, run_date=date(2026, 7, 15),
-                                           members=[], our_references=[])
+    group.resource = groups.group_resource(group_id=group.id, code=code, partner=partner,
+                                           run_date=days_ago(1).date(), members=[], our_references=[])
     group.save()
     return group
-
-
-@pytest.fixture
-def new_plan(make_partner):
-    return make_partner("New Health Plan", npi=NEW_NPI)
 
 
 @pytest.fixture
@@ -43,20 +33,14 @@ def other_plan(make_partner):
     return make_partner("Other Plan", npi="5555555555")
 
 
-def client_for(partner, scope: str = "system/Group.rs") -> APIClient:
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_token(partner, scopes=scope)}")
-    return api
-
-
-def test_read_own_group_and_404_for_anyone_else(new_plan, other_plan):
-    group = make_group(new_plan)
-    response = client_for(new_plan).get(f"/fhir/Group/{group.id}")
+def test_read_own_group_and_404_for_anyone_else(partner, other_plan, api_for):
+    group = make_group(partner)
+    response = api_for(partner, GROUP_READ).get(f"/fhir/Group/{group.id}")
     assert response.status_code == 200
     body = response.json()
     assert body["id"] == group.id and body["meta"]["versionId"] == "1" and body["meta"]["lastUpdated"]
-    assert client_for(other_plan).get(f"/fhir/Group/{group.id}").status_code == 404
-    missing = client_for(new_plan).get("/fhir/Group/does-not-exist")
+    assert api_for(other_plan, GROUP_READ).get(f"/fhir/Group/{group.id}").status_code == 404
+    missing = api_for(partner, GROUP_READ).get("/fhir/Group/does-not-exist")
     assert missing.status_code == 404 and missing.json()["resourceType"] == "OperationOutcome"
 
 
@@ -65,16 +49,16 @@ def test_read_own_group_and_404_for_anyone_else(new_plan, other_plan):
     ("system.Group.u?code=http://hl7.org/fhir/us/davinci-pdex/ValueSet/PDexMultiMemberMatchResultVS|match", 200),
     (scopes.MEMBER_MATCH, 403),
 ])
-def test_group_scopes(new_plan, scope, status):
-    group = make_group(new_plan)
-    assert client_for(new_plan, scope).get(f"/fhir/Group/{group.id}").status_code == status
+def test_group_scopes(partner, api_for, scope, status):
+    group = make_group(partner)
+    assert api_for(partner, scope).get(f"/fhir/Group/{group.id}").status_code == status
 
 
-def test_search_is_restricted_to_the_callers_groups(new_plan, other_plan):
-    match = make_group(new_plan)
-    nomatch = make_group(new_plan, "nomatch", "Not Matched members")
+def test_search_is_restricted_to_the_callers_groups(partner, other_plan, api_for):
+    match = make_group(partner)
+    nomatch = make_group(partner, "nomatch", "Not Matched members")
     make_group(other_plan)
-    api = client_for(new_plan)
+    api = api_for(partner, GROUP_READ)
 
     def ids(query: str) -> list[str]:
         bundle = api.get(f"/fhir/Group?{query}").json()
@@ -87,20 +71,20 @@ def test_search_is_restricted_to_the_callers_groups(new_plan, other_plan):
     assert ids(f"code={groups.RESULT_SYSTEM}|nomatch") == [nomatch.id]
     assert ids("code=match,nomatch") == sorted([match.id, nomatch.id])
     assert ids(f"characteristic={groups.RESULT_SYSTEM}|match") == [match.id]
-    assert ids(f"characteristic-value-reference:identifier={groups.NPI_SYSTEM}|{NEW_NPI}") == [match.id]
-    assert ids(f"identifier={groups.NPI_SYSTEM}|{NEW_NPI}") == sorted([match.id, nomatch.id])
+    assert ids(f"characteristic-value-reference:identifier={groups.NPI_SYSTEM}|{partner.npi}") == [match.id]
+    assert ids(f"identifier={groups.NPI_SYSTEM}|{partner.npi}") == sorted([match.id, nomatch.id])
     assert ids("identifier=5555555555") == []
     assert ids(f"_id={match.id}") == [match.id]
     assert ids("name=not") == [nomatch.id]
-    assert ids("_lastUpdated=ge2020-01-01") == sorted([match.id, nomatch.id])
-    assert ids("_lastUpdated=lt2020-01-01") == []
-    assert client_for(other_plan).get("/fhir/Group?code=match").json()["total"] == 1
+    assert ids(f"_lastUpdated=ge{day(days_ago(1))}") == sorted([match.id, nomatch.id])
+    assert ids(f"_lastUpdated=lt{day(days_ago(1))}") == []
+    assert api_for(other_plan, GROUP_READ).get("/fhir/Group?code=match").json()["total"] == 1
 
 
-def test_search_paging_links(new_plan):
+def test_search_paging_links(partner, api_for):
     for _ in range(5):
-        make_group(new_plan)
-    api = client_for(new_plan)
+        make_group(partner)
+    api = api_for(partner, GROUP_READ)
     first = api.get("/fhir/Group?code=match&_count=2").json()
     assert first["total"] == 5 and len(first["entry"]) == 2
     relations = {link["relation"]: link["url"] for link in first["link"]}
@@ -117,31 +101,18 @@ def test_search_paging_links(new_plan):
 
 # --- end to end over HTTP with a real worker ----------------------------------------------------------
 
-def around_today() -> dict:
-    today = date.today()
-    return {"start": (today - timedelta(days=10)).isoformat(), "end": (today + timedelta(days=30)).isoformat()}
-
-
 @pytest.mark.django_db(transaction=True)
-def test_bulk_member_match_end_to_end(live_server, celery_worker_process, settings, make_partner):
+def test_bulk_member_match_end_to_end(live_server, celery_worker_process, settings, partner, make_partner):
     settings.FHIR_BASE_URL = live_server.url + "/fhir"
-    settings.PAYER_NPI = OLD_NPI
+    settings.PAYER_NPI = EXAMPLE_PAYER_NPI
     settings.MEMBER_ID_SYSTEM = "http://example.org/old-payer"
-    worker = celery_worker_process(extra_env={"PAYER_NPI": OLD_NPI, "MEMBER_ID_SYSTEM": settings.MEMBER_ID_SYSTEM,
+    worker = celery_worker_process(extra_env={"PAYER_NPI": EXAMPLE_PAYER_NPI,
+                                              "MEMBER_ID_SYSTEM": settings.MEMBER_ID_SYSTEM,
                                               "FHIR_BASE_URL": settings.FHIR_BASE_URL, "MATCH_BATCH_SIZE": "2"})
-    new_plan = make_partner("New Health Plan", npi=NEW_NPI)
     other = make_partner("Other Plan", npi="5555555555")
-    Member.objects.create(fhir_id="pat-1001", umb="UMB-1001", member_number="DH10001235", family="person",
-                          given="patricia ann", birth_date=date(1974, 12, 25), gender="female")
-    Member.objects.create(fhir_id="pat-2002", umb="UMB-2002", member_number="DH10001236", family="smith",
-                          given="william john", birth_date=date(1958, 12, 25), gender="male")
-    Member.objects.create(fhir_id="pat-4004", umb="UMB-4004", member_number="DH10001237", family="noway",
-                          given="janis noelle", birth_date=date(1956, 12, 25), gender="female")
-    body = json.loads((EXAMPLES / "bulk-member-match-request.json").read_text())
-    for bundle in body["parameter"][:3]:  # the fourth keeps its expired 2025 consent
-        consent = next(p for p in bundle["part"] if p["name"] == "Consent")["resource"]
-        consent["provision"]["period"] = around_today()
-    headers = {"Authorization": f"Bearer {issue_token(new_plan)}", "Content-Type": "application/fhir+json"}
+    example_members()
+    body = bulk_match_request()  # members 1–3 consent now; member 4's consent has expired
+    headers = {"Authorization": f"Bearer {issue_token(partner)}", "Content-Type": "application/fhir+json"}
 
     kick_off = requests.post(f"{settings.FHIR_BASE_URL}/Group/$bulk-member-match", data=json.dumps(body),
                              headers={**headers, "Prefer": "respond-async"}, timeout=30)
@@ -184,7 +155,7 @@ def test_bulk_member_match_end_to_end(live_server, celery_worker_process, settin
     for url in (f"{settings.FHIR_BASE_URL}/Group/{match_id}", status_url, manifest["output"][0]["url"]):
         assert requests.get(url, headers=stranger, timeout=30).status_code == 404
     assert requests.get(f"{settings.FHIR_BASE_URL}/Group", headers=stranger, timeout=30).json()["total"] == 0
-    assert copy.deepcopy(by_code["match"])["characteristic"][0]["valueReference"]["identifier"]["value"] == NEW_NPI
+    assert copy.deepcopy(by_code["match"])["characteristic"][0]["valueReference"]["identifier"]["value"] == partner.npi
 
 
 def test_metadata_lists_the_match_operations_and_group_search(client):
@@ -197,11 +168,11 @@ def test_metadata_lists_the_match_operations_and_group_search(client):
                                                                        "_lastUpdated"}
 
 
-def test_search_by_post(new_plan, other_plan):
-    match = make_group(new_plan)
-    make_group(new_plan, "nomatch", "Not Matched members")
+def test_search_by_post(partner, other_plan, api_for):
+    match = make_group(partner)
+    make_group(partner, "nomatch", "Not Matched members")
     make_group(other_plan)
-    response = client_for(new_plan).post("/fhir/Group/_search", data="code=match",
+    response = api_for(partner, GROUP_READ).post("/fhir/Group/_search", data="code=match",
                                          content_type="application/x-www-form-urlencoded")
     assert response.status_code == 200
     bundle = response.json()

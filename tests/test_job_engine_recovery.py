@@ -10,14 +10,11 @@ import json
 import os
 import signal
 import time
-from datetime import timedelta
 
 import pytest
 from django.conf import settings
 from django.utils import timezone
-from rest_framework.test import APIClient
 
-from consent.decision import SENSITIVE_POLICY_URI
 from exports import jobs
 from exports.models import ExportChunk, ExportJob
 from exports.params import JobParams
@@ -25,9 +22,7 @@ from exports.rules import export_window
 from matching.models import MatchBatch, MatchEntry, MatchJob, MemberMatchGroup
 from pdex.jobs.tasks import sweep_stale_work
 from pdex.models import Member
-from tests.conftest import issue_token
-from tests.export_fixtures import encounter, make_member, store
-from tests.export_world import give_consent, match_group
+from tests.builders import consent_for, consent_resource, days_ago, encounter, make_member, match_group, store
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -58,30 +53,20 @@ def kill(pids: list[int]) -> None:
 
 def member_bundle(k: int) -> dict:
     """Member k as the new plan sends it: our card number, demographics and a #sensitive consent for it."""
-    today = timezone.now().date()
     patient = {"resourceType": "Patient", "id": f"p{k}", "name": [{"family": f"Family{k}", "given": ["Given"]}],
                "gender": "female", "birthDate": "1970-01-01"}
     coverage = {"resourceType": "Coverage", "id": f"c{k}", "status": "active",
                 "identifier": [{"type": MB, "system": settings.MEMBER_ID_SYSTEM, "value": f"MB{k:06d}"}],
                 "beneficiary": {"reference": f"Patient/p{k}"},
                 "payor": [{"identifier": {"system": NPI, "value": settings.PAYER_NPI}}]}
-    consent = {"resourceType": "Consent", "status": "active", "patient": {"reference": f"Patient/p{k}"},
-               "policy": [{"uri": SENSITIVE_POLICY_URI}],
-               "provision": {"type": "permit", "period": {"start": (today - timedelta(days=10)).isoformat(),
-                                                          "end": (today + timedelta(days=300)).isoformat()},
-                             "actor": [
-                                 {"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
-                                                                 "provenance-participant-type", "code": "performer"}]},
-                                  "reference": {"identifier": {"system": NPI, "value": settings.PAYER_NPI}}},
-                                 {"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
-                                                                 "v3-ParticipationType", "code": "IRCP"}]},
-                                  "reference": {"identifier": {"system": NPI, "value": REQUESTER_NPI}}}]}}
+    consent = consent_resource(f"p{k}", REQUESTER_NPI, policy="sensitive")
     return {"name": "MemberBundle", "part": [{"name": "MemberPatient", "resource": patient},
                                              {"name": "CoverageToMatch", "resource": coverage},
                                              {"name": "Consent", "resource": consent}]}
 
 
-def test_a_sigkilled_match_worker_loses_and_duplicates_no_entry(make_partner, celery_worker_process, settings):
+def test_a_sigkilled_match_worker_loses_and_duplicates_no_entry(make_partner, api_for, celery_worker_process,
+                                                                 settings):
     members, strangers = 1500, 100
     settings.JOB_LEASE_SECONDS = 3  # the sweep below runs here, in the test, with the workers' lease
     Member.objects.bulk_create([
@@ -91,9 +76,7 @@ def test_a_sigkilled_match_worker_loses_and_duplicates_no_entry(make_partner, ce
     body = {"resourceType": "Parameters", "parameter": [member_bundle(k) for k in range(members + strangers)]}
     env = {"MATCH_BATCH_SIZE": "10", "JOB_LEASE_SECONDS": "3"}
     worker = celery_worker_process(extra_env=env)
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_token(partner)}")
-    response = api.post("/fhir/Group/$bulk-member-match", data=json.dumps(body),
+    response = api_for(partner).post("/fhir/Group/$bulk-member-match", data=json.dumps(body),
                         content_type="application/fhir+json", HTTP_PREFER="respond-async")
     assert response.status_code == 202, response.content
     job = MatchJob.objects.get(partner=partner)
@@ -130,8 +113,8 @@ def test_a_frozen_export_worker_behind_a_backlog_is_taken_over_within_lease_and_
     members = []
     for k in range(300):
         member = make_member(f"bk{k}")
-        store(encounter(f"bk{k}-enc", member.fhir_id, (timezone.now() - timedelta(days=20)).isoformat()), member)
-        give_consent(member, partner)
+        store(encounter(f"bk{k}-enc", member.fhir_id, days_ago(20)), member)
+        consent_for(member, partner)
         members.append(member)
     group = match_group(partner, members)
     env = {"JOB_LEASE_SECONDS": str(lease), "JOB_SWEEP_SECONDS": str(sweep_every), "EXPORT_CHUNK_MEMBERS": "1",

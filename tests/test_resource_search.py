@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import pytest
@@ -11,11 +12,13 @@ from fhir.resources.R4B import get_fhir_model_class
 from consent.services import revoke
 from exports import rules
 from exports.retrieval.search import SEARCHABLE_TYPES
-from tests.conftest import SHARED_DATA
-from tests.export_fixtures import (
+from tests.builders import (
     REQUEST_TIME,
     claim_eob,
     consent_for,
+    day,
+    days_ago,
+    days_from_now,
     encounter,
     load_shared_member,
     make_member,
@@ -24,7 +27,16 @@ from tests.export_fixtures import (
     provenance,
     shared,
     store,
+    years_ago,
 )
+from tests.conftest import SHARED_DATA
+
+# The member's data, dated relative to today: the API judges it against the real clock (a five-year window).
+FIRST_VISIT = days_ago(600)          # s-enc-1
+SPLIT = days_ago(450)                # a day between the first visit and the later ones
+LATER_VISITS = days_ago(300)         # s-enc-2, s-enc-psy
+LABS_FROM = datetime.combine((days_ago(500)).date(), datetime.min.time(), UTC)  # s-obs-0 … s-obs-11, a day apart
+CLAIM_DAY = days_ago(700)            # s-eob
 
 
 @pytest.fixture
@@ -35,20 +47,20 @@ def world(db, partner, settings):
     store(shared("Practitioner", "pr-1"))
     store(shared("Organization", "org-1"))
     store(shared("Organization", "org-lonely"))
-    store(encounter("s-enc-1", "s1", "2025-02-01T10:00:00Z", practitioner="pr-1", code="111"), member)
-    store(encounter("s-enc-2", "s1", "2025-06-01T10:00:00Z", code="222"), member)
-    store(encounter("s-enc-old", "s1", "2015-06-01T10:00:00Z"), member)
-    store(encounter("s-enc-psy", "s1", "2025-06-01T10:00:00Z", security=("PSY",)), member)
+    store(encounter("s-enc-1", "s1", FIRST_VISIT, practitioner="pr-1", code="111"), member)
+    store(encounter("s-enc-2", "s1", LATER_VISITS, code="222"), member)
+    store(encounter("s-enc-old", "s1", years_ago(11)), member)
+    store(encounter("s-enc-psy", "s1", LATER_VISITS, security=("PSY",)), member)
     for n in range(12):
-        store(observation(f"s-obs-{n}", "s1", f"2025-03-{n + 1:02d}T00:00:00Z",
+        store(observation(f"s-obs-{n}", "s1", LABS_FROM + timedelta(days=n),
                           category="laboratory" if n % 2 else "vital-signs"), member)
-    store(claim_eob("s-eob", "s1", "2025-01-01T00:00:00Z", organization="org-1"), member)
-    store(prior_auth("s-pa", "s1", "approved", changed="2026-10-01T00:00:00Z", period_end="2030-01-01"), member)
+    store(claim_eob("s-eob", "s1", day(CLAIM_DAY), organization="org-1"), member)
+    store(prior_auth("s-pa", "s1", "approved", changed=days_ago(60), period_end=days_from_now(365)), member)
     store(provenance("s-prov", "s1", ["Encounter/s-enc-1"]), member)
     store(provenance("s-prov-old", "s1", ["Encounter/s-enc-old"]), member)
     consent = consent_for(member, partner)
     other = make_member("s2")
-    store(encounter("s2-enc", "s2", "2025-02-01T10:00:00Z"), other)
+    store(encounter("s2-enc", "s2", FIRST_VISIT), other)
     return member, consent
 
 
@@ -70,16 +82,16 @@ def test_search_by_patient_applies_the_export_rules(api, world):
 
 
 def test_search_parameters(api, world):
-    assert ids(search(api, "Encounter?patient=s1&date=ge2025-05-01")) == {"s-enc-2", "s-enc-psy"}
+    assert ids(search(api, f"Encounter?patient=s1&date=ge{day(SPLIT)}")) == {"s-enc-2", "s-enc-psy"}
     assert ids(search(api, "Encounter?patient=s1&type=111")) == {"s-enc-1"}
     assert ids(search(api, "Encounter?patient=s1&_id=s-enc-2")) == {"s-enc-2"}
     assert search(api, "Observation?patient=s1&category=laboratory")["total"] == 6
-    assert ids(search(api, "Observation?patient=s1&date=2025-03-02")) == {"s-obs-1"}
+    assert ids(search(api, f"Observation?patient=s1&date={day(LABS_FROM + timedelta(days=1))}")) == {"s-obs-1"}
     assert ids(search(api, "ExplanationOfBenefit?patient=s1&use=preauthorization")) == {"s-pa"}
-    assert ids(search(api, "ExplanationOfBenefit?patient=s1&service-date=2025-01-01")) == {"s-eob"}
-    assert search(api, "Encounter?patient=s1&_lastUpdated=gt2030-01-01")["total"] == 0
-    assert ids(search(api, "Encounter?patient=s1&status=finished&date=ge2025-05-01&date=le2025-12-31")) == {
-        "s-enc-2", "s-enc-psy"}
+    assert ids(search(api, f"ExplanationOfBenefit?patient=s1&service-date={day(CLAIM_DAY)}")) == {"s-eob"}
+    assert search(api, f"Encounter?patient=s1&_lastUpdated=gt{day(days_from_now(1))}")["total"] == 0
+    assert ids(search(api, f"Encounter?patient=s1&status=finished&date=ge{day(SPLIT)}"
+                           f"&date=le{day(days_ago(100))}")) == {"s-enc-2", "s-enc-psy"}
 
 
 def test_claims_are_non_financial_in_search_and_read(api, world):

@@ -11,7 +11,7 @@ from django.db import connection
 from exports import rules
 from exports.typefilter import date_range, parse_type_filters, split_type_filters
 from pdex.fhir import BadRequest
-from tests.export_fixtures import REQUEST_TIME, claim_eob, condition, encounter, make_member, observation, store
+from tests.builders import REQUEST_TIME, claim_eob, condition, encounter, make_member, observation, store
 
 
 def test_queries_split_on_commas_that_start_a_new_query_only():
