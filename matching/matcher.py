@@ -18,9 +18,8 @@ from rapidfuzz import fuzz
 from matching import normalize
 from matching.parameters import MatchRequest, problems
 from pdex.extract import parse_fhir_date
+from pdex.identity import MB, OurIdentity, is_typed, payor_names_us
 
-NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
-MB = ("http://terminology.hl7.org/CodeSystem/v2-0203", "MB")
 UMB = ("http://hl7.org/fhir/us/davinci-hrex/CodeSystem/hrex-temp", "UMB")
 
 # Confirmation of an identifier hit (names may carry typos, nicknames, or be swapped).
@@ -39,20 +38,13 @@ class Outcome(StrEnum):
 
 
 @dataclass(frozen=True)
-class OurIdentity:
-    npi: str
-    organization_id: str
-    member_id_system: str
-
-
-@dataclass(frozen=True)
 class Candidate:
     """One of our members as plain data (a Member row's matching columns)."""
 
     id: int
     fhir_id: str
     umb: str
-    member_number: str | None
+    member_number: str
     subscriber_id: str
     family: str
     given: str
@@ -85,34 +77,13 @@ class MatchResult:
     reasons: tuple[str, ...] = ()
 
 
-def _typed(identifier: Mapping[str, Any], code: tuple[str, str]) -> bool:
-    codings = (identifier.get("type") or {}).get("coding") or []
-    return any((c.get("system"), c.get("code")) == code for c in codings if isinstance(c, dict))
-
-
-def _payor_is_us(coverage: Mapping[str, Any], ours: OurIdentity) -> bool:
-    """Some payor names us: by NPI identifier, by a contained Organization's NPI, or Organization/{our id}."""
-    contained = {c.get("id"): c for c in coverage.get("contained") or [] if isinstance(c, dict)}
-    for payor in coverage.get("payor") or []:
-        if not isinstance(payor, dict):
-            continue
-        identifiers = [payor.get("identifier")] if isinstance(payor.get("identifier"), dict) else []
-        literal = payor.get("reference") or ""
-        if literal.startswith("#"):
-            identifiers += [i for i in (contained.get(literal[1:]) or {}).get("identifier") or []
-                            if isinstance(i, dict)]
-        elif literal and literal.rstrip("/").endswith(f"Organization/{ours.organization_id}"):
-            return True
-        if any(i.get("system") == NPI_SYSTEM and i.get("value") == ours.npi for i in identifiers):
-            return True
-    return False
-
-
 def submitted_from(request: MatchRequest, ours: OurIdentity) -> Submitted:
-    """Pull the matching keys out of the submitted Patient and CoverageToMatch.
+    """Pull the matching keys out of the submitted Patient and CoverageToMatch (docs/matching.md, step 2).
 
-    Only identifiers of our system (or of no system) on the CoverageToMatch, and UMB identifiers on the
-    Patient, are ours; the requester's own member numbers (a foreign system) are never looked up.
+    The CoverageToMatch is the member's coverage with us (its payor must name us, or nothing matches): an
+    identifier typed MB on it is the member id from our card, whatever system the new plan put on it (it
+    cannot know ours); an untyped one counts only with our system or none. On the Patient, UMB identifiers
+    are ours and an MB one only with our system: otherwise it is the requester's own member number.
     """
     patient = request.patient
     entry = normalize.official_name(patient)
@@ -123,17 +94,17 @@ def submitted_from(request: MatchRequest, ours: OurIdentity) -> Submitted:
     for identifier in coverage.get("identifier") or []:
         if not isinstance(identifier, dict) or not identifier.get("value"):
             continue
-        if identifier.get("system") in (None, "", ours.member_id_system) and (
-                _typed(identifier, MB) or not identifier.get("type")):
+        ours_by_system = identifier.get("system") in (None, "", ours.member_id_system)
+        if is_typed(identifier, MB) or (ours_by_system and not identifier.get("type")):
             member_numbers.add(str(identifier["value"]))
     if isinstance(coverage.get("subscriberId"), str) and coverage["subscriberId"]:
         subscriber_ids.add(coverage["subscriberId"])
     for identifier in patient.get("identifier") or []:
         if not isinstance(identifier, dict) or not identifier.get("value"):
             continue
-        if _typed(identifier, UMB):
+        if is_typed(identifier, UMB):
             umbs.add(str(identifier["value"]))
-        elif _typed(identifier, MB) and identifier.get("system") == ours.member_id_system:
+        elif is_typed(identifier, MB) and identifier.get("system") == ours.member_id_system:
             member_numbers.add(str(identifier["value"]))
     postal_codes = {normalize.postal_code(a.get("postalCode")) for a in patient.get("address") or []
                     if isinstance(a, dict)} - {""}
@@ -142,7 +113,7 @@ def submitted_from(request: MatchRequest, ours: OurIdentity) -> Submitted:
         birth_date=parse_fhir_date(patient.get("birthDate")), gender=normalize.gender(patient.get("gender")),
         postal_codes=frozenset(postal_codes), member_numbers=frozenset(member_numbers),
         subscriber_ids=frozenset(subscriber_ids), umbs=frozenset(umbs),
-        payor_is_us=_payor_is_us(coverage, ours), problems=tuple(problems(request)),
+        payor_is_us=payor_names_us(coverage, ours), problems=tuple(problems(request)),
     )
 
 

@@ -24,7 +24,6 @@ from matching import store
 from matching.matcher import (
     Candidate,
     MatchResult,
-    OurIdentity,
     Outcome,
     Submitted,
     candidate_from_row,
@@ -35,6 +34,7 @@ from matching.models import MatchEntry
 from matching.parameters import MatchRequest, parse_member_match, request_from_bundle
 from pdex import audit
 from pdex.fhir import TooManyRequests, Unprocessable
+from pdex.identity import our_identity
 from pdex.models import Member, Partner
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,6 @@ UMB_TYPE = {"coding": [{"system": "http://hl7.org/fhir/us/davinci-hrex/CodeSyste
 MEMBER_MATCH_OUT = "http://hl7.org/fhir/us/davinci-hrex/StructureDefinition/hrex-parameters-member-match-out"
 
 
-def our_identity() -> OurIdentity:
-    return OurIdentity(npi=settings.PAYER_NPI, organization_id=settings.PAYER_ORGANIZATION_ID,
-                       member_id_system=settings.MEMBER_ID_SYSTEM)
-
-
 # --- candidates ----------------------------------------------------------------------------------
 
 def find_candidates(submitted: list[Submitted]) -> list[list[Candidate]]:
@@ -58,19 +53,20 @@ def find_candidates(submitted: list[Submitted]) -> list[list[Candidate]]:
     member_numbers = set().union(*(s.member_numbers for s in submitted))
     subscriber_ids = set().union(*(s.subscriber_ids for s in submitted))
     umbs = set().union(*(s.umbs for s in submitted))
-    by_member_number: dict[str, Candidate] = {}
+    # A member number may be shared (a family card): each member holding it is a hit for demographics to judge.
+    by_member_number: dict[str, list[Candidate]] = defaultdict(list)
     by_umb: dict[str, Candidate] = {}
     by_subscriber: dict[str, list[Candidate]] = defaultdict(list)
     for row in store.candidate_rows(member_numbers=member_numbers, subscriber_ids=subscriber_ids, umbs=umbs):
         candidate = candidate_from_row(row)
         if candidate.member_number:
-            by_member_number[candidate.member_number] = candidate
+            by_member_number[candidate.member_number].append(candidate)
         by_umb[candidate.umb] = candidate
         if candidate.subscriber_id:
             by_subscriber[candidate.subscriber_id].append(candidate)
     found: list[list[Candidate]] = []
     for s in submitted:
-        hits = [by_member_number[n] for n in s.member_numbers if n in by_member_number]
+        hits = [c for n in s.member_numbers for c in by_member_number.get(n, [])]
         hits += [by_umb[u] for u in s.umbs if u in by_umb]
         for subscriber_id in s.subscriber_ids:
             hits += by_subscriber.get(subscriber_id, [])

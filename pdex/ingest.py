@@ -24,6 +24,7 @@ from django.db import connection, transaction
 from tqdm import tqdm
 
 from pdex.extract import SHARED_TYPES, extract, format_instant, normalize_name
+from pdex.identity import refresh_member_identity
 
 BATCH_LINES = 2000
 POOL_CHUNK = 250
@@ -49,6 +50,7 @@ class LoadReport:
     inserted: Counter = field(default_factory=Counter)
     updated: Counter = field(default_factory=Counter)
     bad: list[BadLine] = field(default_factory=list)
+    identities_changed: int = 0
 
     @property
     def unchanged(self) -> Counter:
@@ -67,6 +69,9 @@ class LoadReport:
         lines.append(f"{'total':<24}{sum(self.read.values()):>9}{sum(self.inserted.values()):>10}"
                      f"{sum(self.updated.values()):>9}{sum(unchanged.values()):>10}"
                      f"{sum((totals or {}).values()):>10}")
+        if self.read["Coverage"] or self.identities_changed:
+            lines.append(f"member identity (member number, subscriber id) from Coverage changed for "
+                         f"{self.identities_changed} member(s)")
         if self.bad:
             lines.append(f"{len(self.bad)} bad line(s) skipped")
         return "\n".join(lines)
@@ -214,6 +219,7 @@ CREATE TEMP TABLE IF NOT EXISTS pdex_stage_member (
 TRUNCATE pdex_stage_resource, pdex_stage_member;
 """
 
+# Member number and subscriber id are not in a Patient: they come from Coverage (pdex.identity).
 _MERGE_MEMBERS = """
 INSERT INTO pdex_member (fhir_id, umb, family, given, birth_date, gender, postal_code, subscriber_id,
                          created_at, updated_at)
@@ -368,6 +374,8 @@ def load_lines(lines: Iterable[tuple[str, int, str]], *, validate: bool = True, 
     bar = _progress_bar(progress)
     rows: list[tuple] = []
     members: list[dict] = []
+    # Members whose identity may have changed: their Coverage or their Patient came in this load.
+    identity_patients: set[str] = set()
     for path, number, row, member, error in _parsed(iter(lines), config, workers):
         bar.update(1)
         if error:
@@ -377,6 +385,8 @@ def load_lines(lines: Iterable[tuple[str, int, str]], *, validate: bool = True, 
         rows.append(row)
         if member:
             members.append(member)
+        if row[0] in ("Coverage", "Patient") and row[2]:
+            identity_patients.add(row[2])
         if len(rows) >= BATCH_LINES:
             write_batch(rows, members, report)
             rows, members = [], []
@@ -384,6 +394,7 @@ def load_lines(lines: Iterable[tuple[str, int, str]], *, validate: bool = True, 
         write_batch(rows, members, report)
     bar.close()
     resolve_members()
+    report.identities_changed = refresh_member_identity(identity_patients)
     return report
 
 

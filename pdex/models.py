@@ -16,9 +16,15 @@ class Member(models.Model):
         "unique member business identifier", max_length=64, unique=True,
         help_text="hrex-temp#UMB: one id per person, whatever the product or role",
     )
-    member_number = models.CharField(max_length=64, unique=True, null=True, blank=True,
+    # Identity from the member's Coverage with us (pdex.identity): a lookup key that demographics must confirm.
+    # Not unique: a payer's data may give a family one card number, and a reload may swap two members' numbers.
+    member_number = models.CharField(max_length=64, blank=True, default="", db_default="", db_index=True,
                                      help_text="Coverage member id (identifier typed MB)")
-    subscriber_id = models.CharField(max_length=64, blank=True, db_index=True)
+    member_number_system = models.TextField(blank=True, default="", db_default="",
+                                            help_text="the system of that identifier, as the Coverage gives it")
+    subscriber_id = models.CharField(max_length=64, blank=True, db_index=True, help_text="Coverage.subscriberId")
+    identity_coverage = models.CharField(max_length=64, blank=True, default="", db_default="",
+                                         help_text="Coverage.id the member number and subscriber id come from")
     family = models.CharField(max_length=128, blank=True, help_text="normalized family name")
     given = models.CharField(max_length=128, blank=True, help_text="normalized given names")
     birth_date = models.DateField(null=True, blank=True)

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from pdex.extract import SHARED_TYPES, format_instant
+from pdex.identity import refresh_member_identity
 from pdex.ingest import LoadReport, load_resources
 from pdex.models import Member
 
@@ -309,18 +310,17 @@ def _member_facts(as_of: date) -> dict[int, dict]:
 
 # --- the whole synthesis --------------------------------------------------------------------------
 
-def generate(*, seed: int, as_of: date) -> tuple[list[dict], dict[int, tuple[str, str]]]:
-    """Every generated resource, and per member id its (member number, subscriber id)."""
+def generate(*, seed: int, as_of: date) -> tuple[list[dict], int]:
+    """Every generated resource, and how many members they are for."""
     resources = [payer_organization()]
-    numbers: dict[int, tuple[str, str]] = {}
+    members = base_members()
     facts = _member_facts(as_of)
     floor = as_of - relativedelta(years=settings.EXPORT_LOOKBACK_YEARS)
-    for index, member in enumerate(base_members()):
+    for index, member in enumerate(members):
         rng = random.Random(f"{seed}:{member.fhir_id}")
         fact = facts.get(member.id, {"old": 0, "recent": 0, "provider": None})
         provider = fact["provider"] or f"Organization/{settings.PAYER_ORGANIZATION_ID}"
         resources.append(coverage(member=member, seed=seed, as_of=as_of, rng=rng))
-        numbers[member.id] = (member_number_for(seed, member.fhir_id), subscriber_id_for(seed, member.fhir_id))
         for slot in range(PA_PER_MEMBER):
             scenario = PA_SCENARIOS[(index * PA_PER_MEMBER + slot) % len(PA_SCENARIOS)]
             resources += prior_authorization(member=member, scenario=scenario, number=slot + 1, as_of=as_of,
@@ -332,7 +332,7 @@ def generate(*, seed: int, as_of: date) -> tuple[list[dict], dict[int, tuple[str
         if not fact["recent"]:
             when = _at(as_of, -rng.randint(30, 700))
             resources += visit(member=member, kind="new", when=when, provider=provider)
-    return resources, numbers
+    return resources, len(members)
 
 
 _HASH_SQL = "('x' || substr(md5(%(seed)s || ':' || r.resource_type || '/' || r.fhir_id), 1, 8))::bit(32)::bigint"
@@ -400,17 +400,12 @@ def synthesize(*, seed: int, as_of: date | None = None, multiply: int = 1) -> Sy
     """Coverage, prior authorizations, labels, history and run-off for every member; then copies if asked."""
     as_of = as_of or datetime.now(UTC).date()
     report = SynthesisReport()
-    resources, numbers = generate(seed=seed, as_of=as_of)
-    report.members = len(numbers)
+    resources, report.members = generate(seed=seed, as_of=as_of)
     report.generated = Counter(r["resourceType"] for r in resources)
+    # The Coverage goes through ingest like a payer's own, which copies its member id and subscriber id onto
+    # the member (pdex.identity).
     report.load = load_resources(resources, source="synthesize_payer_data")
     with transaction.atomic():
-        changed = []
-        for member in Member.objects.filter(id__in=list(numbers)):
-            if (member.member_number, member.subscriber_id) != numbers[member.id]:
-                member.member_number, member.subscriber_id = numbers[member.id]
-                changed.append(member)
-        Member.objects.bulk_update(changed, ["member_number", "subscriber_id"], batch_size=1000)
         report.labelled = label_sensitive(seed=seed)
         report.runoff = mark_runoff(seed=seed, as_of=as_of)
     if multiply > 1:
@@ -420,27 +415,27 @@ def synthesize(*, seed: int, as_of: date | None = None, multiply: int = 1) -> Sy
 
 # --- multiply: K× the members in SQL --------------------------------------------------------------
 
+# The copies' member number and subscriber id come from their copied Coverage, as every member's do
+# (multiply_members ends with pdex.identity's refresh).
 COPY_MEMBERS_SQL = """
-INSERT INTO pdex_member (fhir_id, umb, member_number, subscriber_id, family, given, birth_date, gender,
-                         postal_code, created_at, updated_at)
-SELECT m.fhir_id || %(mark)s, 'UMB-' || upper(substr(md5(m.fhir_id || %(mark)s), 1, 12)),
-       m.member_number || %(mark)s, CASE WHEN m.subscriber_id = '' THEN '' ELSE m.subscriber_id || %(mark)s END,
+INSERT INTO pdex_member (fhir_id, umb, subscriber_id, family, given, birth_date, gender, postal_code,
+                         created_at, updated_at)
+SELECT m.fhir_id || %(mark)s, 'UMB-' || upper(substr(md5(m.fhir_id || %(mark)s), 1, 12)), '',
        m.family || ' ' || lower(%(name_mark)s), m.given, m.birth_date, m.gender, m.postal_code, now(), now()
 FROM pdex_member m
 WHERE m.fhir_id !~ %(copy_pattern)s
 ON CONFLICT (fhir_id) DO UPDATE SET
-    member_number = EXCLUDED.member_number, subscriber_id = EXCLUDED.subscriber_id,
     family = EXCLUDED.family, given = EXCLUDED.given, birth_date = EXCLUDED.birth_date,
     gender = EXCLUDED.gender, postal_code = EXCLUDED.postal_code, updated_at = now()
-WHERE (pdex_member.member_number, pdex_member.subscriber_id, pdex_member.family, pdex_member.given,
-       pdex_member.birth_date, pdex_member.gender, pdex_member.postal_code)
-      IS DISTINCT FROM (EXCLUDED.member_number, EXCLUDED.subscriber_id, EXCLUDED.family, EXCLUDED.given,
-                        EXCLUDED.birth_date, EXCLUDED.gender, EXCLUDED.postal_code)
+WHERE (pdex_member.family, pdex_member.given, pdex_member.birth_date, pdex_member.gender, pdex_member.postal_code)
+      IS DISTINCT FROM (EXCLUDED.family, EXCLUDED.given, EXCLUDED.birth_date, EXCLUDED.gender,
+                        EXCLUDED.postal_code)
 """
 
 # Every member-owned resource of the original member, with its id, the Patient id (wherever it appears,
 # identifiers and urn:uuid included), references to member-owned resources, the member number and the
-# subscriber id rewritten; the family name gets a suffix so copies are different people to matching.
+# subscriber id rewritten (when the member has them: chr(1) never occurs in JSON text, so an empty one matches
+# nothing); the family name gets a suffix so copies are different people to matching.
 # Extracted columns are copied: a copy has the same dates, labels and statuses as its original.
 COPY_RESOURCES_SQL = """
 WITH rewritten AS (
@@ -449,8 +444,10 @@ WITH rewritten AS (
                 ELSE replace(r.fhir_id, m.fhir_id, c.fhir_id) || %(mark)s END AS fhir_id,
            regexp_replace(
                replace(replace(replace(replace(r.body::text,
-                   '"' || m.member_number || '"', '"' || m.member_number || %(mark)s || '"'),
-                   '"' || m.subscriber_id || '"', '"' || m.subscriber_id || %(mark)s || '"'),
+                   '"' || COALESCE(NULLIF(m.member_number, ''), chr(1)) || '"',
+                   '"' || m.member_number || %(mark)s || '"'),
+                   '"' || COALESCE(NULLIF(m.subscriber_id, ''), chr(1)) || '"',
+                   '"' || m.subscriber_id || %(mark)s || '"'),
                    '"family": "' || COALESCE(r.body->'name'->0->>'family', chr(1)) || '"',
                    '"family": "' || COALESCE(r.body->'name'->0->>'family', chr(1)) || ' ' || %(name_mark)s || '"'),
                    m.fhir_id, m.fhir_id || %(mark)s),
@@ -500,4 +497,5 @@ def multiply_members(factor: int) -> int:
             cursor.execute(COPY_MEMBERS_SQL, params)
             cursor.execute(COPY_RESOURCES_SQL, params)
             written += cursor.rowcount
+    refresh_member_identity()
     return written

@@ -192,7 +192,7 @@ def members_request(limit: int) -> tuple[dict[str, Any], Counter]:
     today = date.today()
     expected: Counter = Counter({"nomatch": 1})
     bundles = [stranger_bundle(today)]
-    members = Member.objects.exclude(member_number=None).order_by("fhir_id")[:limit]
+    members = Member.objects.exclude(member_number="").order_by("fhir_id")[:limit]
     for index, member in enumerate(members):
         patient = Resource.objects.get(resource_type="Patient", fhir_id=member.fhir_id).body
         scenario, outcome = SCENARIOS[index % len(SCENARIOS)]

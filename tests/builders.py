@@ -137,17 +137,36 @@ def patient(fhir_id: str, *, family: str = "Doe", given: Sequence[str] = ("Jan",
     return body
 
 
+MB_TYPE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MB"}]}
+
+
 def coverage(fhir_id: str, patient_id: str, *, start: When | None = None, end: When | None = None,
-             updated: When | None = None) -> dict:
-    """The member's coverage with us, from `start` (two years ago unless given) to `end` (open unless given)."""
+             updated: When | None = None, status: str = "active", member_id: str | None = None,
+             member_id_system: str | None = None, subscriber_id: str | None = None,
+             payor: dict[str, Any] | None = None) -> dict:
+    """The member's coverage, from `start` (two years ago unless given) to `end` (open unless given); with the
+    card's member id (an identifier typed MB) and subscriber id when given; `payor` a Reference (default: a
+    display only, which names nobody)."""
     period = {"start": day(start if start is not None else years_ago(2))}
     if end is not None:
         period["end"] = day(end)
-    return {
-        "resourceType": "Coverage", "id": fhir_id, "meta": meta(_updated(updated)), "status": "active",
+    body: dict[str, Any] = {
+        "resourceType": "Coverage", "id": fhir_id, "meta": meta(_updated(updated)), "status": status,
         "beneficiary": {"reference": f"Patient/{patient_id}"}, "period": period,
-        "payor": [{"display": "Old Plan"}],
+        "payor": [payor or {"display": "Old Plan"}],
     }
+    if member_id:
+        body["identifier"] = [{"type": MB_TYPE, "value": member_id}]
+        if member_id_system:
+            body["identifier"][0]["system"] = member_id_system
+    if subscriber_id:
+        body["subscriberId"] = subscriber_id
+    return body
+
+
+def our_payor() -> dict[str, Any]:
+    """A Coverage payor naming us, as a payer's own data does: a reference to our Organization."""
+    return {"reference": f"Organization/{settings.PAYER_ORGANIZATION_ID}", "display": settings.PAYER_NAME}
 
 
 def encounter(fhir_id: str, patient_id: str, start: When | None, *, end: When | None = None,

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from matching import normalize
-from matching.matcher import Candidate, OurIdentity, Outcome, match, submitted_from
+from matching.matcher import Candidate, Outcome, match, submitted_from
 from matching.parameters import MatchRequest, parse_member_match
 from pdex.fhir import BadRequest, Unprocessable
+from pdex.identity import OurIdentity
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
 OURS = OurIdentity(npi="9876543210", organization_id="payer-old-plan", member_id_system="http://example.org/old-payer")
@@ -79,9 +80,44 @@ def test_payor_must_be_us():
     assert run(request(payor_npi="1111111111"), [candidate()]).reasons == ("payor-not-us",)
 
 
-def test_foreign_system_member_number_is_never_looked_up():
-    submitted = submitted_from(request(system="http://example.org/new-payer/identifiers/member"), OURS)
-    assert not submitted.member_numbers
+@pytest.mark.parametrize("system", ["http://example.org/new-payer/identifiers/member", "urn:oid:2.16.840.1.9", None])
+def test_an_mb_member_id_on_our_coverage_counts_whatever_its_system(system):
+    """The new plan copies the number off our card; it cannot know our system URI."""
+    submitted = submitted_from(request(system=system, given=("Patrica",)), OURS)
+    assert submitted.member_numbers == {"DH10001235"}
+    result = match(submitted, [candidate()])
+    assert result.outcome is Outcome.MATCH and "member-id" in result.reasons
+
+
+def test_an_mb_member_id_of_any_system_still_needs_the_payor_to_be_us():
+    submitted = submitted_from(request(system="http://example.org/new-payer", payor_npi="1111111111"), OURS)
+    assert match(submitted, [candidate()]).reasons == ("payor-not-us",)
+
+
+def test_an_untyped_identifier_counts_only_with_our_system_or_none():
+    def untyped(system):
+        req = request()
+        req.coverage_to_match["identifier"] = [{"system": system, "value": "DH10001235"}] if system else [
+            {"value": "DH10001235"}]
+        return submitted_from(req, OURS).member_numbers
+
+    assert untyped("http://example.org/old-payer") == untyped(None) == {"DH10001235"}
+    assert not untyped("http://example.org/new-payer/identifiers/member")
+
+
+def test_another_identifier_type_is_not_a_member_id():
+    req = request()
+    req.coverage_to_match["identifier"][0]["type"] = {
+        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "PN"}]}
+    assert not submitted_from(req, OURS).member_numbers
+
+
+def test_a_member_number_two_members_share_is_decided_by_demographics():
+    family = [candidate(1), candidate(2, given="john", birth=date(1970, 1, 1), gender="male")]
+    result = run(request(), family)
+    assert result.outcome is Outcome.MATCH and result.member_id == 1
+    twins = [candidate(1), candidate(2, given="patricia a")]
+    assert run(request(), twins).outcome is Outcome.SEVERAL
 
 
 def test_requester_member_number_on_patient_is_ignored_but_umb_is_used():

@@ -38,8 +38,9 @@ class MemberAdmin(ReadOnlyAdmin):
     list_filter = ("gender",)
     search_fields = ("umb", "member_number", "subscriber_id", "fhir_id", "family", "given")
     ordering = ("umb",)
-    readonly_fields = ("fhir_id", "umb", "member_number", "subscriber_id", "family", "given", "birth_date",
-                       "gender", "postal_code", "created_at", "updated_at", "resources_link")
+    readonly_fields = ("fhir_id", "umb", "member_number", "member_number_system", "subscriber_id",
+                       "identity_coverage", "family", "given", "birth_date", "gender", "postal_code", "created_at",
+                       "updated_at", "resources_link")
 
     @admin.display(description="resources")
     def resources_link(self, member: Member) -> str:
