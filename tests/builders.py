@@ -33,6 +33,10 @@ from pdex.extract import Extracted, extract_configured
 from pdex.ingest import member_columns
 from pdex.models import Member, Partner, Resource
 
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "sample"
+FIXTURES = ROOT / "tests" / "fixtures"
+
 When = datetime | date | str
 
 # --- time ----------------------------------------------------------------------------------------------
@@ -356,7 +360,8 @@ def consent_for(member: Member, partner: Partner, *, policy: str = "sensitive", 
 
 # --- the spec's examples ------------------------------------------------------------------------------------
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
+# Copies of the spec's example instances, kept with the tests (tests/fixtures/README.md).
+EXAMPLES = FIXTURES / "examples"
 # The examples' two plans: the old plan (us, the data holder) and the new plan asking for the data.
 EXAMPLE_PAYER_NPI = "9876543210"
 EXAMPLE_PARTNER_NPI = "0123456789"
@@ -387,14 +392,14 @@ def bulk_match_request() -> dict:
     return body
 
 
-# --- members of an NDJSON data directory (../shared/data) ---------------------------------------------------
+# --- members of the sample (sample/: 8 Synthea members, every resource type) ------------------------------
 
-@lru_cache(maxsize=2)
-def _data_index(data_dir: Path) -> tuple[dict[str, list[tuple[dict, Extracted]]], dict[str, tuple[dict, Extracted]]]:
-    """A data directory parsed and extracted once per test run: {patient id: rows}, {Type/id: shared row}."""
+@lru_cache(maxsize=1)
+def _sample_index() -> tuple[dict[str, list[tuple[dict, Extracted]]], dict[str, tuple[dict, Extracted]]]:
+    """The sample parsed and extracted once per test run: {patient id: rows}, {Type/id: shared row}."""
     by_patient: dict[str, list[tuple[dict, Extracted]]] = {}
     shared_rows: dict[str, tuple[dict, Extracted]] = {}
-    for path in sorted(data_dir.glob("*.ndjson.gz")):
+    for path in sorted(SAMPLE.glob("*.ndjson.gz")):
         with gzip.open(path, "rt") as lines:
             for line in lines:
                 resource = json.loads(line)
@@ -406,18 +411,12 @@ def _data_index(data_dir: Path) -> tuple[dict[str, list[tuple[dict, Extracted]]]
     return by_patient, shared_rows
 
 
-def shared_patient_ids(data_dir: Path) -> list[str]:
-    """Patient ids of a data directory, most resources first."""
-    by_patient, _ = _data_index(data_dir)
-    return sorted(by_patient, key=lambda p: (-len(by_patient[p]), p))
-
-
-def load_shared_member(data_dir: Path, *, patient_id: str | None = None, largest: bool = False) -> Member:
-    """Load one person of a data directory (the first by id, the largest, or `patient_id`) and the shared
-    resources their data references."""
-    by_patient, shared_rows = _data_index(data_dir)
+def load_sample_member(patient_id: str | None = None) -> Member:
+    """Load one person of the sample (the first by id — 764 resources of 12 types, yearly visits from 1965 to
+    2025 — unless `patient_id` says) and the shared resources their data references."""
+    by_patient, shared_rows = _sample_index()
     if patient_id is None:
-        patient_id = shared_patient_ids(data_dir)[0] if largest else sorted(by_patient)[0]
+        patient_id = sorted(by_patient)[0]
     member = Member.objects.create(fhir_id=patient_id, umb=f"umb-{patient_id}", member_number=f"mb-{patient_id}")
     rows = [_row(resource, columns, member) for resource, columns in by_patient[patient_id]]
     wanted = {ref for row in rows for ref in row.refs}

@@ -29,7 +29,6 @@ from pdex.models import Partner
 from tests.builders import EXAMPLE_PARTNER_NAME, EXAMPLE_PARTNER_NPI
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
 QUEUE = f"pdex-test-{uuid.uuid4().hex[:8]}"
 # Caches are built lazily on first use, so this takes effect: counters and replay keys of parallel runs on
 # one Redis never meet (two runs' databases both have a partner with pk=1).

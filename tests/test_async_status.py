@@ -16,8 +16,7 @@ from pdex.jobs.models import AsyncJob, OutputFile
 from pdex.jobs.outputs import write_output_file
 from pdex.jobs.storage import get_storage
 from pdex.models import AuditEvent
-
-SPEC_EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
+from tests.builders import example as spec_example
 
 
 @pytest.fixture(autouse=True)
@@ -115,7 +114,7 @@ def test_completed_export_answers_manifest_like_the_spec_example(api, partner):
     assert response["Content-Type"] == "application/json"
     assert abs(parse_http_date(response["Expires"]) - job.expires_at.timestamp()) < 1
     manifest = json.loads(response.content)
-    example = json.loads((SPEC_EXAMPLES / "davinci-data-export-complete-manifest.json").read_text())
+    example = spec_example("davinci-data-export-complete-manifest.json")
     assert set(manifest) == set(example)
     assert manifest["request"] == job.request_url
     assert manifest["requiresAccessToken"] is True
@@ -133,7 +132,7 @@ def test_completed_match_job_manifest_matches_the_bulk_member_match_example(api,
     complete(job, files=[("Group", [b'{"resourceType":"Group"}'] * 3),
                          ("Parameters", [b'{"resourceType":"Parameters"}'])])
     manifest = api.get(status_path(job)).json()
-    example = json.loads((SPEC_EXAMPLES / "bulk-member-match-complete-manifest.json").read_text())
+    example = spec_example("bulk-member-match-complete-manifest.json")
     assert set(manifest) == set(example)
     assert [(i["type"], i["count"]) for i in manifest["output"]] == [(i["type"], i["count"]) for i in example["output"]]
     assert manifest["error"] == []

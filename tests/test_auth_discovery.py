@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from django.urls import include, path
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
 from pdex import views
 from pdex.auth.discovery import OAUTH_URIS, smart_configuration
-from tests.conftest import ROOT
+from tests.builders import example
 
 urlpatterns = [path("fhir/metadata", views.MetadataView.as_view()), path("", include("pdex.urls"))]
 pytestmark = pytest.mark.urls(__name__)
 
-EXAMPLE = ROOT.parent / "shared" / "spec" / "examples" / "smart-configuration.backend-services.json"
 
 
 @pytest.fixture(autouse=True)
@@ -49,14 +46,13 @@ def test_smart_configuration_has_what_backend_services_require(client):
 
 
 def test_smart_configuration_covers_the_spec_example_fields():
-    with open(EXAMPLE) as handle:
-        example = json.load(handle)
+    spec = example("smart-configuration.backend-services.json")
     ours = smart_configuration()
     required = {"token_endpoint", "grant_types_supported", "token_endpoint_auth_methods_supported",
                 "token_endpoint_auth_signing_alg_values_supported", "registration_endpoint", "scopes_supported",
                 "capabilities", "code_challenge_methods_supported"}
-    assert required <= set(example) and required <= set(ours)
-    assert set(example["scopes_supported"]) <= set(ours["scopes_supported"])
+    assert required <= set(spec) and required <= set(ours)
+    assert set(spec["scopes_supported"]) <= set(ours["scopes_supported"])
 
 
 def test_token_endpoint_url_setting_wins(client, settings):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -14,18 +13,28 @@ from fhir.resources.R4B import get_fhir_model_class
 from consent.services import revoke
 from exports import rules
 from exports.models import ExportJob
-from tests.builders import consent_for, encounter, load_shared_member, prior_auth, store
-from tests.conftest import SHARED_DATA
+from tests.builders import (
+    consent_for,
+    day,
+    days_ago,
+    days_from_now,
+    encounter,
+    instant,
+    load_sample_member,
+    prior_auth,
+    store,
+)
 
 
 @pytest.fixture
 def world(db, partner, settings):
     settings.EXPORT_WINDOW_MODE = "cap"
     settings.FHIR_BASE_URL = "http://testserver/fhir"
-    member = load_shared_member(SHARED_DATA)
+    member = load_sample_member()
     recent = timezone.now().strftime("%Y-%m-%dT%H:%M:%SZ")
     store(encounter("everything-sensitive", member.fhir_id, recent, security=("PSY",)), member)
-    store(prior_auth("everything-pa", member.fhir_id, "approved", changed=recent, period_end="2030-01-01"), member)
+    store(prior_auth("everything-pa", member.fhir_id, "approved", changed=recent, period_end=days_from_now(365)),
+          member)
     store(prior_auth("everything-pa-denied", member.fhir_id, "denied", changed=recent), member)
     consent = consent_for(member, partner, policy="sensitive")
     return member, consent
@@ -134,9 +143,13 @@ def test_type_limits_the_types(api, world):
 
 def test_since_is_on_last_updated_and_capped(api, world):
     member, _ = world
-    since = "2026-06-01T00:00:00Z"
-    found = matches(pages(api, url(member, f"_since={since}&_count=1000")))
-    assert found == export_of(member, since=datetime(2026, 6, 1, tzinfo=UTC))
+    store(encounter("everything-updated-lately", member.fhir_id, days_ago(400), updated=days_ago(5)), member)
+    store(encounter("everything-updated-before", member.fhir_id, days_ago(400), updated=days_ago(60)), member)
+    since = days_ago(30).replace(microsecond=0)
+    found = matches(pages(api, url(member, f"_since={instant(since)}&_count=1000")))
+    assert found == export_of(member, since=since)
+    assert "Encounter/everything-updated-lately" in found and "Encounter/everything-updated-before" not in found
+    assert all(r["meta"]["lastUpdated"] >= instant(since) for r in found.values())
     old = api.get(url(member, "_since=2001-01-01T00:00:00Z&_count=5")).json()
     outcome = [e["resource"] for e in old["entry"] if e["search"]["mode"] == "outcome"]
     assert outcome and outcome[0]["issue"][0]["severity"] == "information"
@@ -144,10 +157,15 @@ def test_since_is_on_last_updated_and_capped(api, world):
 
 def test_start_and_end_bound_the_date_of_service(api, world):
     member, _ = world
-    found = matches(pages(api, url(member, "start=2024-01-01&end=2024-12-31&_type=Encounter&_count=1000")))
-    assert found
+    start, end = day(days_ago(730)), day(days_ago(365))   # the year before last, always inside the window
+    store(encounter("everything-in-range", member.fhir_id, days_ago(500)), member)
+    store(encounter("everything-before", member.fhir_id, days_ago(800)), member)
+    store(encounter("everything-after", member.fhir_id, days_ago(300)), member)
+    found = matches(pages(api, url(member, f"start={start}&end={end}&_type=Encounter&_count=1000")))
+    assert "Encounter/everything-in-range" in found
+    assert not {"Encounter/everything-before", "Encounter/everything-after"} & set(found)
     for resource in found.values():
-        assert "2024-01-01" <= resource["period"]["start"][:10] <= "2024-12-31"
+        assert start <= resource["period"]["start"][:10] <= end
 
 
 def test_regular_consent_withholds_sensitive_resources(api, world, partner):

@@ -10,8 +10,7 @@ from django.utils import timezone
 
 from exports import jobs
 from exports.models import ExportJob
-from tests.builders import consent_for, encounter, load_shared_member, prior_auth, store
-from tests.conftest import SHARED_DATA
+from tests.builders import consent_for, day, days_ago, days_from_now, encounter, load_sample_member, prior_auth, store
 from tests.export_world import exported_lines
 
 # The chunk writer streams on a connection of its own, which sees only committed rows.
@@ -60,10 +59,10 @@ def export_and_pages(api, partner, path: str, query: str) -> tuple[dict, dict, s
 
 
 def test_async_everything_writes_the_same_resources_as_the_pages(api, partner):
-    member = load_shared_member(SHARED_DATA)
+    member = load_sample_member()
     recent = timezone.now().strftime("%Y-%m-%dT%H:%M:%SZ")
     store(encounter("async-sensitive", member.fhir_id, recent, security=("PSY",)), member)
-    store(prior_auth("async-pa", member.fhir_id, "approved", changed=recent, period_end="2030-01-01"), member)
+    store(prior_auth("async-pa", member.fhir_id, "approved", changed=recent, period_end=days_from_now(365)), member)
     consent_for(member, partner, policy="regular")
 
     exported, paged, generated = export_and_pages(api, partner, f"/fhir/Patient/{member.fhir_id}/$everything", "")
@@ -74,12 +73,13 @@ def test_async_everything_writes_the_same_resources_as_the_pages(api, partner):
 
 
 def test_async_everything_bounds_the_date_of_service_like_the_pages(api, partner):
-    member = load_shared_member(SHARED_DATA)
-    store(encounter("async-in-range", member.fhir_id, "2024-06-01T10:00:00Z"), member)
-    store(encounter("async-out-of-range", member.fhir_id, "2025-06-01T10:00:00Z"), member)
+    member = load_sample_member()
+    start, end = day(days_ago(730)), day(days_ago(365))   # the year before last, always inside the window
+    store(encounter("async-in-range", member.fhir_id, days_ago(500)), member)
+    store(encounter("async-out-of-range", member.fhir_id, days_ago(300)), member)
     consent_for(member, partner, policy="sensitive")
 
     exported, paged, generated = export_and_pages(
-        api, partner, f"/fhir/Patient/{member.fhir_id}/$everything", "start=2024-01-01&end=2024-12-31&_type=Encounter")
+        api, partner, f"/fhir/Patient/{member.fhir_id}/$everything", f"start={start}&end={end}&_type=Encounter")
     assert {k: v for k, v in exported.items() if k not in generated} == paged
     assert "Encounter/async-in-range" in paged and "Encounter/async-out-of-range" not in paged

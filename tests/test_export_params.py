@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from exports.params import EXPORT, P2P_EXPORT_TYPE, JobParams, parse_export_params, parse_prefer
 from pdex.fhir import BadRequest
-
-EXAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "spec" / "examples"
+from tests.builders import example
 
 
 def get(query: dict[str, list[str]], prefer: str = "respond-async", **kwargs):
@@ -128,7 +126,7 @@ def test_body_value_types_are_checked():
 def test_spec_examples_parse():
     for name in ("davinci-data-export-kickoff.parameters.json",
                  "davinci-data-export-kickoff-incremental.parameters.json"):
-        body = json.loads((EXAMPLES / name).read_text())
+        body = example(name)
         params = parse_export_params(method="POST", query={}, body=body, prefer="respond-async")
         assert params.export_type == P2P_EXPORT_TYPE
         assert params.respond_async

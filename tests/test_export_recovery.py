@@ -1,9 +1,11 @@
 """Durability: a worker killed (SIGKILL) mid-export loses nothing and duplicates nothing.
 
-The 98 members of ../shared/data are loaded with the ingest, all matched and consented; the export runs on
-a real worker whose processes are killed while chunks are being written. The leases of the killed chunks
-expire (EXPORT_LEASE_SECONDS is short here), the recovery sweep (the beat task, run from the test) sends
-them again, a fresh worker finishes the job, and its files hold exactly what an undisturbed export holds.
+The sample's 8 members are loaded with the ingest and multiplied with the payer data (synthesize_payer_data
+--multiply 12: 96 members, as many as the full Synthea set, over 10,000 resources exported), all matched and
+consented; the export runs on a real worker whose processes are killed while chunks are being written. The
+leases of the killed chunks expire (EXPORT_LEASE_SECONDS is short here), the recovery sweep (the beat task,
+run from the test) sends them again, a fresh worker finishes the job, and its files hold exactly what an
+undisturbed export holds.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from pdex import ingest
 from pdex.jobs import engine
 from pdex.jobs.tasks import sweep_stale_work
 from pdex.models import Member
-from tests.builders import consent_for, make_member, match_group
-from tests.conftest import SHARED_DATA, issue_token
+from pdex.synthesize import synthesize
+from tests.builders import SAMPLE, consent_for, make_member, match_group
+from tests.conftest import issue_token
 from tests.test_export_e2e import Client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -34,12 +37,15 @@ LEASE = "3"
 # The worker plans the job, so it needs the chunk size too: small chunks make an export of hundreds of them.
 WORKER_ENV = {"JOB_LEASE_SECONDS": LEASE, "EXPORT_CHUNK_MEMBERS": "5"}
 DEADLINE_SECONDS = 240
+COPIES = 12
 
 
 @pytest.fixture
-def shared_members(partner):
-    ingest.load_paths([SHARED_DATA], validate=False, workers=1, progress=False)
+def many_members(partner):
+    ingest.load_paths([SAMPLE], validate=False, workers=1, progress=False)
+    synthesize(seed=42, multiply=COPIES)
     members = list(Member.objects.all())
+    assert len(members) == 8 * COPIES
     for member in members:
         consent_for(member, partner, policy="sensitive", via="bulk-member-match")
     return match_group(partner, members)
@@ -92,10 +98,10 @@ def resource_keys(lines: list[bytes]) -> Counter:
     return keys
 
 
-def test_sigkilled_worker_loses_and_duplicates_nothing(fhir_base, partner, shared_members, celery_worker_process):
+def test_sigkilled_worker_loses_and_duplicates_nothing(fhir_base, partner, many_members, celery_worker_process):
     client = Client(fhir_base, issue_token(partner))
     worker = celery_worker_process(extra_env=WORKER_ENV)
-    job = kick_off(client, shared_members)
+    job = kick_off(client, many_members)
 
     def chunk_running() -> bool:
         return ExportChunk.objects.filter(job=job, status=ExportChunk.Status.RUNNING).exists()
@@ -122,7 +128,7 @@ def test_sigkilled_worker_loses_and_duplicates_nothing(fhir_base, partner, share
     recovered = resource_keys(client.download(manifest))
     assert max(recovered.values()) == 1, "a resource was written twice"
 
-    reference = kick_off(client, shared_members)
+    reference = kick_off(client, many_members)
     wait_until(lambda: ExportJob.objects.get(pk=reference.pk).status == ExportJob.Status.COMPLETED,
                "the undisturbed export")
     expected = resource_keys(client.download(client.wait(jobs_status_url(reference)).json()))
@@ -154,7 +160,7 @@ def test_stalled_jobs_get_their_pending_chunks_sent_again(partner, settings):
     assert sorted(engine.sweep(now=later, send=False).units[EXPORT.job_model]) == sorted(chunk_ids)
 
 
-def test_cancel_mid_export_stops_the_chunks_and_removes_every_file(fhir_base, settings, partner, shared_members,
+def test_cancel_mid_export_stops_the_chunks_and_removes_every_file(fhir_base, settings, partner, many_members,
                                                                     celery_worker_process):
     from pdex.jobs.models import OutputFile
     from pdex.jobs.tasks import expire_outputs
@@ -162,7 +168,7 @@ def test_cancel_mid_export_stops_the_chunks_and_removes_every_file(fhir_base, se
 
     client = Client(fhir_base, issue_token(partner))
     celery_worker_process(extra_env=WORKER_ENV)  # hundreds of chunks: the cancel lands while they are written
-    job = kick_off(client, shared_members)
+    job = kick_off(client, many_members)
     wait_until(lambda: ExportJob.objects.get(pk=job.pk).progress_done >= 3, "a few chunks to finish", seconds=120)
     status_url = jobs_status_url(job)
     assert client.session.delete(status_url, timeout=30).status_code == 202

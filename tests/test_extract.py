@@ -1,9 +1,12 @@
-"""The extraction rules (docs/data-store.md) pinned on real Synthea resources and the IG's EOB examples."""
+"""The extraction rules (docs/data-store.md) pinned on real Synthea resources and the IG's EOB examples.
+
+The real resources are tests/fixtures/synthea-pinned.ndjson: one of every type of the Synthea set, copied
+byte for byte (scripts/make_test_fixtures.py).
+"""
 
 from __future__ import annotations
 
 import copy
-import gzip
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from functools import cache
@@ -12,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from pdex import extract as ex
-from tests.conftest import SHARED_DATA
+from tests.builders import FIXTURES, SAMPLE, example
 
-EXAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "spec" / "examples"
 CODES_FILE = str(Path(ex.__file__).with_name("sensitive_codes.json"))
 SECURITY = frozenset({"R", "V", "PSY", "SUD", "HIV", "ETH", "SEX", "STD"})
 EDT, EST = timezone(timedelta(hours=-4)), timezone(timedelta(hours=-5))
@@ -22,21 +24,17 @@ ABRAM = "6c5d9ca9-54d7-42f5-bfae-a7c19cd217f2"
 
 
 @cache
-def _by_id(resource_type: str) -> dict[str, dict]:
-    with gzip.open(SHARED_DATA / f"{resource_type}.ndjson.gz", "rt") as stream:
-        return {r["id"]: r for r in map(json.loads, stream)}
+def _pinned() -> dict[tuple[str, str], dict]:
+    with open(FIXTURES / "synthea-pinned.ndjson", encoding="utf-8") as stream:
+        return {(r["resourceType"], r["id"]): r for r in map(json.loads, stream)}
 
 
 def real(resource_type: str, fhir_id: str) -> dict:
-    return copy.deepcopy(_by_id(resource_type)[fhir_id])
+    return copy.deepcopy(_pinned()[(resource_type, fhir_id)])
 
 
 def columns(resource: dict) -> ex.Extracted:
     return ex.extract(resource, security_codes=SECURITY, codes_file=CODES_FILE)
-
-
-def example(name: str) -> dict:
-    return json.loads((EXAMPLES / name).read_text())
 
 
 # --- date of service, member and last_updated on a real resource of every type --------------------
@@ -104,9 +102,11 @@ def test_date_of_service_member_and_last_updated_on_real_resources(resource_type
     assert extracted.last_updated_from_meta is False
 
 
-def test_every_type_in_the_shared_data_is_covered_by_a_pinned_case():
-    types_in_data = {path.name.split(".")[0] for path in SHARED_DATA.glob("*.ndjson.gz")}
+def test_every_type_in_the_data_is_covered_by_a_pinned_case():
+    """The sample holds every type of the Synthea set (tests/test_ingest.py); each has a pinned case."""
+    types_in_data = {path.name.split(".")[0] for path in SAMPLE.glob("*.ndjson.gz")}
     assert types_in_data == {case[0] for case in REAL_CASES}
+    assert {kind for kind, _ in _pinned()} == types_in_data
 
 
 def test_meta_last_updated_wins_over_the_record_date():

@@ -7,7 +7,6 @@ import io
 import json
 import re
 from datetime import UTC, date, datetime
-from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -15,7 +14,7 @@ from django.db import connection
 
 from pdex import ingest
 from pdex.models import Member, Resource
-from tests.conftest import SHARED_DATA
+from tests.builders import FIXTURES, SAMPLE
 
 PATIENT = {
     "resourceType": "Patient", "id": "p-ingest-1", "gender": "female", "birthDate": "1980-02-29",
@@ -30,7 +29,8 @@ OBSERVATION = {
 
 
 def readme_counts() -> dict[str, int]:
-    text = (SHARED_DATA / "README.md").read_text()
+    """The per-type table of sample/README.md."""
+    text = (SAMPLE / "README.md").read_text()
     return {kind: int(count.replace(",", ""))
             for kind, count in re.findall(r"^\| ([A-Za-z]+) \| ([\d,]+) \|$", text, flags=re.MULTILINE)}
 
@@ -57,10 +57,10 @@ def write_ndjson(path, lines: list[str]) -> None:
 
 
 @pytest.mark.django_db
-def test_shared_data_loads_with_readme_counts_and_a_second_load_changes_nothing():
-    first = ingest.load_paths([SHARED_DATA], workers=2, progress=False)
+def test_the_sample_loads_with_its_readme_counts_and_a_second_load_changes_nothing():
+    first = ingest.load_paths([SAMPLE], workers=2, progress=False)
     expected = readme_counts()
-    assert sum(expected.values()) == 38039
+    assert sum(expected.values()) == 3096
     assert not first.bad
     assert dict(first.inserted) == expected
     assert ingest.store_counts() == expected
@@ -72,7 +72,7 @@ def test_shared_data_loads_with_readme_counts_and_a_second_load_changes_nothing(
                                        resource_type__in=["Organization", "Practitioner"]).exists()
     before = store_fingerprint()
 
-    second = ingest.load_paths([SHARED_DATA], workers=2, progress=False)
+    second = ingest.load_paths([SAMPLE], workers=2, progress=False)
     assert sum(second.inserted.values()) == sum(second.updated.values()) == 0
     assert dict(second.unchanged) == expected
     assert store_fingerprint() == before
@@ -212,11 +212,12 @@ def test_admin_shows_members_and_resources_read_only(admin_client):
 
 @pytest.mark.django_db
 def test_the_sample_has_every_resource_type_and_the_shared_resources_it_references():
-    sample = Path(__file__).resolve().parent.parent / "sample"
-    assert sum(p.stat().st_size for p in sample.glob("*.ndjson.gz")) < 1024 * 1024
-    report = ingest.load_paths([sample], workers=1, progress=False)
+    assert sum(p.stat().st_size for p in SAMPLE.glob("*.ndjson.gz")) < 1024 * 1024
+    report = ingest.load_paths([SAMPLE], workers=1, progress=False)
     assert not report.bad
-    assert set(report.inserted) == set(readme_counts())
+    # The pinned resources hold one of every type of the full Synthea set (scripts/make_test_fixtures.py).
+    pinned = {json.loads(line)["resourceType"] for line in (FIXTURES / "synthea-pinned.ndjson").open()}
+    assert set(report.inserted) == set(readme_counts()) == pinned
     with connection.cursor() as cursor:
         cursor.execute("""
             SELECT count(*) FROM pdex_resource r, unnest(r.refs) ref

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from datetime import date
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +11,8 @@ from matching.matcher import Candidate, Outcome, match, submitted_from
 from matching.parameters import MatchRequest, parse_member_match
 from pdex.fhir import BadRequest, Unprocessable
 from pdex.identity import OurIdentity
+from tests.builders import example as load
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "examples"
 OURS = OurIdentity(npi="9876543210", organization_id="payer-old-plan", member_id_system="http://example.org/old-payer")
 MB_TYPE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MB"}]}
 UMB_TYPE = {"coding": [{"system": "http://hl7.org/fhir/us/davinci-hrex/CodeSystem/hrex-temp", "code": "UMB"}]}
@@ -178,10 +176,6 @@ def test_normalize():
 
 
 # --- the three input generations -------------------------------------------------------------------
-
-def load(name: str) -> dict:
-    return json.loads((EXAMPLES / name).read_text())
-
 
 @pytest.mark.parametrize("example", ["member-match-request.json", "member-match-request.hrex-1.0.0.json",
                                      "member-match-request.legacy-oldcoverage-newcoverage.json"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gzip
 import json
 from datetime import date
 
@@ -13,7 +14,7 @@ from consent.decision import REGULAR_POLICY_URI, SENSITIVE_POLICY_URI
 from consent.models import Consent
 from pdex.auth import scopes
 from pdex.models import AuditEvent, Member
-from tests.builders import EXAMPLE_PAYER_NPI, current_period, example, expired_period, make_member
+from tests.builders import EXAMPLE_PAYER_NPI, SAMPLE, current_period, example, expired_period, make_member
 
 URL = "/fhir/Patient/$member-match"
 UMB_CODING = {"system": "http://hl7.org/fhir/us/davinci-hrex/CodeSystem/hrex-temp", "code": "UMB"}
@@ -173,12 +174,10 @@ def test_repeated_failures_are_throttled(api, patricia, settings):
 
 
 def real_patients(count: int) -> list[dict]:
-    import gzip
-
-    from tests.conftest import SHARED_DATA
-
-    with gzip.open(SHARED_DATA / "Patient.ndjson.gz", "rt") as handle:
-        return [json.loads(line) for _, line in zip(range(count), handle, strict=False)]
+    with gzip.open(SAMPLE / "Patient.ndjson.gz", "rt") as handle:
+        patients = [json.loads(line) for _, line in zip(range(count), handle, strict=False)]
+    assert len(patients) == count
+    return patients
 
 
 def test_members_loaded_from_the_synthea_data_match_by_their_real_records(api, db):

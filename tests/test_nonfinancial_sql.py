@@ -1,4 +1,4 @@
-"""pdex_nonfinancial (exports migration 0002) on real claim EOBs and Claims from ../shared/data."""
+"""pdex_nonfinancial (exports migration 0002) on real claim EOBs and Claims: the first 300 of each in sample/."""
 
 from __future__ import annotations
 
@@ -11,16 +11,18 @@ from django.db import connection
 from fhir.resources.R4B import get_fhir_model_class
 
 from exports import rules
-from tests.conftest import SHARED_DATA
+from tests.builders import SAMPLE
 
 FINANCIAL_ROOT = {"payment", "total", "benefitBalance"}
 FINANCIAL_LINE = {"net", "unitPrice", "factor"}
-SAMPLE = 300
+REAL_CLAIMS = 300
 
 
-def sample(resource_type: str) -> list[dict]:
-    with gzip.open(SHARED_DATA / f"{resource_type}.ndjson.gz", "rt") as lines:
-        return [json.loads(line) for line in islice(lines, SAMPLE)]
+def real_claims(resource_type: str) -> list[dict]:
+    with gzip.open(SAMPLE / f"{resource_type}.ndjson.gz", "rt") as lines:
+        claims = [json.loads(line) for line in islice(lines, REAL_CLAIMS)]
+    assert len(claims) == REAL_CLAIMS
+    return claims
 
 
 def nonfinancial(bodies: list[dict]) -> list[dict]:
@@ -41,7 +43,7 @@ def lines_of(resource: dict):
 @pytest.mark.django_db
 @pytest.mark.parametrize("resource_type", ["ExplanationOfBenefit", "Claim"])
 def test_real_claims_lose_every_amount_and_keep_the_rest(resource_type):
-    originals = sample(resource_type)
+    originals = real_claims(resource_type)
     assert any(FINANCIAL_ROOT & set(r) for r in originals)  # the sample really carries amounts
     model = get_fhir_model_class(resource_type)
     for original, view in zip(originals, nonfinancial(originals), strict=True):

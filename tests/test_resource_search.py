@@ -20,7 +20,7 @@ from tests.builders import (
     days_ago,
     days_from_now,
     encounter,
-    load_shared_member,
+    load_sample_member,
     make_member,
     observation,
     prior_auth,
@@ -29,7 +29,6 @@ from tests.builders import (
     store,
     years_ago,
 )
-from tests.conftest import SHARED_DATA
 
 # The member's data, dated relative to today: the API judges it against the real clock (a five-year window).
 FIRST_VISIT = days_ago(600)          # s-enc-1
@@ -194,7 +193,7 @@ def test_scope_must_cover_the_type(world, partner, api_for):
 
 
 def test_every_type_is_searchable_on_real_data(api, world, partner):
-    member = load_shared_member(SHARED_DATA)
+    member = load_sample_member()
     consent_for(member, partner)
     context = rules.export_context(request_time=REQUEST_TIME)
     assert set(SEARCHABLE_TYPES) == set(context.member_types)
