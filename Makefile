@@ -53,5 +53,5 @@ bench-token: migrate  ## token endpoint: signed assertions in, bearer tokens out
 stop:
 	$(PY) -m config.embedded stop
 
-clean: stop
-	rm -rf var/exports var/pg var/redis
+clean: stop  ## remove the private servers' data and the file exports under $PDEX_VAR_DIR (default var/)
+	$(PY) -m config.embedded clean

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -171,14 +172,22 @@ def stop() -> None:
     _signal_pid_file(_pg_dir() / "postmaster.pid", signal.SIGINT)
 
 
+def clean() -> None:
+    """Remove the private servers' data and the file exports, wherever PDEX_VAR_DIR put them (after stop)."""
+    for path in (VAR_DIR / "exports", _pg_dir(), _redis_dir()):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 if __name__ == "__main__":
     command = sys.argv[1] if len(sys.argv) > 1 else "env"
     if command == "stop":
         stop()
+    elif command == "clean":
+        clean()
     elif command == "env":
         url = os.environ.get("DATABASE_URL") or database_url()
         ensure_database(url)
         print(f"DATABASE_URL={url}")
         print(f"REDIS_URL={os.environ.get('REDIS_URL') or redis_url()}")
     else:
-        sys.exit(f"usage: python -m config.embedded [env|stop]; got {command!r}")
+        sys.exit(f"usage: python -m config.embedded [env|stop|clean]; got {command!r}")

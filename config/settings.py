@@ -33,7 +33,9 @@ def _secret_key() -> str:
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = _secret_key()
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
-FHIR_BASE_URL = env.str("FHIR_BASE_URL", default="http://localhost:8000/fhir").rstrip("/")
+# The port web serves on (Procfile, `make run`): the advertised URLs follow it unless FHIR_BASE_URL is set.
+PORT = env.int("PORT", default=8000)
+FHIR_BASE_URL = env.str("FHIR_BASE_URL", default=f"http://localhost:{PORT}/fhir").rstrip("/")
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
@@ -130,6 +132,10 @@ CELERY_TASK_DEFAULT_QUEUE = queues.names(CELERY_QUEUE_PREFIX)["control"]
 CELERY_TASK_ROUTES = queues.routes(CELERY_QUEUE_PREFIX)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# A process that dies at start-up shows its traceback as written, not one log record per write() call.
+CELERY_WORKER_REDIRECT_STDOUTS = False
+# Beat's schedule file lives with the rest of the local state (PDEX_VAR_DIR), wherever that is.
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_TIMEZONE = "UTC"
 
 # --- Auth ----------------------------------------------------------------------------------------

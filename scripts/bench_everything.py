@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--multiply", type=int, default=10, help="repeat with the member's data × K")
     args = parser.parse_args()
     if not args.data.exists():
-        sys.exit(f"no data at {args.data}")
+        sys.exit(f"no data at {args.data} (the benchmark needs ../shared/data; try --data sample)")
 
     recreate_database(args.database)
     import django

@@ -45,7 +45,9 @@ from matching.models import MatchJob, MemberMatchGroup  # noqa: E402
 from pdex.jobs import asyncstatus  # noqa: E402
 from pdex.models import Member, Partner  # noqa: E402
 
+# The full Synthea set of the project's shared notes: a clone does not have it (make test never needs it).
 DATA = ROOT.parent / "shared" / "data" / "Patient.ndjson.gz"
+WORKER_LOG = Path(settings.VAR_DIR) / "bench-match-worker.log"
 N = int(os.environ.get("BENCH_MEMBERS", "10000"))
 WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
 PREFIX = "bench-"
@@ -183,7 +185,7 @@ def bench_partner() -> tuple[Partner, str]:
 def start_worker(queue: str) -> subprocess.Popen:
     env = {**os.environ, "CELERY_QUEUE": queue, "DATABASE_URL": os.environ.get("DATABASE_URL")
            or settings.DATABASE_URL, "REDIS_URL": settings.REDIS_URL}
-    log = open(ROOT / "var" / "bench-match-worker.log", "w")
+    log = open(WORKER_LOG, "w")
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues.worker_queues(queue),
          "-c", str(WORKERS), "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info",
@@ -198,7 +200,9 @@ def main() -> None:
     celery_app.conf.task_default_queue = queues.names(queue)["control"]
     celery_app.conf.task_routes = queues.routes(queue)
     celery_app.amqp.flush_routes()
-    (ROOT / "var").mkdir(exist_ok=True)
+    if not DATA.exists():
+        raise SystemExit(f"no data at {DATA} (the benchmark needs the shared Synthea set, ../shared/data)")
+    WORKER_LOG.parent.mkdir(parents=True, exist_ok=True)
     print(f"building {N} members and {N} MemberBundles from {DATA.name} …")
     people = build_members(synthea_patients())
     body, expected = build_request(people)
@@ -219,7 +223,7 @@ def main() -> None:
             if job.is_finished:
                 break
             if worker.poll() is not None:
-                raise SystemExit("the worker died; see var/bench-match-worker.log")
+                raise SystemExit(f"the worker died; see {WORKER_LOG}")
             time.sleep(0.05)
         finished = time.perf_counter()
         status = client.get(f"/fhir/bulkstatus/{job_id}", HTTP_AUTHORIZATION=f"Bearer {token}")
@@ -234,7 +238,7 @@ def main() -> None:
               f"{[(o['type'], o['count']) for o in status.json().get('output', [])]}")
         print(f"queued → running: {(job.started_at - job.created_at).total_seconds():.2f} s, running → completed: "
               f"{(job.finished_at - job.started_at).total_seconds():.2f} s (per batch and finish times: "
-              "var/bench-match-worker.log)")
+              f"{WORKER_LOG})")
         print(f"outcomes: {got}")
         print(f"expected from the perturbations: {dict(expected)}")
         misfiled = sum(abs(got.get(k, 0) - v) for k, v in expected.items()) // 2

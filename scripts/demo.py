@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import defaultdict, deque
 from pathlib import Path
+from typing import TextIO
 
 import requests
 
@@ -25,6 +29,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 ADMIN_USER = "admin"
 READY_TIMEOUT = 90
+# What honcho writes: "10:59:31 beat.1 | text", and "10:59:32 system | beat.1 stopped (rc=1)".
+HONCHO_LINE = re.compile(r"^\S+ (?P<process>\S+?)\s*\| ?(?P<text>.*)$")
+STOPPED = re.compile(r"^(?P<process>\S+) stopped \(rc=(?P<rc>-?\d+)\)")
+LAST_LINES = 30
 
 
 def prepare_data() -> None:
@@ -54,20 +62,65 @@ def admin_password(var_dir: Path) -> str:
     return password
 
 
-def start_services(port: int) -> subprocess.Popen:
-    """honcho runs the Procfile (web, worker, beat) in the foreground process group, so Ctrl-C reaches it."""
-    env = {**os.environ, "PORT": str(port)}
-    env.setdefault("FHIR_BASE_URL", f"http://127.0.0.1:{port}/fhir")
-    honcho = ROOT / ".venv" / "bin" / "honcho"
-    command = [str(honcho) if honcho.exists() else "honcho", "start", "-f", "Procfile", "-p", str(port)]
-    return subprocess.Popen(command, cwd=ROOT, env=env)
+class ServiceLog:
+    """honcho's output passed through to the terminal, the last lines of each process kept, so that when a
+    process dies at start-up the demo can say which one and show its own error (amid the others' logs it
+    scrolls away, and honcho then stops the rest)."""
+
+    def __init__(self, stream: TextIO, out: TextIO | None = None) -> None:
+        self.last: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=LAST_LINES))
+        self.stopped: list[tuple[str, int]] = []
+        self._thread = threading.Thread(target=self._pump, args=(stream, out or sys.stdout), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: TextIO, out: TextIO) -> None:
+        for line in stream:
+            out.write(line)
+            out.flush()
+            self.take(line.rstrip("\n"))
+
+    def take(self, line: str) -> None:
+        parsed = HONCHO_LINE.match(line)
+        if not parsed:
+            return
+        process, text = parsed["process"], parsed["text"]
+        if process == "system":
+            stopped = STOPPED.match(text)
+            if stopped:
+                self.stopped.append((stopped["process"], int(stopped["rc"])))
+        else:
+            self.last[process].append(text)
+
+    def wait(self, timeout: float = 5) -> None:
+        """Until honcho's output has all been read (it has exited)."""
+        self._thread.join(timeout)
+
+    def failure(self) -> str | None:
+        """The first process that stopped on its own, with its exit code and its last lines."""
+        if not self.stopped:
+            return None
+        process, code = self.stopped[0]  # the others were stopped by honcho after it
+        lines = "\n".join(f"    {line}" for line in self.last.get(process, ())) or "    (it wrote nothing)"
+        return f"{process} stopped (exit {code}) before /readyz answered; its last lines:\n{lines}"
 
 
-def wait_ready(base: str, services: subprocess.Popen) -> None:
+def start_services(port: int, procfile: Path = ROOT / "Procfile") -> tuple[subprocess.Popen, ServiceLog]:
+    """honcho runs the Procfile (web, worker, beat) in the foreground process group, so Ctrl-C reaches it; its
+    output comes through ServiceLog."""
+    env = {**os.environ, "PORT": str(port), "PYTHONUNBUFFERED": "1"}
+    honcho = Path(sys.executable).with_name("honcho")  # the virtualenv's, beside the python running us
+    command = [str(honcho) if honcho.exists() else "honcho", "start", "-f", str(procfile), "-p", str(port)]
+    services = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1)
+    return services, ServiceLog(services.stdout)
+
+
+def wait_ready(base: str, services: subprocess.Popen, log: ServiceLog) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if services.poll() is not None:
-            sys.exit(f"the services stopped (exit {services.returncode}) before /readyz answered")
+            log.wait()
+            sys.exit(log.failure() or f"the services stopped (exit {services.returncode}) before /readyz answered")
         try:
             if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
                 return
@@ -120,15 +173,16 @@ def main() -> None:
     prepare_data()
     password = admin_password(Path(settings.VAR_DIR))
     print(f"\nStarting web, worker and beat on port {port} …", flush=True)
-    services = start_services(port)
+    services, log = start_services(port)
     interrupted = False
+    fhir = settings.FHIR_BASE_URL  # what discovery, metadata and every status URL advertise
     try:
-        wait_ready(base, services)
+        wait_ready(base, services, log)
         print(f"""
 The payer-to-payer service is up.
-  FHIR base        {base}/fhir
-  metadata         {base}/fhir/metadata
-  SMART discovery  {base}/fhir/.well-known/smart-configuration
+  FHIR base        {fhir}
+  metadata         {fhir}/metadata
+  SMART discovery  {fhir}/.well-known/smart-configuration
   admin            {base}/admin/   user: {ADMIN_USER}   password: {password}
   health           {base}/healthz   {base}/readyz
 Press Ctrl-C to stop.

@@ -43,6 +43,9 @@ def test_private_postgres_and_redis_start_under_var_and_stop():
     while time.monotonic() < deadline and (Path(host) / "postmaster.pid").exists():
         time.sleep(0.2)
     assert not (Path(host) / "postmaster.pid").exists()
+    # `make clean`: their data goes, wherever PDEX_VAR_DIR put it.
+    run_embedded("clean", var_dir)
+    assert not Path(host).exists() and not Path(urls["REDIS_URL"].removeprefix("unix://").split("?")[0]).exists()
 
 
 def test_ensure_database_creates_a_missing_database_once():
