@@ -18,10 +18,14 @@ def free_port() -> int:
 
 
 def test_a_process_that_dies_at_start_up_is_named_with_its_own_error(tmp_path, capsys):
+    # web says it is up (and leaves a mark), then waits; beat dies once web has spoken, so both have output.
+    up = tmp_path / "web-up"
     procfile = tmp_path / "Procfile"
     procfile.write_text(
-        f"web: {sys.executable} -c 'import time; print(\"web up\", flush=True); time.sleep(60)'\n"
-        f"beat: {sys.executable} -c 'import sys; print(\"starting beat\", flush=True); "
+        f"web: {sys.executable} -c 'import pathlib, time; print(\"web up\", flush=True); "
+        f"pathlib.Path(\"{up}\").touch(); time.sleep(60)'\n"
+        f"beat: {sys.executable} -c 'import pathlib, sys, time; print(\"starting beat\", flush=True); "
+        f"[time.sleep(0.05) for _ in range(600) if not pathlib.Path(\"{up}\").exists()]; "
         "sys.exit(\"FileNotFoundError: [Errno 2] No such file or directory: var/celerybeat-schedule.dat\")'\n")
     port = free_port()
     services, log = demo.start_services(port, procfile)
