@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export PORT
 
-.PHONY: venv demo run test lint migrate services stop bench-ingest bench-match bench-export bench-everything bench-token clean
+.PHONY: venv demo run test lint migrate services stop bench-ingest bench-match bench-export bench-everything bench-token conformance clean
 
 $(VENV)/.installed: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -49,6 +49,9 @@ bench-everything: migrate  ## Patient/$everything paged through the largest memb
 
 bench-token: migrate  ## token endpoint: signed assertions in, bearer tokens out, per second
 	$(PY) scripts/bench_token.py
+
+conformance: venv  ## the SMART Bulk Data Tester (../shared/tools/bdt) in v2 and v1 mode against a service of its own
+	$(PY) scripts/conformance.py $(CONFORMANCE_ARGS)
 
 stop:
 	$(PY) -m config.embedded stop
