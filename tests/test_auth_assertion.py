@@ -172,3 +172,28 @@ def test_oversized_jwks_is_not_accepted(settings):
             jwks_lib.fetch_jwks(server.url, fresh=True)
     finally:
         server.stop()
+
+
+def _with_header(es_key, **extra) -> str:
+    from joserfc.jws import JWSRegistry
+
+    claims = {"iss": "new-payer", "sub": "new-payer", "aud": TOKEN_URL, "exp": NOW + 60, "jti": "j"}
+    header = {"alg": "ES384", "typ": "JWT", "kid": es_key[0]["kid"], **extra}
+    return jwt.encode(header, claims, import_key(es_key[0]), algorithms=["ES384"],
+                      registry=JWSRegistry(algorithms=["ES384"], strict_check_header=False))
+
+
+def test_unknown_header_parameters_are_ignored(es_key):
+    """RFC 7515 §4: not understood and not in `crit` → ignored (node-jose clients such as BDT send `kty`)."""
+    verify(_with_header(es_key, kty="EC", x5t="c29tZS10aHVtYnByaW50", **{"x-private": 1}), inline(es_key))
+
+
+def test_crit_header_is_refused(es_key):
+    import base64
+    import json
+
+    valid = _with_header(es_key, **{"x-private": 1})
+    header = {"alg": "ES384", "typ": "JWT", "kid": es_key[0]["kid"], "crit": ["x-private"], "x-private": 1}
+    encoded = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
+    # joserfc will not sign a crit it does not know; refused before the signature is looked at anyway.
+    assert reason(".".join([encoded, *valid.split(".")[1:]]), inline(es_key)) == "crit header not supported"

@@ -13,6 +13,7 @@ from typing import Any
 
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
+from joserfc.jws import JWSRegistry
 
 from pdex.auth import jwks as jwks_lib
 
@@ -106,7 +107,10 @@ def verify_client_assertion(assertion: str, *, token_url: str, now: int,
 
     key = _keys_for(client, kid=kid, alg=alg, fetch=fetch)
     try:
-        claims = jwt.decode(assertion, key, algorithms=[alg]).claims
+        # RFC 7515 §4: header parameters that are not understood are ignored unless listed in `crit` (refused
+        # above). joserfc's default registry refuses any it does not know, such as the `kty` node-jose adds.
+        registry = JWSRegistry(algorithms=[alg], strict_check_header=False)
+        claims = jwt.decode(assertion, key, algorithms=[alg], registry=registry).claims
     except (JoseError, ValueError, TypeError) as exc:
         raise AssertionRejected("bad signature", client_id=client.client_id) from exc
 
