@@ -158,6 +158,16 @@ JWKS_CACHE_DEFAULT_SECONDS = env.int("JWKS_CACHE_DEFAULT_SECONDS", default=300)
 JWKS_CACHE_MAX_SECONDS = env.int("JWKS_CACHE_MAX_SECONDS", default=3600)
 # Partners' JWKS URLs must be https; plain http only for local demos and tests.
 JWKS_ALLOW_HTTP = env.bool("JWKS_ALLOW_HTTP", default=DEBUG)
+# Rate limits of /oauth/token and /oauth/register (docs/auth.md), counted in Redis; 0 turns one off. A partner
+# needs a token every five minutes, so a minute's budget of 60 leaves room for many workers.
+OAUTH_RATE_WINDOW_SECONDS = env.int("OAUTH_RATE_WINDOW_SECONDS", default=60)
+TOKEN_RATE_PER_CLIENT = env.int("TOKEN_RATE_PER_CLIENT", default=60)
+TOKEN_RATE_PER_ADDRESS = env.int("TOKEN_RATE_PER_ADDRESS", default=300)
+REGISTER_RATE_WINDOW_SECONDS = env.int("REGISTER_RATE_WINDOW_SECONDS", default=3600)
+REGISTER_RATE_PER_ADDRESS = env.int("REGISTER_RATE_PER_ADDRESS", default=20)
+# The header our own reverse proxy sets to the caller's address (its last entry is used), e.g. X-Forwarded-For;
+# empty: REMOTE_ADDR. Never name a header the proxy passes through from clients unchanged.
+CLIENT_ADDRESS_HEADER = env.str("CLIENT_ADDRESS_HEADER", default="")
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["pdex.renderers.FhirJsonRenderer", "pdex.renderers.JsonRenderer"],

@@ -33,6 +33,9 @@ QUEUE = f"pdex-test-{uuid.uuid4().hex[:8]}"
 # Caches are built lazily on first use, so this takes effect: counters and replay keys of parallel runs on
 # one Redis never meet (two runs' databases both have a partner with pk=1).
 settings.CACHES["default"]["KEY_PREFIX"] = QUEUE
+# The suite asks for hundreds of tokens and registrations from 127.0.0.1 within minutes: the OAuth rate limits
+# are off here, and tests/test_auth_ratelimit.py sets its own.
+settings.TOKEN_RATE_PER_CLIENT = settings.TOKEN_RATE_PER_ADDRESS = settings.REGISTER_RATE_PER_ADDRESS = 0
 ALL_SCOPES = (
     "system/*.read http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match "
     "http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/BulkMemberMatch"

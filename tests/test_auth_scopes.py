@@ -83,3 +83,16 @@ def test_every_granted_scope_is_within_policy():
 
 def test_supported_scopes_are_all_known():
     assert all(scopes.is_known(scope) for scope in scopes.SUPPORTED)
+
+
+@pytest.mark.parametrize("scope", ["system/UnknownResource.read", "system/UnknownResource.r", "system/Patients.rs"])
+def test_a_scope_naming_no_r4_resource_type_is_not_a_smart_scope(scope):
+    assert scopes.parse(scope) is None and scopes.names_unknown_resource_type(scope)
+    assert scopes.grant([scope], ["system/*.read"]) == []
+
+
+def test_r4_only_resource_types_are_known():
+    """R4 (4.0.1) is what we serve: MedicinalProduct exists there (it left in R4B), SubscriptionTopic does not."""
+    assert scopes.parse("system/MedicinalProduct.rs") is not None
+    assert scopes.parse("system/SubscriptionTopic.rs") is None
+    assert len(scopes.R4_RESOURCE_TYPES) == 146

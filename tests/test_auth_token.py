@@ -325,14 +325,109 @@ def test_client_id_parameter_must_match_the_assertion(client, smart_partner, es_
     assert_refused(post_token(client, form), 401, "invalid_client")
 
 
-def test_refusals_say_nothing_specific(client, smart_partner, es_key):
+GENERIC = {"error": "invalid_client", "error_description": "Client authentication failed."}
+
+
+def test_refusals_that_depend_on_who_is_registered_say_nothing_specific(client, smart_partner, es_key):
+    """Unknown client, unknown key, another key's signature, an inactive client: one text for all, so an
+    assertion tells nobody which client ids or keys exist; the audit trail keeps the real reasons apart."""
+    other_private, _ = new_client_key("ES384")
     bodies = [
         post_token(client, good_form(smart_partner, es_key[0], kid="no-such-kid")).json(),
-        post_token(client, good_form(smart_partner, es_key[0], now=int(time.time()) - 600)).json(),
+        post_token(client, smart_client.token_form(
+            smart_client.make_client_assertion(es_key[0], "no-such-client", token_endpoint_url()), SCOPE)).json(),
+        post_token(client, good_form(smart_partner, other_private, kid=es_key[0]["kid"])).json(),
     ]
-    assert bodies[0] == bodies[1] == {"error": "invalid_client", "error_description": "Client authentication failed."}
+    assert bodies == [GENERIC] * 3
+    smart_partner.status = Partner.Status.SUSPENDED
+    smart_partner.save()
+    assert post_token(client, good_form(smart_partner, es_key[0])).json() == GENERIC
     reasons = set(AuditEvent.objects.filter(action="token").values_list("reason", flat=True))
-    assert len(reasons) == 2  # the audit trail keeps the real reasons apart
+    assert reasons == {"no single registered key matches kid and alg", "unknown client", "bad signature",
+                       "client not active"}
+
+
+@pytest.mark.parametrize("assertion_args, says", [
+    ({"aud": "https://other-payer.example.org/oauth/token"}, "aud must be the token URL http"),
+    ({"lifetime": 6 * 60 + 61}, "exp is too far ahead"),
+    ({"now": int(time.time()) - 600}, "has expired"),
+], ids=["aud", "exp-too-far", "expired"])
+def test_refusals_of_a_signed_assertion_name_the_claim_to_fix(client, smart_partner, es_key, assertion_args, says):
+    """Once the signature proved who sent it, the client is told which of its own claims is wrong."""
+    response = post_token(client, good_form(smart_partner, es_key[0], **assertion_args))
+    assert_refused(response, 401, "invalid_client")
+    description = response.json()["error_description"]
+    assert says in description
+    assert smart_partner.client_id not in description and es_key[0]["kid"] not in description
+
+
+def test_aud_must_be_the_token_url_itself(client, smart_partner, es_key):
+    description = post_token(client, good_form(smart_partner, es_key[0], aud="https://x.example/token")).json()[
+        "error_description"]
+    assert token_endpoint_url() in description
+
+
+def test_a_reused_jti_is_named(client, smart_partner, es_key):
+    form = good_form(smart_partner, es_key[0])
+    assert post_token(client, form).status_code == 200
+    body = post_token(client, form).json()
+    assert body["error"] == "invalid_client" and "jti was already used" in body["error_description"]
+
+
+def test_an_algorithm_not_allowed_is_named(client, smart_partner, es_key):
+    header = {"alg": "HS256", "typ": "JWT", "kid": es_key[0]["kid"]}
+    form = smart_client.token_form(hs256_jwt(header, _claims(smart_partner), b"guess"), SCOPE)
+    body = post_token(client, form).json()
+    assert body["error"] == "invalid_client" and "alg must be one of RS384, ES384" in body["error_description"]
+
+
+def test_extra_jose_header_parameters_still_get_a_token(client, smart_partner, es_key):
+    """RFC 7515 §4: parameters not understood are ignored unless in `crit` (node-jose adds `kty`)."""
+    extra = {"kty": "EC", "x5t": "c29tZS10aHVtYnByaW50", "x-acme-trace": "abc123"}
+    response = post_token(client, good_form(smart_partner, es_key[0], extra_header=extra))
+    assert response.status_code == 200, response.content
+    assert response.json()["token_type"] == "bearer"
+
+
+def test_a_crit_header_gets_no_token(client, smart_partner, es_key):
+    assertion = good_form(smart_partner, es_key[0])["client_assertion"]
+    header = {"alg": "ES384", "typ": "JWT", "kid": es_key[0]["kid"], "crit": ["x-acme"], "x-acme": 1}
+    forged = ".".join([b64url(json.dumps(header).encode()), *assertion.split(".")[1:]])
+    response = post_token(client, smart_client.token_form(forged, SCOPE))
+    assert_refused(response, 401, "invalid_client")
+    assert "crit" in response.json()["error_description"]
+    assert AuditEvent.objects.get(action="token").reason == "crit header not supported"
+
+
+@pytest.mark.parametrize("aud", [lambda url: [url, "https://other-payer.example.org/oauth/token"],
+                                 lambda url: [url, url]], ids=["two-audiences", "twice"])
+def test_an_assertion_for_several_audiences_is_refused(client, smart_partner, es_key, aud):
+    response = post_token(client, good_form(smart_partner, es_key[0], aud=aud(token_endpoint_url())))
+    assert_refused(response, 401, "invalid_client")
+    assert AuditEvent.objects.get(action="token").reason == "aud names other audiences too"
+
+
+def test_an_assertion_for_the_token_url_alone_in_an_array_gets_a_token(client, smart_partner, es_key):
+    assert post_token(client, good_form(smart_partner, es_key[0], aud=[token_endpoint_url()])).status_code == 200
+
+
+@pytest.mark.parametrize("name", ["client_assertion", "scope", "grant_type", "client_assertion_type"])
+def test_a_repeated_form_parameter_is_invalid_request(client, smart_partner, es_key, name):
+    """RFC 6749 §3.2: parameters MUST NOT be included more than once."""
+    form = good_form(smart_partner, es_key[0])
+    second = good_form(smart_partner, es_key[0])[name]
+    body = urlencode(form) + "&" + urlencode({name: second})
+    response = client.post("/oauth/token", body, content_type="application/x-www-form-urlencoded")
+    assert_refused(response, 400, "invalid_request")
+    assert name in response.json()["error_description"]
+
+
+@pytest.mark.parametrize("scope", ["system/UnknownResource.read", "system/UnknownResource.r",
+                                   "system/Patient.rs system/Foo.rs"])
+def test_a_scope_naming_no_resource_type_is_invalid_scope(client, smart_partner, es_key, scope):
+    response = post_token(client, good_form(smart_partner, es_key[0], scope=scope))
+    assert_refused(response, 400, "invalid_scope")
+    assert "names no FHIR R4 resource type" in response.json()["error_description"]
 
 
 def test_token_request_must_be_form_encoded(client, smart_partner, es_key):

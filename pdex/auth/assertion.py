@@ -2,6 +2,12 @@
 
 Pure apart from the two callables it is given (client lookup, JWKS fetch), so every rule is tested
 without HTTP. The jti replay check is not here: it must run only after everything else passed.
+
+Every refusal carries two texts: `reason`, the real one, for our audit trail; and `description`, what the
+client is told. The description names what is wrong with the client's own assertion (its header, and once the
+signature has proved who sent it, its claims), and says nothing about our keys or other clients: anything
+decided by looking a client up (unknown, inactive, no such key, bad signature) is one generic text, so an
+assertion tells a caller nothing about which client ids or keys exist.
 """
 
 from __future__ import annotations
@@ -12,21 +18,47 @@ from dataclasses import dataclass
 from typing import Any
 
 from joserfc import jws, jwt
-from joserfc.errors import JoseError
+from joserfc.errors import BadSignatureError, ExceededSizeError, JoseError
 from joserfc.jws import JWSRegistry
 
 from pdex.auth import jwks as jwks_lib
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+CLIENT_AUTH_FAILED = "Client authentication failed."
+
+
+class AssertionRegistry(JWSRegistry):
+    """joserfc's JWS rules as RFC 7515 states them for a client assertion.
+
+    §4: header parameters that are not understood are ignored unless listed in `crit` (which we refuse), so the
+    unknown-parameter check is off: node-jose clients (the SMART Bulk Data Tester among them) add `kty`, others
+    `x5t` or private names. joserfc still checks the registered parameters' types and `crit`. The header may be
+    larger than joserfc's default 512 bytes so that an `x5c` certificate chain fits.
+    """
+
+    max_header_length = 8192
+
+    def __init__(self, algorithms: list[str]):
+        super().__init__(algorithms=algorithms, strict_check_header=False)
 
 
 class AssertionRejected(Exception):
-    """The assertion does not authenticate the client. `reason` is for the audit trail, not the client."""
+    """The assertion does not authenticate the client.
 
-    def __init__(self, reason: str, *, client_id: str = ""):
+    `reason` is for the audit trail; `description` is what the client may be told (the generic text unless the
+    problem is one of the client's own header or claims).
+    """
+
+    def __init__(self, reason: str, *, client_id: str = "", description: str = CLIENT_AUTH_FAILED):
         super().__init__(reason)
         self.reason = reason
         self.client_id = client_id
+        self.description = description
+
+
+def _told(reason: str, description: str, *, client_id: str = "") -> AssertionRejected:
+    """A refusal whose description tells the client what to change in its own assertion."""
+    return AssertionRejected(reason, client_id=client_id, description=description)
 
 
 @dataclass(frozen=True)
@@ -46,16 +78,46 @@ class VerifiedAssertion:
     exp: int
 
 
+MALFORMED = "The client_assertion is not a JWT in the JWS compact serialization."
+
+
 def unverified_parts(assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and claims, before any key is touched; size limits and the header's own rules checked here."""
+    registry = AssertionRegistry(list(jwks_lib.ALGORITHMS))
     try:
-        compact = jws.extract_compact(assertion.encode())
+        compact = jws.extract_compact(assertion.encode(), registry=registry)
         claims = json.loads(compact.payload)
+    except ExceededSizeError as exc:
+        raise _told("assertion too large", "The client_assertion is too large.") from exc
     except (JoseError, ValueError, TypeError, UnicodeError) as exc:
-        raise AssertionRejected("malformed assertion") from exc
+        raise _told("malformed assertion", MALFORMED) from exc
     header = compact.headers()
     if not isinstance(claims, dict) or not isinstance(header, dict):
-        raise AssertionRejected("malformed assertion")
+        raise _told("malformed assertion", MALFORMED)
     return header, claims
+
+
+def check_header(header: dict[str, Any]) -> tuple[str, str]:
+    """`alg` and `kid` of a header that follows our rules and RFC 7515's; refusals name the header parameter."""
+    alg = header.get("alg")
+    if alg not in jwks_lib.ALGORITHMS:
+        raise _told(f"alg {str(alg)[:16]!r} not allowed",
+                    f"The client_assertion's alg must be one of {', '.join(jwks_lib.ALGORITHMS)}.")
+    if str(header.get("typ", "")).upper() != "JWT":
+        raise _told("typ must be JWT", "The client_assertion's typ header must be JWT.")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise _told("kid missing", "The client_assertion's header must name its signing key in kid.")
+    if "crit" in header:
+        raise _told("crit header not supported",
+                    "The client_assertion's header lists crit parameters; this server understands none.")
+    try:
+        AssertionRegistry([alg]).check_header(header)
+    except JoseError as exc:
+        # joserfc's text names the registered parameter and what is wrong with its value, nothing of ours.
+        raise _told(f"header: {exc.description or exc.error}"[:200],
+                    f"The client_assertion's header is invalid: {exc.description or exc.error}."[:300]) from exc
+    return alg, kid
 
 
 def _keys_for(client: ClientKeys, *, kid: str, alg: str, fetch: Callable[..., dict[str, Any]]):
@@ -85,16 +147,7 @@ def verify_client_assertion(assertion: str, *, token_url: str, now: int,
                             max_lifetime: int = 300, skew: int = 60) -> VerifiedAssertion:
     """Check header, key, signature and claims; AssertionRejected names the first rule broken."""
     header, unverified = unverified_parts(assertion)
-    alg = header.get("alg")
-    if alg not in jwks_lib.ALGORITHMS:
-        raise AssertionRejected(f"alg {str(alg)[:16]!r} not allowed")
-    if str(header.get("typ", "")).upper() != "JWT":
-        raise AssertionRejected("typ must be JWT")
-    kid = header.get("kid")
-    if not isinstance(kid, str) or not kid:
-        raise AssertionRejected("kid missing")
-    if "crit" in header:
-        raise AssertionRejected("crit header not supported")
+    alg, kid = check_header(header)
 
     client_id = unverified.get("iss")
     client = find_client(client_id) if isinstance(client_id, str) and client_id else None
@@ -107,33 +160,40 @@ def verify_client_assertion(assertion: str, *, token_url: str, now: int,
 
     key = _keys_for(client, kid=kid, alg=alg, fetch=fetch)
     try:
-        # RFC 7515 §4: header parameters that are not understood are ignored unless listed in `crit` (refused
-        # above). joserfc's default registry refuses any it does not know, such as the `kty` node-jose adds.
-        registry = JWSRegistry(algorithms=[alg], strict_check_header=False)
-        claims = jwt.decode(assertion, key, algorithms=[alg], registry=registry).claims
-    except (JoseError, ValueError, TypeError) as exc:
+        claims = jwt.decode(assertion, key, algorithms=[alg], registry=AssertionRegistry([alg])).claims
+    except BadSignatureError as exc:
         raise AssertionRejected("bad signature", client_id=client.client_id) from exc
+    except (JoseError, ValueError, TypeError) as exc:
+        # The header passed check_header and the key was chosen: what is left is the key or the signature.
+        raise AssertionRejected(f"not verifiable: {type(exc).__name__}", client_id=client.client_id) from exc
 
-    def refuse(reason: str) -> AssertionRejected:
-        return AssertionRejected(reason, client_id=client.client_id)
+    # The signature proved who sent it: from here the client is told which of its claims is wrong.
+    def refuse(reason: str, description: str) -> AssertionRejected:
+        return _told(reason, description, client_id=client.client_id)
 
     if claims.get("iss") != client.client_id or claims.get("sub") != client.client_id:
-        raise refuse("iss and sub must both equal the client id")
+        raise refuse("iss and sub must both equal the client id",
+                     "The client_assertion's iss and sub must both be the client id.")
     audience = claims.get("aud")
-    if not (audience == token_url or (isinstance(audience, list) and token_url in audience)):
-        raise refuse("aud is not this token endpoint")
+    if audience not in (token_url, [token_url]):
+        # One audience only: an assertion also good elsewhere could be replayed here by that other audience.
+        also_others = isinstance(audience, list) and token_url in audience
+        raise refuse("aud names other audiences too" if also_others else "aud is not this token endpoint",
+                     f"The client_assertion's aud must be the token URL {token_url}, as a string or as an array "
+                     "holding only it.")
     exp = claims.get("exp")
     if not isinstance(exp, int) or isinstance(exp, bool):
-        raise refuse("exp missing or not an integer")
+        raise refuse("exp missing or not an integer", "The client_assertion needs exp, an integer (seconds).")
     if exp <= now - skew:
-        raise refuse("assertion expired")
+        raise refuse("assertion expired", "The client_assertion has expired: exp is in the past.")
     if exp > now + max_lifetime + skew:
-        raise refuse("exp more than 5 minutes ahead")
+        raise refuse(f"exp more than {max_lifetime} s ahead",
+                     f"The client_assertion's exp is too far ahead: at most {max_lifetime} seconds after now.")
     for name in ("nbf", "iat"):
         value = claims.get(name)
         if value is not None and (not isinstance(value, (int, float)) or value > now + skew):
-            raise refuse(f"{name} in the future")
+            raise refuse(f"{name} in the future", f"The client_assertion's {name} is in the future.")
     jti = claims.get("jti")
     if not isinstance(jti, str) or not jti or len(jti) > 255:
-        raise refuse("jti missing")
+        raise refuse("jti missing", "The client_assertion needs a jti, a string of at most 255 characters.")
     return VerifiedAssertion(client_id=client.client_id, jti=jti, exp=exp)

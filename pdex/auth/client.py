@@ -16,7 +16,7 @@ import requests
 from joserfc import jwt
 from joserfc.jwk import Key, import_key
 
-from pdex.auth.assertion import ASSERTION_TYPE
+from pdex.auth.assertion import ASSERTION_TYPE, AssertionRegistry
 
 
 class TokenRequestFailed(RuntimeError):
@@ -37,17 +37,22 @@ def _private_key(jwk_json: str) -> Key:
 
 def make_client_assertion(private_jwk: dict[str, Any], client_id: str, token_url: str, *, alg: str | None = None,
                           lifetime: int = 240, now: int | None = None, jti: str | None = None,
-                          jku: str | None = None, kid: str | None = None) -> str:
-    """A signed client assertion (spec §8.3): iss = sub = client id, aud = token URL, short exp, fresh jti."""
+                          jku: str | None = None, kid: str | None = None,
+                          extra_header: dict[str, Any] | None = None, aud: Any = None) -> str:
+    """A signed client assertion (spec §8.3): iss = sub = client id, aud = token URL, short exp, fresh jti.
+
+    `extra_header` adds JOSE header parameters (as other clients' libraries do: `kty`, `x5t`, …); `aud`
+    replaces the audience (tests of what the server refuses).
+    """
     key = _private_key(json.dumps(private_jwk, sort_keys=True))
     alg = alg or private_jwk.get("alg") or ("ES384" if private_jwk.get("kty") == "EC" else "RS384")
-    header: dict[str, Any] = {"alg": alg, "typ": "JWT", "kid": kid or private_jwk["kid"]}
+    header: dict[str, Any] = {"alg": alg, "typ": "JWT", "kid": kid or private_jwk["kid"], **(extra_header or {})}
     if jku:
         header["jku"] = jku
     now = int(time.time()) if now is None else now
-    claims = {"iss": client_id, "sub": client_id, "aud": token_url, "exp": now + lifetime,
+    claims = {"iss": client_id, "sub": client_id, "aud": token_url if aud is None else aud, "exp": now + lifetime,
               "jti": jti or uuid.uuid4().hex}
-    return jwt.encode(header, claims, key, algorithms=[alg])
+    return jwt.encode(header, claims, key, algorithms=[alg], registry=AssertionRegistry([alg]))
 
 
 def token_form(assertion: str, scopes: str | list[str]) -> dict[str, str]:

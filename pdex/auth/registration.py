@@ -77,7 +77,7 @@ def verify_software_statement(statement: Any, *, now: int, skew: int = 60) -> tu
         raise bad
     anchor, key = _anchor_key(kid, alg)
     try:
-        claims = jwt.decode(statement, key, algorithms=[alg]).claims
+        claims = jwt.decode(statement, key, algorithms=[alg], registry=assertion_lib.AssertionRegistry([alg])).claims
     except (JoseError, ValueError, TypeError):
         raise bad from None
     if not isinstance(claims.get("iss"), str) or not claims["iss"]:

@@ -23,6 +23,38 @@ ALIASES = {
 }
 OPERATION_SCOPES = {MEMBER_MATCH, BULK_MEMBER_MATCH}
 
+# Every resource type of FHIR R4 (4.0.1), the version we serve: a SMART scope naming anything else names nothing
+# (fhir.resources ships R4B, whose list differs, so the R4 list is written out here).
+R4_RESOURCE_TYPES = frozenset({
+    "Account", "ActivityDefinition", "AdverseEvent", "AllergyIntolerance", "Appointment", "AppointmentResponse",
+    "AuditEvent", "Basic", "Binary", "BiologicallyDerivedProduct", "BodyStructure", "Bundle",
+    "CapabilityStatement", "CarePlan", "CareTeam", "CatalogEntry", "ChargeItem", "ChargeItemDefinition", "Claim",
+    "ClaimResponse", "ClinicalImpression", "CodeSystem", "Communication", "CommunicationRequest",
+    "CompartmentDefinition", "Composition", "ConceptMap", "Condition", "Consent", "Contract", "Coverage",
+    "CoverageEligibilityRequest", "CoverageEligibilityResponse", "DetectedIssue", "Device", "DeviceDefinition",
+    "DeviceMetric", "DeviceRequest", "DeviceUseStatement", "DiagnosticReport", "DocumentManifest",
+    "DocumentReference", "EffectEvidenceSynthesis", "Encounter", "Endpoint", "EnrollmentRequest",
+    "EnrollmentResponse", "EpisodeOfCare", "EventDefinition", "Evidence", "EvidenceVariable", "ExampleScenario",
+    "ExplanationOfBenefit", "FamilyMemberHistory", "Flag", "Goal", "GraphDefinition", "Group", "GuidanceResponse",
+    "HealthcareService", "ImagingStudy", "Immunization", "ImmunizationEvaluation", "ImmunizationRecommendation",
+    "ImplementationGuide", "InsurancePlan", "Invoice", "Library", "Linkage", "List", "Location", "Measure",
+    "MeasureReport", "Media", "Medication", "MedicationAdministration", "MedicationDispense",
+    "MedicationKnowledge", "MedicationRequest", "MedicationStatement", "MedicinalProduct",
+    "MedicinalProductAuthorization", "MedicinalProductContraindication", "MedicinalProductIndication",
+    "MedicinalProductIngredient", "MedicinalProductInteraction", "MedicinalProductManufactured",
+    "MedicinalProductPackaged", "MedicinalProductPharmaceutical", "MedicinalProductUndesirableEffect",
+    "MessageDefinition", "MessageHeader", "MolecularSequence", "NamingSystem", "NutritionOrder", "Observation",
+    "ObservationDefinition", "OperationDefinition", "OperationOutcome", "Organization", "OrganizationAffiliation",
+    "Parameters", "Patient", "PaymentNotice", "PaymentReconciliation", "Person", "PlanDefinition", "Practitioner",
+    "PractitionerRole", "Procedure", "Provenance", "Questionnaire", "QuestionnaireResponse", "RelatedPerson",
+    "RequestGroup", "ResearchDefinition", "ResearchElementDefinition", "ResearchStudy", "ResearchSubject",
+    "RiskAssessment", "RiskEvidenceSynthesis", "Schedule", "SearchParameter", "ServiceRequest", "Slot", "Specimen",
+    "SpecimenDefinition", "StructureDefinition", "StructureMap", "Subscription", "Substance",
+    "SubstanceNucleicAcid", "SubstancePolymer", "SubstanceProtein", "SubstanceReferenceInformation",
+    "SubstanceSourceMaterial", "SubstanceSpecification", "SupplyDelivery", "SupplyRequest", "Task",
+    "TerminologyCapabilities", "TestReport", "TestScript", "ValueSet", "VerificationResult", "VisionPrescription",
+})
+
 _V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
 _SCOPE = re.compile(r"^(patient|user|system)/(\*|[A-Z][A-Za-z]+)\.(read|write|\*|c?r?u?d?s?)(?:\?(.+))?$")
 
@@ -60,13 +92,19 @@ def normalize(scope: str) -> str:
 
 
 def parse(scope: str) -> SmartScope | None:
-    """A SMART scope, or None for anything else (operation scopes, openid, malformed)."""
+    """A SMART scope, or None for anything else (operation scopes, openid, malformed, no such resource type)."""
     match = _SCOPE.match(normalize(scope))
-    if not match or not match.group(3):
+    if not match or not match.group(3) or not (match.group(2) == "*" or match.group(2) in R4_RESOURCE_TYPES):
         return None
     context, resource_type, permissions, query = match.groups()
     permissions = _V1_PERMISSIONS.get(permissions, permissions)
     return SmartScope(context, resource_type, frozenset(permissions), query)
+
+
+def names_unknown_resource_type(scope: str) -> bool:
+    """A SMART-shaped scope (`system/Foo.read`) whose resource type FHIR R4 does not have."""
+    match = _SCOPE.match(normalize(scope))
+    return bool(match and match.group(2) != "*" and match.group(2) not in R4_RESOURCE_TYPES)
 
 
 def is_known(scope: str) -> bool:

@@ -16,13 +16,37 @@ from django.conf import settings
 from oauth2_provider.oauth2_validators import OAuth2Validator
 from oauthlib.oauth2.rfc6749 import errors
 
-from pdex.auth import replay, scopes
-from pdex.auth.assertion import ASSERTION_TYPE, AssertionRejected, ClientKeys, verify_client_assertion
+from pdex.auth import ratelimit, replay, scopes
+from pdex.auth.assertion import (
+    ASSERTION_TYPE,
+    CLIENT_AUTH_FAILED,
+    AssertionRejected,
+    ClientKeys,
+    verify_client_assertion,
+)
 from pdex.auth.discovery import token_endpoint_url
 from pdex.models import Partner
 
-CLIENT_AUTH_FAILED = "Client authentication failed."
-MALFORMED_REQUEST = "The token request is missing a required parameter or is malformed."
+JTI_REUSED = "The client_assertion's jti was already used: sign a new assertion, with a fresh jti, for each request."
+
+
+class RateLimited(errors.OAuth2Error):
+    """429: too many token requests from one client (RFC 6749 has no code for it; see docs/auth.md)."""
+
+    error = "temporarily_unavailable"
+    status_code = 429
+
+    def __init__(self, *, retry_after: int, **kwargs):
+        super().__init__(**kwargs)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+def too_many(retry_after: int, what: str = "token requests") -> str:
+    return f"Too many {what}; retry in {retry_after} seconds."
 
 
 @dataclass
@@ -71,10 +95,13 @@ class SmartBackendValidator(OAuth2Validator):
         assertion = getattr(request, "client_assertion", None)
         if not assertion_type or not assertion:
             attempt.refuse("client_assertion or client_assertion_type missing")
-            raise errors.InvalidRequestError(description=MALFORMED_REQUEST, request=request)
+            raise errors.InvalidRequestError(
+                description="client_assertion and client_assertion_type are required (private_key_jwt).",
+                request=request)
         if assertion_type != ASSERTION_TYPE:
             attempt.refuse("unsupported client_assertion_type")
-            raise errors.InvalidClientError(description=CLIENT_AUTH_FAILED, request=request)
+            raise errors.InvalidClientError(description=f"client_assertion_type must be {ASSERTION_TYPE}.",
+                                            request=request)
         now = int(time.time())
         found: dict[str, Partner] = {}
 
@@ -92,19 +119,37 @@ class SmartBackendValidator(OAuth2Validator):
             )
         except AssertionRejected as exc:
             attempt.refuse(exc.reason, client_id=exc.client_id)
-            raise errors.InvalidClientError(description=CLIENT_AUTH_FAILED, request=request) from None
+            if exc.description != CLIENT_AUTH_FAILED:  # with a client id: its own signature, wrong claims
+                self._count_client(attempt, exc.client_id, request)
+            raise errors.InvalidClientError(description=exc.description, request=request) from None
+        self._count_client(attempt, verified.client_id, request)
         if request.client_id and request.client_id != verified.client_id:
             attempt.refuse("client_id parameter differs from the assertion's iss", client_id=verified.client_id)
-            raise errors.InvalidClientError(description=CLIENT_AUTH_FAILED, request=request)
+            raise errors.InvalidClientError(description="The client_id parameter must equal the client_assertion's "
+                                                        "iss.", request=request)
         ttl = verified.exp - now + settings.CLIENT_ASSERTION_CLOCK_SKEW
         if not replay.remember_jti(verified.client_id, verified.jti, ttl=ttl):
             attempt.refuse("jti already used", client_id=verified.client_id)
-            raise errors.InvalidClientError(description=CLIENT_AUTH_FAILED, request=request)
+            raise errors.InvalidClientError(description=JTI_REUSED, request=request)
         partner = found["partner"]
         attempt.partner, attempt.client_id = partner, verified.client_id
         request.client = partner.application
         request.client_id = verified.client_id
         return True
+
+    @staticmethod
+    def _count_client(attempt: TokenAttempt, client_id: str, request) -> None:
+        """Count a request its client's signature vouches for (TOKEN_RATE_PER_CLIENT); 429 beyond the limit.
+
+        Only signed requests count, so nobody can spend another client's budget by naming it in `iss`.
+        """
+        if not client_id:
+            return
+        usage = ratelimit.hit(ratelimit.token_per_client(), client_id)
+        if not usage.allowed:
+            attempt.refuse("rate limit per client", client_id=client_id)
+            raise RateLimited(retry_after=usage.retry_after, description=too_many(usage.retry_after),
+                              request=request)
 
     def authenticate_client_id(self, client_id, request, *args, **kwargs) -> bool:
         """Public clients do not exist here: every client proves its identity with a key."""
@@ -118,10 +163,17 @@ class SmartBackendValidator(OAuth2Validator):
         return []
 
     def validate_scopes(self, client_id, requested, client, request, *args, **kwargs) -> bool:
+        """Requested ∩ allowed; a scope naming no FHIR resource type refuses the request (RFC 6749 §5.2)."""
+        unknown = [scope for scope in requested or [] if scopes.names_unknown_resource_type(scope)]
+        if unknown:
+            current_attempt().refuse("scope names an unknown resource type")
+            raise errors.InvalidScopeError(
+                description=f"The scope {unknown[0][:100]} names no FHIR R4 resource type.", request=request)
         partner = getattr(client, "partner", None)
         granted = scopes.grant(requested or [], partner.allowed_scopes.split() if partner else [])
         if not granted:
             current_attempt().refuse("no requested scope is allowed")
-            return False
+            raise errors.InvalidScopeError(
+                description="None of the requested scopes is allowed for this client.", request=request)
         request.scopes = granted
         return True

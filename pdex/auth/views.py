@@ -13,8 +13,8 @@ from oauth2_provider.views import TokenView as DotTokenView
 from oauthlib.oauth2 import BackendApplicationServer
 
 from pdex import audit
-from pdex.auth import discovery, registration
-from pdex.auth.validator import MALFORMED_REQUEST, TokenAttempt, start_attempt
+from pdex.auth import discovery, ratelimit, registration
+from pdex.auth.validator import TokenAttempt, start_attempt, too_many
 
 BEARER = "bearer"  # SMART's spelling (oauthlib says "Bearer"); clients compare case-insensitively
 FORM = "application/x-www-form-urlencoded"
@@ -22,9 +22,22 @@ MAX_REGISTRATION_BYTES = 64 * 1024
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def oauth_error(error: str, description: str, status: int = 400) -> JsonResponse:
+def oauth_error(error: str, description: str, status: int = 400, headers: dict[str, str] | None = None) -> JsonResponse:
     """An RFC 6749 §5.2 / RFC 7591 §3.2.2 error body."""
-    return JsonResponse({"error": error, "error_description": description}, status=status, headers=NO_STORE)
+    return JsonResponse({"error": error, "error_description": description}, status=status,
+                        headers={**NO_STORE, **(headers or {})})
+
+
+def rate_limited(retry_after: int, what: str = "token requests") -> JsonResponse:
+    """429 with Retry-After; RFC 6749 defines no code for it, `temporarily_unavailable` is the nearest."""
+    return oauth_error("temporarily_unavailable", too_many(retry_after, what), 429,
+                       {"Retry-After": str(retry_after)})
+
+
+def repeated_parameter(request: HttpRequest) -> str | None:
+    """The first form parameter sent more than once: RFC 6749 §3.2, "Request and response parameters MUST NOT
+    be included more than once" (two client_assertions would leave which one counts to the parser)."""
+    return next((name for name, values in request.POST.lists() if len(values) > 1), None)
 
 
 @method_decorator(csrf_exempt, name="dispatch")
@@ -36,12 +49,20 @@ class TokenView(DotTokenView):
 
     def post(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
         attempt = start_attempt()
-        if request.GET:
+        by_address = ratelimit.hit(ratelimit.token_per_address(), ratelimit.source_address(request))
+        if not by_address.allowed:
+            attempt.refuse("rate limit per source address")
+            response = rate_limited(by_address.retry_after)
+        elif request.GET:
             attempt.refuse("parameters in the query string")
-            response = oauth_error("invalid_request", MALFORMED_REQUEST)
+            response = oauth_error("invalid_request", "The token request's parameters belong in the form body, "
+                                                      "not in the query string.")
         elif request.content_type != FORM:
             attempt.refuse("body is not application/x-www-form-urlencoded")
-            response = oauth_error("invalid_request", MALFORMED_REQUEST)
+            response = oauth_error("invalid_request", f"The token request's body must be {FORM}.")
+        elif (repeated := repeated_parameter(request)) is not None:
+            attempt.refuse(f"parameter {repeated[:40]} repeated")
+            response = oauth_error("invalid_request", f"The parameter {repeated[:40]} may appear only once.")
         else:
             response = super().post(request, *args, **kwargs)
         body = json.loads(response.content or b"{}")
@@ -71,6 +92,11 @@ class RegistrationView(View):
     http_method_names = ["post"]
 
     def post(self, request: HttpRequest) -> HttpResponse:
+        by_address = ratelimit.hit(ratelimit.register_per_address(), ratelimit.source_address(request))
+        if not by_address.allowed:
+            audit.record("register", audit.REFUSED, reason="rate limit per source address", request=request,
+                         detail={"error": "temporarily_unavailable"})
+            return rate_limited(by_address.retry_after, "registrations")
         metadata = None
         try:
             if int(request.META.get("CONTENT_LENGTH") or 0) <= MAX_REGISTRATION_BYTES:
