@@ -9,12 +9,13 @@ from pdex.jobs.models import AsyncJob, WorkUnit
 
 
 class ExportJob(AsyncJob):
-    """A $davinci-data-export, Group $export, Patient $export or asynchronous $everything request."""
+    """A $davinci-data-export, Group $export, Patient $export, system $export or asynchronous $everything."""
 
     class Kind(models.TextChoices):
         DAVINCI = "davinci-data-export"
         GROUP = "group-export"
         PATIENT = "patient-export"
+        SYSTEM = "system-export"
         EVERYTHING = "everything"
 
     kind = models.CharField(max_length=32, choices=Kind.choices)

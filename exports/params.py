@@ -11,9 +11,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
+
+from django.utils import timezone
 
 from exports import rules
 from exports.rules import EXPORT_TYPES
@@ -38,7 +40,9 @@ _VALUE_TYPES: dict[str, tuple[str, ...]] = {
     "patient": ("valueReference",),
 }
 # Parameters a client may send that we refuse (or, leniently, ignore): Bulk Data names we do not support.
-_UNSUPPORTED = ("_elements",)
+_UNSUPPORTED: tuple[str, ...] = ("_elements",)
+# A client's clock may run a little ahead of ours: a `_since` this far in the future still counts as now.
+SINCE_CLOCK_SKEW = timedelta(minutes=1)
 
 
 def parse_prefer(header: str | None) -> set[str]:
@@ -210,7 +214,8 @@ def _single(name: str, values: list[Any]) -> Any:
 
 
 def parse_export_params(*, method: str, query: Mapping[str, list[str]], body: Any = None,
-                        prefer: str | None = None, operation: str = DAVINCI) -> ExportParams:
+                        prefer: str | None = None, operation: str = DAVINCI,
+                        now: datetime | None = None) -> ExportParams:
     """Validate every kick-off parameter; BadRequest (400) for the first problem unless lenient."""
     tokens = parse_prefer(prefer)
     collector = _Collector("handling=lenient" in tokens)
@@ -237,6 +242,10 @@ def parse_export_params(*, method: str, query: Mapping[str, list[str]], body: An
         raw = _single(name, values.get(name, []))
         if raw is not None:
             setattr(params, attribute, parse_instant(name, str(raw)))
+    if params.since and params.since > (now or timezone.now()) + SINCE_CLOCK_SKEW:
+        # An export of what changed after a moment still to come can only be empty, and its transactionTime
+        # would precede its own _since: refused whatever the handling preference.
+        raise BadRequest(f"_since {params.since.isoformat()} is in the future.", code="invalid")
     if params.since and params.until and params.until <= params.since:
         raise BadRequest("_until must be later than _since.")
 

@@ -14,6 +14,7 @@ Locations they reference, once each, at the end. docs/exports.md tells the whole
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -156,13 +157,18 @@ def write_chunk(chunk: ExportChunk, context: rules.ExportContext, *,
                 last_beat = time.monotonic()
     result.count, result.size, result.parts = parts.count, parts.size, len(parts.parts)
     result.files = parts.files
-    if targets and chunk.resource_type != PROVENANCE_TYPE:
+    if targets and chunk.resource_type != PROVENANCE_TYPE and PROVENANCE_TYPE in context.types:
         result.files += write_transmitter_provenance(job, chunk.sequence, targets)
+        result.refs.add(provenance.payer_reference())  # its agent: our Organization, written by write_shared
     return result
 
 
 def write_transmitter_provenance(job: ExportJob, chunk_sequence: int, targets: list[str]) -> list[OutputFile]:
-    """One Provenance naming us as transmitter of this chunk's resources (spec §5.6, §5.7 rule 8)."""
+    """One Provenance naming us as transmitter of this chunk's resources (spec §5.6, §5.7 rule 8).
+
+    Only when the export's types let Provenance in (Bulk Data `_type`: "The response SHALL be filtered to only
+    include resources of the specified resource types"; docs/exports.md, "Provenance and `_type`").
+    """
     provenance_id = str(uuid.uuid5(PROVENANCE_NAMESPACE, f"{job.id}/{chunk_sequence}"))
     line = provenance.transmitter_provenance_line(targets, recorded=job.transaction_time,
                                                   provenance_id=provenance_id)
@@ -189,17 +195,25 @@ def write_shared(job: ExportJob, refs: Iterable[str], *, first_sequence: int,
         resource_type, _, fhir_id = ref.partition("/")
         if resource_type in planning.SHARED_TYPES and resource_type in wanted and fhir_id:
             by_type.setdefault(resource_type, []).append(fhir_id)
+    payer_type, _, payer_id = provenance.payer_reference().partition("/")
     counts: dict[str, int] = {}
     files: list[OutputFile] = []
     targets: list[str] = []
     for offset, resource_type in enumerate(sorted(by_type)):
+        written: set[str] = set()
         with part_writer(job, resource_type, first_sequence + offset) as parts:
             for row in shared_rows(resource_type, sorted(set(by_type[resource_type]))):
                 fhir_id, _, line = row.split(FIELD, 2)
                 parts.write(line)
-                targets.append(f"{resource_type}/{fhir_id.decode()}")
+                written.add(fhir_id.decode())
+            if resource_type == payer_type and payer_id in by_type[resource_type] and payer_id not in written:
+                # The transmitter Provenance names us; a payer whose own Organization is not in its loaded data
+                # still sends one, so no exported reference dangles.
+                parts.write(json.dumps(provenance.payer_organization(), separators=(",", ":")).encode() + b"\n")
+                written.add(payer_id)
+        targets += [f"{resource_type}/{fhir_id}" for fhir_id in sorted(written)]
         counts[resource_type] = parts.count
         files += parts.files
-    if targets:
+    if targets and PROVENANCE_TYPE in wanted:
         files += write_transmitter_provenance(job, first_sequence + len(by_type), targets)
     return counts, files

@@ -45,9 +45,21 @@ def simple_outcome(severity: str, code: str, diagnostics: str) -> dict[str, Any]
     return operation_outcome(outcome_issue(severity, code, diagnostics))
 
 
-def outcome_response(status: int, outcome: dict[str, Any], headers: dict[str, str] | None = None) -> HttpResponse:
+def json_media_type(request: Any = None) -> str:
+    """`application/fhir+json`, or `application/json` when the client prefers that.
+
+    FHIR (http.html, content types): "If a client provides a generic mime type in the Accept header
+    (application/xml, text/xml, or application/json), the server SHOULD respond with the requested mime type";
+    the body is the same FHIR JSON either way.
+    """
+    preferred = getattr(request, "get_preferred_type", None)
+    return (preferred([FHIR_JSON, "application/json"]) if preferred else None) or FHIR_JSON
+
+
+def outcome_response(status: int, outcome: dict[str, Any], headers: dict[str, str] | None = None,
+                     request: Any = None) -> HttpResponse:
     """An OperationOutcome response that needs no DRF negotiation (middleware, raw views)."""
-    response = HttpResponse(json.dumps(outcome), status=status, content_type=FHIR_JSON)
+    response = HttpResponse(json.dumps(outcome), status=status, content_type=json_media_type(request))
     for name, value in (headers or {}).items():
         response[name] = value
     return response
@@ -100,6 +112,12 @@ class Gone(FhirError):
     status, code = 410, "deleted"
 
 
+class Forbidden(FhirError):
+    """A valid token whose scopes fall short (403); what the caller may not even know of is NotFound instead."""
+
+    status, code = 403, "forbidden"
+
+
 class TooManyRequests(FhirError):
     status, code = 429, "throttled"
 
@@ -142,7 +160,7 @@ def audit_refusal(view: Any, request: Any, exc: Exception, status: int, code: st
 def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse:
     """DRF's EXCEPTION_HANDLER: every error becomes an OperationOutcome, never an HTML page; every refusal of
     an audited view is audited."""
-    response = _error_response(exc)
+    response = _error_response(exc, context.get("request"))
     if 400 <= response.status_code < 500:
         code = getattr(exc, "code", None) if isinstance(exc, FhirError) else _drf_code(exc)
         audit_refusal(context.get("view"), context.get("request"), exc, response.status_code, code or "invalid")
@@ -157,9 +175,9 @@ def _drf_code(exc: Exception) -> str:
     return next((c for cls, c in _DRF_CODES if isinstance(exc, cls)), "processing")
 
 
-def _error_response(exc: Exception) -> HttpResponse:
+def _error_response(exc: Exception, request: Any = None) -> HttpResponse:
     if isinstance(exc, FhirError):
-        return outcome_response(exc.status, exc.outcome(), exc.headers)
+        return outcome_response(exc.status, exc.outcome(), exc.headers, request)
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
@@ -172,9 +190,9 @@ def _error_response(exc: Exception) -> HttpResponse:
         if isinstance(exc, (drf_exceptions.NotAuthenticated, drf_exceptions.AuthenticationFailed)):
             headers["WWW-Authenticate"] = 'Bearer realm="fhir"'
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        return outcome_response(exc.status_code, simple_outcome("error", code, str(detail)), headers)
+        return outcome_response(exc.status_code, simple_outcome("error", code, str(detail)), headers, request)
     log.exception("unhandled error in a FHIR view", exc_info=exc)
-    return outcome_response(500, simple_outcome("fatal", "exception", "Internal server error."))
+    return outcome_response(500, simple_outcome("fatal", "exception", "Internal server error."), request=request)
 
 
 class FhirErrorMiddleware:
@@ -195,7 +213,7 @@ class FhirErrorMiddleware:
         if code is None:
             code = "exception" if response.status_code >= 500 else "invalid"
         reason = response.reason_phrase or "Error"
-        new = outcome_response(response.status_code, simple_outcome("error", code, reason))
+        new = outcome_response(response.status_code, simple_outcome("error", code, reason), request=request)
         for header in ("Allow", "Retry-After", "WWW-Authenticate"):
             if header in response:
                 new[header] = response[header]
@@ -205,9 +223,9 @@ class FhirErrorMiddleware:
         if not request.path.startswith(FHIR_PREFIXES):
             return None
         if isinstance(exception, FhirError):
-            return outcome_response(exception.status, exception.outcome(), exception.headers)
+            return outcome_response(exception.status, exception.outcome(), exception.headers, request)
         log.exception("unhandled error under /fhir/", exc_info=exception)
-        return outcome_response(500, simple_outcome("fatal", "exception", "Internal server error."))
+        return outcome_response(500, simple_outcome("fatal", "exception", "Internal server error."), request=request)
 
 
 class FhirView(APIView):
@@ -242,8 +260,9 @@ class PublicFhirView(FhirView):
     permission_classes: list = []
 
 
-def fhir_json_response(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> JsonResponse:
-    response = JsonResponse(body, status=status, content_type=FHIR_JSON)
+def fhir_json_response(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None,
+                       request: Any = None) -> JsonResponse:
+    response = JsonResponse(body, status=status, content_type=json_media_type(request))
     for name, value in (headers or {}).items():
         response[name] = value
     return response

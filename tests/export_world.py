@@ -110,8 +110,12 @@ def _has_key(node, names: set[str]) -> bool:
     return False
 
 
-def assert_p2p_export(lines: list[bytes], world: World) -> dict[str, dict]:
-    """The P2P guarantees on an export's lines; returns the resources by "Type/id"."""
+def assert_p2p_export(lines: list[bytes], world: World, *, transmitter: bool = True) -> dict[str, dict]:
+    """The P2P guarantees on an export's lines; returns the resources by "Type/id".
+
+    `transmitter`: the export's types let Provenance and Organization in, so every resource has a transmitter
+    Provenance and the Organization that Provenance names is exported too.
+    """
     resources: dict[str, dict] = {}
     seen: Counter[str] = Counter()
     for line in lines:
@@ -130,5 +134,12 @@ def assert_p2p_export(lines: list[bytes], world: World) -> dict[str, dict]:
                    for t in r.get("target", []) if any(a.get("who", {}).get("reference", "").endswith(
                        settings.PAYER_ORGANIZATION_ID) for a in r.get("agent", []))}
     exported = {ref for ref in resources if not ref.startswith("Provenance/")}
+    if not transmitter:
+        assert not transmitted, "a transmitter Provenance although the types leave Provenance out"
+        return resources
     assert exported == transmitted, "every exported resource has a transmitter Provenance, and only those"
+    agents = {a["who"]["reference"] for r in resources.values() if r["resourceType"] == "Provenance"
+              for a in r.get("agent", []) if "reference" in a.get("who", {})}
+    assert f"Organization/{settings.PAYER_ORGANIZATION_ID}" in agents
+    assert agents <= set(resources), f"dangling agents: {sorted(agents - set(resources))}"
     return resources

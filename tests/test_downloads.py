@@ -285,3 +285,51 @@ def test_s3_files_download_and_expire_on_a_real_worker(moto_server_storage, cele
         time.sleep(0.2)
     assert not OutputFile.objects.filter(job_id=job.id).exists(), worker.output()[-2000:]
     assert store.client.list_objects_v2(Bucket="pdex-worker-test", Prefix="p2p/").get("KeyCount", 0) == 0
+
+
+# --- scopes: status and files are protected like the kick-off (Bulk Data 2.0.0, Security Considerations) ----
+
+MEMBER_MATCH_ONLY = "http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match"
+
+
+def test_a_member_match_only_token_gets_403_on_the_status_url_and_on_a_file(api_for, partner):
+    job, output = completed_export(partner)
+    narrow = api_for(partner, MEMBER_MATCH_ONLY)
+    for response in (narrow.get(f"/fhir/bulkstatus/{job.id}"), narrow.get(f"/fhir/bulkfiles/{output.id}"),
+                     narrow.delete(f"/fhir/bulkstatus/{job.id}")):
+        assert response.status_code == 403, response.content
+        assert response.json()["issue"][0]["code"] == "forbidden"
+    assert ExportJob.objects.get(pk=job.pk).status == AsyncJob.Status.COMPLETED  # the DELETE did nothing
+    refusals = AuditEvent.objects.filter(outcome=AuditEvent.Outcome.MINOR_FAILURE)
+    assert {e.action for e in refusals} == {"bulk-status", "bulk-download", "bulk-cancel"}
+    assert all("token scopes do not cover the job" in e.reason for e in refusals)
+
+
+def test_a_token_narrowed_to_observation_gets_403_on_a_patient_file(api_for, partner):
+    job = ExportJob.objects.create(partner=partner, kind=ExportJob.Kind.PATIENT, status=AsyncJob.Status.RUNNING,
+                                   request_url="http://testserver/fhir/Patient/$export",
+                                   params={"types": ["Patient", "Observation"]})
+    patients = write_output_file(partner=partner, job_id=job.id, resource_type="Patient", lines=LINES)
+    asyncstatus.mark_completed(job)
+    response = api_for(partner, "system/Observation.rs").get(f"/fhir/bulkfiles/{patients.id}")
+    assert response.status_code == 403
+    both = api_for(partner, "system/Patient.rs system/Observation.rs")
+    assert both.get(f"/fhir/bulkfiles/{patients.id}").status_code == 200
+
+
+def test_another_partners_job_is_404_before_any_scope_is_looked_at(api_for, make_partner, partner):
+    job, _ = completed_export(partner)
+    other = make_partner("Other Plan")
+    assert api_for(other, MEMBER_MATCH_ONLY).get(f"/fhir/bulkstatus/{job.id}").status_code == 404
+
+
+def test_json_is_answered_as_application_json_when_the_client_asks(api, partner):
+    """BDT and FHIR's generic-mime-type SHOULD: an OperationOutcome in the type the client accepts."""
+    job, _ = completed_export(partner)
+    assert api.delete(f"/fhir/bulkstatus/{job.id}", HTTP_ACCEPT="application/json")["Content-Type"].startswith(
+        "application/json")
+    gone = api.delete(f"/fhir/bulkstatus/{job.id}", HTTP_ACCEPT="application/json")
+    assert gone.status_code == 404 and gone["Content-Type"].startswith("application/json")
+    assert gone.json()["resourceType"] == "OperationOutcome"
+    fhir = api.get(f"/fhir/bulkstatus/{job.id}", HTTP_ACCEPT="application/fhir+json")
+    assert fhir.status_code == 404 and fhir["Content-Type"].startswith("application/fhir+json")

@@ -6,6 +6,7 @@ import json
 from urllib.parse import urlsplit
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
 
 from exports import jobs
@@ -52,9 +53,12 @@ def export_and_pages(api, partner, path: str, query: str) -> tuple[dict, dict, s
                 paged[f"{resource['resourceType']}/{resource['id']}"] = resource
         link = next((x["url"] for x in bundle["link"] if x["relation"] == "next"), None)
         next_url = f"{urlsplit(link).path}?{urlsplit(link).query}" if link else None
-    # The export adds its own transmitter Provenance per chunk.
+    # The export adds its own transmitter Provenance per chunk, and our Organization they name (as the pages do).
     generated = {key for key, r in exported.items() if r["resourceType"] == "Provenance"
                  and r["agent"][0]["type"]["coding"][0]["code"] == "transmitter"}
+    payer = f"Organization/{settings.PAYER_ORGANIZATION_ID}"
+    if payer in exported and payer not in paged:  # not in this member's stored data: the pages generate it too
+        generated.add(payer)
     return exported, paged, generated
 
 

@@ -154,7 +154,7 @@ def test_export_type_absent_and_an_old_since_are_noted(fhir_base, file_storage, 
     assert any(n["severity"] == "information" and "exportType" in n["diagnostics"] for n in notes)
     assert any(n["severity"] == "information" and n.get("expression") == ["_since"] for n in notes)  # raised
     types = {json.loads(line)["resourceType"] for line in lines}
-    assert types == {"Patient", "Encounter", "Provenance"}
+    assert types == {"Patient", "Encounter"}  # _type is strict: no Provenance unless asked for
 
 
 def free_port() -> int:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
 
 from consent.models import Consent
@@ -98,11 +100,33 @@ def test_a_whole_export_keeps_every_p2p_rule(partner, world):
     assert AuditEvent.objects.filter(action="export-complete", partner=partner).exists()
 
 
-def test_types_limit_what_is_written(partner, world):
+def output_types(job: ExportJob) -> set[str]:
+    return set(OutputFile.objects.filter(job_id=job.id, kind="output").values_list("resource_type", flat=True))
+
+
+def test_types_limit_what_is_written_strictly(partner, world):
+    """Bulk Data `_type`: "The response SHALL be filtered to only include resources of the specified resource
+    types": no transmitter Provenance (nor the Organization it names) unless the client lets Provenance in."""
     job = new_job(partner, world, types=["Encounter"])
     run_all(job)
-    types = set(OutputFile.objects.filter(job_id=job.id, kind="output").values_list("resource_type", flat=True))
-    assert types == {"Encounter", "Provenance"}  # the transmitter Provenance always comes along
+    assert output_types(job) == {"Encounter"}
+
+
+def test_provenance_in_the_types_brings_the_transmitter_and_our_organization(partner, world):
+    job = new_job(partner, world, types=["Encounter", "Provenance", "Organization"])
+    run_all(job)
+    assert output_types(job) == {"Encounter", "Provenance", "Organization"}
+    lines = [json.loads(line) for line in exported_lines(job)]
+    organizations = {r["id"] for r in lines if r["resourceType"] == "Organization"}
+    agents = {a["who"]["reference"] for r in lines if r["resourceType"] == "Provenance" for a in r["agent"]}
+    assert f"Organization/{settings.PAYER_ORGANIZATION_ID}" in agents
+    assert {ref.split("/")[1] for ref in agents} <= organizations  # no Provenance agent dangles
+
+
+def test_without_organization_in_the_types_the_provenance_comes_alone(partner, world):
+    job = new_job(partner, world, types=["Encounter", "Provenance"])
+    run_all(job)
+    assert output_types(job) == {"Encounter", "Provenance"}
 
 
 def test_a_chunk_run_twice_overwrites_its_own_files(partner, world):
@@ -126,7 +150,7 @@ def test_files_split_at_the_size_limit(partner, world, settings):
     assert_p2p_export(exported_lines(job), type(world)(world.group, world.members,
                                                       {r for r in world.expected if r.split("/")[0] in
                                                        ("Encounter", "Observation", "Patient")},
-                                                      world.withheld))
+                                                      world.withheld), transmitter=False)
 
 
 def test_only_one_worker_holds_a_lease(partner, world):
@@ -257,9 +281,9 @@ def test_type_filter_since_and_until_reach_the_rows(partner, world):
     between = days_ago(250).isoformat()
     since = new_job(partner, world, types=["Patient", "Encounter"], since=between)
     run_all(since)
-    assert since.counts == {"Encounter": 2, "Provenance": 2}
+    assert since.counts == {"Encounter": 2}
 
-    until = new_job(partner, world, types=["Patient", "Encounter"], until=between)
+    until = new_job(partner, world, types=["Patient", "Encounter", "Provenance"], until=between)
     run_all(until)
     assert until.counts == {"Patient": 2, "Provenance": 2}  # one transmitter Provenance a chunk
 

@@ -45,6 +45,20 @@ def test_since_and_until_are_instants():
             get({"_since": [bad]})
 
 
+@pytest.mark.parametrize("prefer", ["respond-async", "respond-async, handling=lenient"])
+def test_since_in_the_future_is_refused_even_leniently(prefer):
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    with pytest.raises(BadRequest, match="in the future"):
+        get({"_since": ["2057-01-01T00:00:00+05:00"]}, prefer=prefer, now=now)
+    with pytest.raises(BadRequest, match="in the future"):
+        post([{"name": "_since", "valueInstant": "2026-12-01T12:05:00Z"}], prefer=prefer, now=now)
+
+
+def test_since_a_little_ahead_of_our_clock_is_now():
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    assert get({"_since": ["2026-12-01T12:00:30Z"]}, now=now).since == datetime(2026, 12, 1, 12, 0, 30, tzinfo=UTC)
+
+
 def test_until_before_since_is_refused():
     with pytest.raises(BadRequest):
         get({"_since": ["2024-01-01T00:00:00Z"], "_until": ["2023-01-01T00:00:00Z"]})

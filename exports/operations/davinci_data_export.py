@@ -5,15 +5,13 @@ Only the caller's own `match` Groups are exportable (§5.7 rule 5); another part
 
 from __future__ import annotations
 
+from exports.access import GROUP_EXPORT_SCOPES
 from exports.models import ExportJob
 from exports.operations.kickoff import accepted, kick_off
 from exports.params import DAVINCI
 from matching.models import MemberMatchGroup
 from matching.selectors import owned_group
-from pdex.auth import scopes
 from pdex.fhir import BadRequest, FhirView
-
-GROUP_EXPORT_SCOPES = (("system/Group.rs", scopes.MATCH_GROUP_EXPORT),)
 
 
 def exportable_group(*, partner, group_id: str) -> MemberMatchGroup:
@@ -35,7 +33,7 @@ class GroupKickOffView(FhirView):
 
     def post(self, request, group_id: str):
         group = exportable_group(partner=request.partner, group_id=group_id)
-        return accepted(kick_off(request, kind=self.kind, operation=self.operation, group=group))
+        return accepted(kick_off(request, kind=self.kind, operation=self.operation, group=group), request)
 
     get = post
 

@@ -8,18 +8,13 @@ from __future__ import annotations
 from django.http import JsonResponse
 from django.utils import timezone
 
-from exports import rules
+from exports import access, rules
 from exports.jobs.start import start_export
 from exports.models import ExportJob
 from exports.params import ExportParams, parse_prefer
 from matching.models import MemberMatchGroup
-from pdex.auth import scopes
-from pdex.fhir import BadRequest, FhirError, fhir_json_response, operation_outcome, outcome_issue
+from pdex.fhir import BadRequest, Forbidden, fhir_json_response, operation_outcome, outcome_issue
 from pdex.jobs import asyncstatus
-
-
-class Forbidden(FhirError):
-    status, code = 403, "forbidden"
 
 
 def require_async(request) -> None:
@@ -31,7 +26,7 @@ def require_async(request) -> None:
 def require_type_scopes(request, types: tuple[str, ...]) -> None:
     """The token must cover every exported type (Bulk Data): `system/<Type>.rs` or a wildcard."""
     granted = (request.auth.scope or "").split() if request.auth is not None else []
-    missing = [t for t in (types or rules.EXPORT_TYPES) if not scopes.satisfies(granted, f"system/{t}.rs")]
+    missing = access.missing_type_scopes(granted, types or rules.EXPORT_TYPES)
     if missing:
         raise Forbidden(f"The token's scopes do not cover the requested types: {', '.join(missing)}.")
 
@@ -51,8 +46,9 @@ def request_url(request) -> str:
     return request.build_absolute_uri()
 
 
-def accepted(job: ExportJob) -> JsonResponse:
+def accepted(job: ExportJob, request=None) -> JsonResponse:
     """202 Accepted with the status URL in Content-Location (Bulk Data 2.0.0)."""
     outcome = operation_outcome(outcome_issue("information", "informational",
                                               f"Export accepted; poll {asyncstatus.status_url(job)} for status."))
-    return fhir_json_response(outcome, status=202, headers={"Content-Location": asyncstatus.status_url(job)})
+    return fhir_json_response(outcome, status=202, headers={"Content-Location": asyncstatus.status_url(job)},
+                              request=request)

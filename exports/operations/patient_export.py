@@ -17,6 +17,6 @@ class PatientExportView(FhirView):
     audit_action, audit_entity = "export", "Patient"
 
     def post(self, request):
-        return accepted(kick_off(request, kind=ExportJob.Kind.PATIENT, operation=EXPORT))
+        return accepted(kick_off(request, kind=ExportJob.Kind.PATIENT, operation=EXPORT), request)
 
     get = post

@@ -54,7 +54,7 @@ class EverythingView(FhirView):
             job_params = everything.everything_job(access, params, granted_scopes=_granted(request))
             job = start_export(partner=request.partner, kind=ExportJob.Kind.EVERYTHING, params=job_params,
                                request_url=request.build_absolute_uri(), request=request, messages=params.issues)
-            return accepted(job)
+            return accepted(job, request)
         page = everything.everything_page(access, params, path=_path(request), granted_scopes=_granted(request))
         return _json(everything.bundle_text(page))
 

@@ -12,7 +12,7 @@ match batches) reads `job.status` and stops when it sees `cancelled`; the helper
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,7 +26,8 @@ from django.utils import timezone
 from django.utils.http import http_date
 
 from pdex import audit
-from pdex.fhir import FhirError, NotFound, TooManyRequests, operation_outcome, outcome_issue
+from pdex.auth import scopes
+from pdex.fhir import FhirError, Forbidden, NotFound, TooManyRequests, operation_outcome, outcome_issue
 from pdex.jobs import kinds, outputs, signing
 from pdex.jobs.models import AsyncJob, OutputFile
 from pdex.jobs.storage import get_storage
@@ -117,6 +118,21 @@ def live_job(job_id: UUID | str, *, partner: Partner, now: datetime | None = Non
     return job
 
 
+def require_access(job: AsyncJob, granted: Iterable[str] | None, output: OutputFile | None = None) -> None:
+    """403 unless the token's scopes cover what the job's kind asks for its status URL (or for this file).
+
+    Checked after the job was found to be the caller's, so another partner's job is still a 404. `granted`
+    None: no token to check (a signed URL vouched for the file).
+    """
+    if granted is None:
+        return
+    needed = kinds.kind_of(job).required_scopes(job, output)
+    if not scopes.satisfies_all(list(granted), needed):
+        what = f"this {output.resource_type} file" if output is not None else f"this {kinds.kind_of(job).title}"
+        raise Forbidden(f"The token's scopes do not cover {what}: it needs the scopes of the kick-off.",
+                        audit_reason="token scopes do not cover the job")
+
+
 # --- status --------------------------------------------------------------------------------------
 
 def progress_text(job: AsyncJob) -> str:
@@ -142,14 +158,16 @@ def failure_status(outcome: dict[str, Any] | None) -> int:
     return _FAILURE_STATUS.get(issues[0].get("code", ""), 500)
 
 
-def poll(job_id: UUID | str, *, partner: Partner, now: datetime | None = None) -> StatusAnswer:
-    """Answer one status request (spec §7.3)."""
+def poll(job_id: UUID | str, *, partner: Partner, granted: Iterable[str] | None = None,
+         now: datetime | None = None) -> StatusAnswer:
+    """Answer one status request (spec §7.3); `granted`: the token's scopes."""
     with job_store():
-        return _poll(job_id, partner=partner, now=now or timezone.now())
+        return _poll(job_id, partner=partner, granted=granted, now=now or timezone.now())
 
 
-def _poll(job_id: UUID | str, *, partner: Partner, now: datetime) -> StatusAnswer:
+def _poll(job_id: UUID | str, *, partner: Partner, granted: Iterable[str] | None, now: datetime) -> StatusAnswer:
     job = live_job(job_id, partner=partner, now=now)
+    require_access(job, granted)
     retry_after = str(settings.STATUS_RETRY_AFTER_SECONDS)
     if job.status in IN_PROGRESS:
         if not claim_poll(job, now=now):
@@ -288,10 +306,11 @@ def cancel_job(job: AsyncJob, request=None, *, reason: str = "", now: datetime |
     return True
 
 
-def cancel(job_id: UUID | str, *, partner: Partner, request=None) -> None:
+def cancel(job_id: UUID | str, *, partner: Partner, granted: Iterable[str] | None = None, request=None) -> None:
     """DELETE on the status URL: the partner's live job is cancelled, anything else is 404."""
     with job_store():
         job = live_job(job_id, partner=partner)
+        require_access(job, granted)
         if not cancel_job(job, request):
             raise NotFound(f"Bulk job {job_id} was cancelled.", audit_reason="cancelled")
 
@@ -315,8 +334,10 @@ def expire_outputs(*, now: datetime | None = None) -> int:
 
 # --- files ---------------------------------------------------------------------------------------
 
-def downloadable_file(file_id: UUID | str, *, partner: Partner | None, now: datetime | None = None) -> OutputFile:
-    """The file if its job is the partner's (any partner when None, for signed URLs), completed and live."""
+def downloadable_file(file_id: UUID | str, *, partner: Partner | None, granted: Iterable[str] | None = None,
+                      now: datetime | None = None) -> OutputFile:
+    """The file if its job is the partner's (any partner when None, for signed URLs), completed and live, and
+    the token's scopes (`granted`) cover it."""
     with job_store():
         files = OutputFile.objects.filter(pk=file_id)
         if partner is not None:
@@ -327,6 +348,7 @@ def downloadable_file(file_id: UUID | str, *, partner: Partner | None, now: date
     job = live_job(output.job_id, partner=output.partner, now=now)
     if job.status != AsyncJob.Status.COMPLETED:
         raise NotFound(f"No bulk file {file_id}.")
+    require_access(job, granted, output)
     return output
 
 
@@ -345,13 +367,13 @@ def open_file(output: OutputFile) -> tuple[Iterator[bytes], int]:
     return storage.read(output.storage_key), size
 
 
-def download(file_id: UUID | str, *, partner: Partner | None, request=None,
+def download(file_id: UUID | str, *, partner: Partner | None, granted: Iterable[str] | None = None, request=None,
              signed: bool = False) -> tuple[OutputFile, Iterator[bytes], int]:
     """A manifest file for `partner` (None: a signed URL already vouched for it): the row, its bytes, its size.
 
-    A download is audited here with the file's partner and job; a refusal (404) by the FHIR edge.
+    A download is audited here with the file's partner and job; a refusal (403, 404) by the FHIR edge.
     """
-    output = downloadable_file(file_id, partner=partner)
+    output = downloadable_file(file_id, partner=partner, granted=granted)
     content, size = open_file(output)
     audit_download(output, request, signed=signed)
     return output, content, size

@@ -6,13 +6,18 @@ so the ground floor never imports the apps that build on it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.apps import apps
+from django.utils.module_loading import import_string
 
 if TYPE_CHECKING:  # kinds are declared before the app registry is ready: no model import at run time
-    from pdex.jobs.models import AsyncJob, WorkUnit
+    from pdex.jobs.models import AsyncJob, OutputFile, WorkUnit
+
+# What a token must carry, as FhirView.required_scopes: each item a scope, or a tuple of alternatives.
+Requirements = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,16 @@ class JobKind:
     finish_task: str
     audit_action: str  # the audit action of the job's end
     title: str  # what an OperationOutcome calls it: "export", "bulk member match"
+    # Dotted path of `f(job, output_file_or_None) -> Requirements`: the scopes the status URL (None) and each file
+    # ask of the token. Bulk Data: status and files "SHALL be protected the same way the Bulk Data Kick-off
+    # Request, including an access token with scopes that cover all resources being exported".
+    access_scopes: str = ""
+
+    def required_scopes(self, job: AsyncJob, output: OutputFile | None = None) -> Requirements:
+        if not self.access_scopes:
+            return ()
+        rule: Callable[..., Requirements] = import_string(self.access_scopes)
+        return rule(job, output)
 
     @property
     def jobs(self) -> type[AsyncJob]:

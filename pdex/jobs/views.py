@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from django.http import HttpResponse, StreamingHttpResponse
 from rest_framework.negotiation import BaseContentNegotiation
 
-from pdex.fhir import FHIR_NDJSON, FhirView, NotFound, PublicFhirView, operation_outcome, outcome_issue
+from pdex.fhir import FHIR_NDJSON, FhirView, NotFound, PublicFhirView, json_media_type, operation_outcome, outcome_issue
 from pdex.jobs import asyncstatus, signing
 from pdex.jobs.models import OutputFile
 
@@ -21,6 +21,10 @@ class AnyAccept(BaseContentNegotiation):
 
     def select_renderer(self, request, renderers, format_suffix=None):
         return renderers[0], renderers[0].media_type
+
+
+def granted_scopes(request) -> list[str]:
+    return (request.auth.scope or "").split() if request.auth is not None else []
 
 
 def json_response(status: int, body: dict | None, headers: dict[str, str], content_type: str) -> HttpResponse:
@@ -46,13 +50,15 @@ class BulkStatusView(FhirView):
     audit_action, audit_entity = {"GET": "bulk-status", "DELETE": "bulk-cancel"}, "bulkstatus/{job_id}"
 
     def get(self, request, job_id):
-        answer = asyncstatus.poll(job_id, partner=request.partner)
-        return json_response(answer.http_status, answer.body, answer.headers, answer.content_type)
+        answer = asyncstatus.poll(job_id, partner=request.partner, granted=granted_scopes(request))
+        # The manifest is application/json (Bulk Data); an OperationOutcome follows the client's Accept.
+        content_type = answer.content_type if answer.content_type == "application/json" else json_media_type(request)
+        return json_response(answer.http_status, answer.body, answer.headers, content_type)
 
     def delete(self, request, job_id):
-        asyncstatus.cancel(job_id, partner=request.partner, request=request)
+        asyncstatus.cancel(job_id, partner=request.partner, granted=granted_scopes(request), request=request)
         outcome = operation_outcome(outcome_issue("information", "informational", "The bulk job was cancelled."))
-        return json_response(202, outcome, {}, "application/fhir+json")
+        return json_response(202, outcome, {}, json_media_type(request))
 
 
 class BulkFileView(FhirView):
@@ -62,7 +68,8 @@ class BulkFileView(FhirView):
     audit_action, audit_entity = "bulk-download", "OutputFile/{file_id}"
 
     def get(self, request, file_id):
-        return file_response(*asyncstatus.download(file_id, partner=request.partner, request=request))
+        return file_response(*asyncstatus.download(file_id, partner=request.partner, granted=granted_scopes(request),
+                                                   request=request))
 
 
 class SignedBulkFileView(PublicFhirView):
