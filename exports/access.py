@@ -23,7 +23,8 @@ OPERATION_SCOPES: dict[str, Requirements] = {
     ExportJob.Kind.DAVINCI: GROUP_EXPORT_SCOPES,
     ExportJob.Kind.GROUP: GROUP_EXPORT_SCOPES,
     ExportJob.Kind.PATIENT: ("system/Patient.rs",),
-    ExportJob.Kind.SYSTEM: (),
+    # Everything from the partner's match Groups: the same operation scope as exporting one of them.
+    ExportJob.Kind.SYSTEM: GROUP_EXPORT_SCOPES,
     ExportJob.Kind.EVERYTHING: ("system/Patient.r",),
 }
 

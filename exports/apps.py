@@ -7,6 +7,7 @@ from pdex.jobs import kinds
 DAVINCI_DATA_EXPORT = "http://hl7.org/fhir/us/davinci-atr/OperationDefinition/davinci-data-export"
 GROUP_EXPORT = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"
 PATIENT_EXPORT = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"
+SYSTEM_EXPORT = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"
 BULK_DATA_CAPABILITY = "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
 
 
@@ -21,4 +22,5 @@ class ExportsConfig(AppConfig):
         capability.register_operation("Group", "davinci-data-export", DAVINCI_DATA_EXPORT)
         capability.register_operation("Group", "export", GROUP_EXPORT)
         capability.register_operation("Patient", "export", PATIENT_EXPORT)
+        capability.register_operation(None, "export", SYSTEM_EXPORT)
         capability.register_instantiates(BULK_DATA_CAPABILITY)

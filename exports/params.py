@@ -26,7 +26,8 @@ from pdex.parameters import read_parameters, values_by_name
 NDJSON_FORMATS = ("application/fhir+ndjson", "application/ndjson", "ndjson")
 P2P_EXPORT_TYPE = "hl7.fhir.us.davinci-pdex#payertopayer"
 ASSOCIATED_DATA = ("LatestProvenanceResources", "RelevantProvenanceResources")
-DAVINCI, EXPORT = "davinci-data-export", "export"
+# Which kick-off the parameters are for: $davinci-data-export, a Group or Patient $export, the system $export.
+DAVINCI, EXPORT, SYSTEM = "davinci-data-export", "export", "system-export"
 _INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 # Parameter names → the value[x] types accepted for them in a POST Parameters body.
 _VALUE_TYPES: dict[str, tuple[str, ...]] = {
@@ -225,6 +226,10 @@ def parse_export_params(*, method: str, query: Mapping[str, list[str]], body: An
         raise BadRequest("The 'patient' parameter is only accepted in a POST Parameters body.")
     for name, more in _body_lists(body).items():
         values.setdefault(name, []).extend(more)
+    if operation == SYSTEM and "patient" in values:
+        # Bulk Data 2.0.0, `patient`: "Not applicable to system level export requests."
+        raise BadRequest("The 'patient' parameter does not apply to a system-level export; use Patient/$export "
+                         "or Group/[id]/$export.", code="not-supported")
 
     for name in sorted(set(values) - set(_VALUE_TYPES)):
         reason = "is not supported" if name in _UNSUPPORTED else "is not a parameter of this operation"

@@ -278,6 +278,45 @@ def test_group_export_get_and_patient_export(fhir_base, file_storage, partner, c
     assert {r["id"] for r in lines if r["resourceType"] == "Patient"} == {outsider.fhir_id}
 
 
+def test_system_export_holds_exactly_what_the_match_groups_may_receive_now(fhir_base, file_storage, partner,
+                                                                         make_partner, celery_worker_process):
+    """`$export`: the members of the caller's match Groups whose consent can be complied with now, under the
+    P2P rules — not a member it holds a consent for outside any Group, not another partner's members."""
+    world = build_world(partner)
+    consent_for(world.members["outsider"], partner)  # consented by a $member-match, but in no match Group
+    other = make_partner("Other Plan")
+    build_world(other)
+    celery_worker_process(extra_env=WORKER_ENV)
+    client = Client(fhir_base, issue_token(partner))
+    response = client.kick_off("$export", method="GET")
+    assert response.status_code == 202, response.text
+    done = client.wait(response.headers["Content-Location"])
+    assert done.status_code == 200, done.text
+    manifest = done.json()
+    assert manifest["request"].endswith("/fhir/$export")
+    lines = client.download(manifest)
+    resources = assert_p2p_export(lines, world)
+    patients = {ref.split("/")[1] for ref in resources if ref.startswith("Patient/")}
+    assert patients == {world.members["sens"].fhir_id, world.members["reg"].fhir_id}
+    errors = [json.loads(line) for line in client.download(manifest, "error")]
+    assert any("consent revoked" in e["issue"][0]["diagnostics"] for e in errors)  # re-checked at planning
+    job = ExportJob.objects.get(partner=partner, kind=ExportJob.Kind.SYSTEM)
+    assert job.member_count == 2
+
+
+def test_system_export_refusals(fhir_base, file_storage, partner, api_for):
+    member_match_only = api_for(partner, "http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match")
+    assert member_match_only.get("/fhir/$export", HTTP_PREFER="respond-async").status_code == 403
+    api = api_for(partner)
+    patient = {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": "Patient/x"}}]}
+    response = api.post("/fhir/$export", patient, format="json", HTTP_PREFER="respond-async")
+    assert response.status_code == 400 and "system-level" in response.json()["issue"][0]["diagnostics"]
+    future = api.get("/fhir/$export?_since=2057-01-01T00:00:00%2B05:00", HTTP_PREFER="respond-async")
+    assert future.status_code == 400
+    assert api.get("/fhir/$export").status_code == 400  # no Prefer: respond-async
+
+
 # --- the whole exchange: $bulk-member-match first, then the export of the Group it produced ----------------
 
 def test_bulk_member_match_then_export(fhir_base, file_storage, settings, celery_worker_process):
@@ -324,4 +363,6 @@ def test_metadata_lists_the_export_operations(client):
              "http://hl7.org/fhir/us/davinci-atr/OperationDefinition/davinci-data-export"),
             ("Group", "export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"),
             ("Patient", "export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export")} <= operations
+    assert {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"} in \
+        statement["rest"][0]["operation"]
     assert "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data" in statement["instantiates"]

@@ -21,7 +21,7 @@ from exports import planning, rules
 from exports.kind import EXPORT
 from exports.models import ExportChunk, ExportJob
 from exports.params import JobParams
-from matching.models import GroupMember
+from matching.models import GroupMember, MemberMatchGroup
 from pdex import audit
 from pdex.fhir import outcome_issue
 from pdex.jobs import engine
@@ -33,10 +33,14 @@ def job_params(job: ExportJob) -> JobParams:
 
 
 def candidate_members(job: ExportJob, params: JobParams) -> tuple[list[int], list[dict[str, Any]]]:
-    """The members the request names (Group members, or the partner's consented members for Patient/$export),
-    narrowed by the `patient` parameter; plus one issue per `patient` reference that is not among them."""
+    """The members the request names (Group members; for the system $export the members of all the partner's
+    match Groups; for Patient/$export the partner's consented members), narrowed by the `patient` parameter;
+    plus one issue per `patient` reference that is not among them."""
     if job.group_id is not None:
         pool = GroupMember.objects.filter(group_id=job.group_id).values_list("member_id", flat=True)
+    elif job.kind == ExportJob.Kind.SYSTEM:
+        pool = GroupMember.objects.filter(group__partner_id=job.partner_id,
+                                          group__code=MemberMatchGroup.Code.MATCH).values_list("member_id", flat=True)
     else:
         pool = job.partner.consents.values_list("member_id", flat=True)
     member_ids = set(pool)

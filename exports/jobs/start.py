@@ -31,7 +31,7 @@ def start_export(*, partner: Partner, kind: str, params: JobParams, request_url:
     The partner row is locked while counting, so two kick-offs at once cannot both slip under the limit.
     The job's transaction time is its window's request time: the two never disagree.
     """
-    entity = f"Group/{group.pk}" if group else "Patient"
+    entity = f"Group/{group.pk}" if group else "$export" if kind == ExportJob.Kind.SYSTEM else "Patient"
     with transaction.atomic():
         Partner.objects.select_for_update().filter(pk=partner.pk).first()
         running = ExportJob.objects.filter(partner=partner, status__in=ACTIVE).count()

@@ -6,6 +6,7 @@ The members are the partner's consented members, re-checked at execution time li
 
 from __future__ import annotations
 
+from exports.access import OPERATION_SCOPES
 from exports.models import ExportJob
 from exports.operations.kickoff import accepted, kick_off
 from exports.params import EXPORT
@@ -13,7 +14,7 @@ from pdex.fhir import FhirView
 
 
 class PatientExportView(FhirView):
-    required_scopes = (("system/Patient.rs",),)
+    required_scopes = OPERATION_SCOPES[ExportJob.Kind.PATIENT]
     audit_action, audit_entity = "export", "Patient"
 
     def post(self, request):
