@@ -39,9 +39,12 @@ _VALUE_TYPES: dict[str, tuple[str, ...]] = {
     "includeAssociatedData": ("valueCode", "valueString"),
     "exportType": ("valueCanonical", "valueUri", "valueString", "valueCode"),
     "patient": ("valueReference",),
+    "_elements": ("valueString",),
 }
 # Parameters a client may send that we refuse (or, leniently, ignore): Bulk Data names we do not support.
-_UNSUPPORTED: tuple[str, ...] = ("_elements",)
+_UNSUPPORTED: tuple[str, ...] = ()
+# `_elements` names: `element` or `Type.element`, root elements only (Bulk Data 2.0.0, FHIR search).
+_ELEMENT = re.compile(r"^(?:(?P<type>[A-Z][A-Za-z]+)\.)?(?P<element>[a-z][A-Za-z0-9]{0,63})$")
 # A client's clock may run a little ahead of ours: a `_since` this far in the future still counts as now.
 SINCE_CLOCK_SKEW = timedelta(minutes=1)
 
@@ -74,6 +77,7 @@ class ExportParams:
     patients: tuple[str, ...] = ()
     include_associated_data: tuple[str, ...] = ()
     export_type: str = P2P_EXPORT_TYPE
+    elements: tuple[str, ...] = ()
     lenient: bool = False
     respond_async: bool = False
     messages: list[dict[str, Any]] = field(default_factory=list)
@@ -84,7 +88,7 @@ class ExportParams:
             window=rules.export_window(request_time=request_time, since=self.since, until=self.until),
             types=self.types, type_filters=self.type_filters, patients=self.patients,
             output_format=self.output_format, include_associated_data=self.include_associated_data,
-            export_type=self.export_type, lenient=self.lenient)
+            export_type=self.export_type, elements=self.elements, lenient=self.lenient)
 
     @classmethod
     def from_request(cls, request, *, operation: str = DAVINCI) -> ExportParams:
@@ -111,6 +115,7 @@ class JobParams:
     output_format: str = NDJSON_FORMATS[0]
     include_associated_data: tuple[str, ...] = ()
     export_type: str = P2P_EXPORT_TYPE
+    elements: tuple[str, ...] = ()  # validated _elements names
     lenient: bool = False
 
     @property
@@ -122,7 +127,8 @@ class JobParams:
         """The rules' context of one chunk of this job."""
         return rules.export_context(
             window=self.window, types=self.requested_types, type_filters=parsed_type_filters(self.type_filters),
-            regular_member_ids=frozenset(regular_member_ids), care_start=self.care_start, care_end=self.care_end)
+            regular_member_ids=frozenset(regular_member_ids), care_start=self.care_start, care_end=self.care_end,
+            elements=self.elements)
 
     def again_at(self, request_time: datetime) -> JobParams:
         """The same parameters for a re-run at `request_time` (the window moves with it)."""
@@ -134,7 +140,7 @@ class JobParams:
             "patients": list(self.patients), "care_start": _instant(self.care_start),
             "care_end": _instant(self.care_end), "output_format": self.output_format,
             "include_associated_data": list(self.include_associated_data), "export_type": self.export_type,
-            "lenient": self.lenient,
+            "elements": list(self.elements), "lenient": self.lenient,
         }
 
     @classmethod
@@ -151,7 +157,8 @@ class JobParams:
             patients=tuple(data.get("patients") or ()), care_start=_moment(data.get("care_start")),
             care_end=_moment(data.get("care_end")), output_format=data.get("output_format") or NDJSON_FORMATS[0],
             include_associated_data=tuple(data.get("include_associated_data") or ()),
-            export_type=data.get("export_type") or P2P_EXPORT_TYPE, lenient=bool(data.get("lenient")))
+            export_type=data.get("export_type") or P2P_EXPORT_TYPE, elements=tuple(data.get("elements") or ()),
+            lenient=bool(data.get("lenient")))
 
 
 def _instant(moment: datetime | None) -> str | None:
@@ -206,6 +213,23 @@ class _Collector:
 def _comma_list(values: Iterable[Any]) -> list[str]:
     """Repeated comma-list parameters are one list (Bulk Data 2.0.0)."""
     return [part.strip() for value in values for part in str(value).split(",") if part.strip()]
+
+
+def parse_elements(names: Iterable[str], *, lenient: bool = False) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
+    """Validated `_elements` names (export, $everything, search), and the warnings of the ones dropped under
+    lenient handling; a malformed name, or one naming a type we do not serve, is refused (BadRequest)."""
+    collector = _Collector(lenient)
+    kept: list[str] = []
+    for name in names:
+        match = _ELEMENT.match(name)
+        if match is None:
+            collector.refuse(f"_elements '{name[:80]}' is not a root element name (element or Type.element).",
+                             expression="_elements", code="invalid")
+        elif match["type"] and match["type"] not in EXPORT_TYPES:
+            collector.refuse(f"_elements '{name}' names a type this server does not export.", expression="_elements")
+        elif name not in kept:
+            kept.append(name)
+    return tuple(kept), collector.messages
 
 
 def _single(name: str, values: list[Any]) -> Any:
@@ -286,6 +310,9 @@ def parse_export_params(*, method: str, query: Mapping[str, list[str]], body: An
         else:
             collector.refuse(f"includeAssociatedData '{code}' is not supported.", expression="includeAssociatedData")
     params.include_associated_data = tuple(associated)
+
+    params.elements, dropped = parse_elements(_comma_list(values.get("_elements", [])), lenient=collector.lenient)
+    collector.messages.extend(dropped)
 
     export_type = _single("exportType", values.get("exportType", []))
     if export_type is None:

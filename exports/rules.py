@@ -52,6 +52,38 @@ EXPORT_TYPES: tuple[str, ...] = (
 )
 assert set(EXPORT_TYPES) == MEMBER_TYPES | SHARED_TYPES
 
+# _elements (Bulk Data 2.0.0, FHIR search): what a subset always keeps, and each type's mandatory root elements
+# (min ≥ 1 in FHIR R4). "Servers SHOULD always return mandatory elements whether they are requested or not."
+ALWAYS_KEPT = ("resourceType", "id", "meta")
+MANDATORY_ELEMENTS: dict[str, tuple[str, ...]] = {
+    "Coverage": ("status", "beneficiary", "payor"),
+    "AllergyIntolerance": ("patient",),
+    "CarePlan": ("status", "intent", "subject"),
+    "Claim": ("status", "type", "use", "patient", "created", "provider", "priority", "insurance"),
+    "Condition": ("subject",),
+    "DiagnosticReport": ("status", "code"),
+    "DocumentReference": ("status", "content"),
+    "Encounter": ("status", "class"),
+    "ExplanationOfBenefit": ("status", "type", "use", "patient", "created", "insurer", "provider", "outcome",
+                             "insurance"),
+    "Goal": ("lifecycleStatus", "description", "subject"),
+    "ImagingStudy": ("status", "subject"),
+    "Immunization": ("status", "vaccineCode", "patient"),
+    "MedicationDispense": ("status",),
+    "MedicationRequest": ("status", "intent", "subject"),
+    "Observation": ("status", "code"),
+    "Procedure": ("status", "subject"),
+    "Provenance": ("target", "recorded", "agent"),
+}
+# Mandatory choice elements (`occurrence[x]`): every key with this prefix is kept.
+MANDATORY_CHOICES: dict[str, tuple[str, ...]] = {
+    "Immunization": ("occurrence",),
+    "MedicationDispense": ("medication",),
+    "MedicationRequest": ("medication",),
+}
+# The tag of a resource with elements left out: exactly system and code (the Bulk Data tester compares it whole).
+SUBSETTED_TAG = '{"system":"http://terminology.hl7.org/CodeSystem/v3-ObservationValue","code":"SUBSETTED"}'
+
 PA_ACTIVE_STATUSES = ("approved", "partial")
 PA_PENDING_STATUSES = ("pending",)
 
@@ -170,6 +202,8 @@ class ExportContext:
     # $everything start/end: further date-of-service bounds on the windowed types.
     care_start: datetime | None = None
     care_end: datetime | None = None
+    # _elements: validated `element` / `Type.element` names (root elements only); empty: whole resources.
+    elements: tuple[str, ...] = ()
 
     @property
     def member_types(self) -> tuple[str, ...]:
@@ -180,7 +214,8 @@ def export_context(*, request_time: datetime | None = None, window: Window | Non
                    since: datetime | None = None, until: datetime | None = None,
                    types: Iterable[str] | None = None, type_filters: Mapping[str, Sequence[Fragment]] | None = None,
                    regular_member_ids: Collection[int] = (), care_start: datetime | None = None,
-                   care_end: datetime | None = None, mode: str | None = None) -> ExportContext:
+                   care_end: datetime | None = None, mode: str | None = None,
+                   elements: Iterable[str] = ()) -> ExportContext:
     """An ExportContext from request parameters and the settings (look-back, mode, PA rule).
 
     A job passes the `window` it computed at kick-off; a synchronous request passes `request_time` (and
@@ -203,6 +238,7 @@ def export_context(*, request_time: datetime | None = None, window: Window | Non
         regular_member_ids=frozenset(regular_member_ids),
         care_start=care_start,
         care_end=care_end,
+        elements=tuple(elements),
     )
 
 
@@ -344,14 +380,56 @@ def member_row_sql(resource_type: str, context: ExportContext, alias: str = "r")
     return Fragment(sql, dict(type_filter.params))
 
 
-def body_sql(resource_type: str, alias: str = "r") -> str:
-    """The NDJSON line of a row: the stored JSON as text; claims through the non-financial view."""
+def kept_elements(resource_type: str, elements: Iterable[str]) -> tuple[str, ...] | None:
+    """The root elements a resource of this type keeps under `_elements`, or None when it is returned whole.
+
+    `element` applies to every type, `Type.element` to that type only; a type none of the names applies to is
+    returned whole (the client scoped its names to other types). Kept always: resourceType, id, meta and the
+    type's mandatory elements.
+    """
+    named = [name.partition(".")[2] if "." in name else name for name in elements
+             if "." not in name or name.partition(".")[0] == resource_type]
+    if not named:
+        return None
+    return tuple(dict.fromkeys([*ALWAYS_KEPT, *MANDATORY_ELEMENTS.get(resource_type, ()), *named]))
+
+
+def _subset_sql(json_sql: str, resource_type: str, elements: Iterable[str]) -> str:
+    """`json_sql` (a jsonb expression) cut to the kept root elements and tagged SUBSETTED, all in PostgreSQL.
+
+    Element names are validated at parse time (letters and digits only), so they are written as literals.
+    """
+    kept = kept_elements(resource_type, elements)
+    if kept is None:
+        return json_sql
+    keys = ", ".join(f"'{name}'" for name in kept)
+    choices = "".join(f" OR starts_with(pdex_el.key, '{prefix}')"
+                      for prefix in MANDATORY_CHOICES.get(resource_type, ()))
+    subset = (f"(SELECT jsonb_object_agg(pdex_el.key, pdex_el.value) FROM jsonb_each({json_sql}) AS pdex_el"
+              f" WHERE pdex_el.key IN ({keys}){choices})")
+    meta = "COALESCE(pdex_sub.doc -> 'meta', '{}'::jsonb)"
+    tags = f"COALESCE(pdex_sub.doc -> 'meta' -> 'tag', '[]'::jsonb) || '[{SUBSETTED_TAG}]'::jsonb"
+    return (f"(SELECT pdex_sub.doc || jsonb_build_object('meta', {meta} || jsonb_build_object('tag', {tags}))"
+            f" FROM (SELECT {subset} AS doc) AS pdex_sub)")
+
+
+def _json_sql(resource_type: str, alias: str) -> str:
+    """A row's JSON as exported (jsonb): the stored body; claims through the non-financial view."""
     if resource_type == "Claim":
-        return f"pdex_nonfinancial({alias}.body)::text"
+        return f"pdex_nonfinancial({alias}.body)"
     if resource_type == "ExplanationOfBenefit":
         return (f"(CASE WHEN {alias}.eob_use = 'preauthorization' THEN {alias}.body"
-                f" ELSE pdex_nonfinancial({alias}.body) END)::text")
-    return f"{alias}.body::text"
+                f" ELSE pdex_nonfinancial({alias}.body) END)")
+    return f"{alias}.body"
+
+
+def body_sql(resource_type: str, alias: str = "r", elements: Iterable[str] = ()) -> str:
+    """The NDJSON line of a row: the stored JSON as text; claims through the non-financial view; under
+    `_elements`, the subset."""
+    elements = tuple(elements)
+    if not elements:
+        return f"{_json_sql(resource_type, alias)}::text"
+    return f"{_subset_sql(_json_sql(resource_type, alias), resource_type, elements)}::text"
 
 
 def selection(resource_type: str, member_ids: Sequence[int], context: ExportContext,
@@ -394,7 +472,8 @@ def chunk_query(resource_type: str, member_ids: Sequence[int], context: ExportCo
     """SQL selecting one column, `body_text` (a finished NDJSON line), for one export chunk, in a stable
     order so a chunk run twice writes the same bytes. All filters are applied in PostgreSQL."""
     rows = selection(resource_type, member_ids, context)
-    return f"SELECT {body_sql(resource_type)} AS body_text {rows.sql} ORDER BY r.id", dict(rows.params)
+    return (f"SELECT {body_sql(resource_type, elements=context.elements)} AS body_text {rows.sql} ORDER BY r.id",
+            dict(rows.params))
 
 
 def keyed_query(resource_type: str, member_ids: Sequence[int], context: ExportContext) -> tuple[str, dict]:
@@ -404,14 +483,21 @@ def keyed_query(resource_type: str, member_ids: Sequence[int], context: ExportCo
     return f"SELECT r.id, r.resource_type, r.fhir_id, r.refs {rows.sql}", dict(rows.params)
 
 
-def any_body_sql(alias: str = "r") -> str:
+def any_body_sql(alias: str = "r", elements: Iterable[str] = ()) -> str:
     """`body_sql` for rows of mixed types (a page of $everything)."""
-    return (f"(CASE WHEN {alias}.resource_type = 'Claim' OR ({alias}.resource_type = 'ExplanationOfBenefit'"
-            f" AND {alias}.eob_use <> 'preauthorization') THEN pdex_nonfinancial({alias}.body)"
-            f" ELSE {alias}.body END)::text")
+    elements = tuple(elements)
+    whole = (f"(CASE WHEN {alias}.resource_type = 'Claim' OR ({alias}.resource_type = 'ExplanationOfBenefit'"
+             f" AND {alias}.eob_use <> 'preauthorization') THEN pdex_nonfinancial({alias}.body)"
+             f" ELSE {alias}.body END)")
+    if not elements:
+        return f"{whole}::text"
+    cases = " ".join(f"WHEN '{t}' THEN {_subset_sql(whole, t, elements)}" for t in EXPORT_TYPES
+                     if kept_elements(t, elements) is not None)
+    return f"(CASE {alias}.resource_type {cases} ELSE {whole} END)::text"
 
 
-def lines_query(row_ids: Sequence[int]) -> tuple[str, dict]:
-    """The NDJSON lines (claims non-financial) of rows already selected through the rules, by primary key."""
-    return (f"SELECT r.id, {any_body_sql('r')} AS body_text FROM {TABLE} r WHERE r.id = ANY(%(line_ids)s)",
+def lines_query(row_ids: Sequence[int], elements: Iterable[str] = ()) -> tuple[str, dict]:
+    """The NDJSON lines (claims non-financial, subsets under `_elements`) of rows already selected through the
+    rules, by primary key."""
+    return (f"SELECT r.id, {any_body_sql('r', elements)} AS body_text FROM {TABLE} r WHERE r.id = ANY(%(line_ids)s)",
             {"line_ids": list(row_ids)})

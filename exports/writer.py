@@ -104,7 +104,7 @@ def chunk_sql(resource_type: str, member_ids: Sequence[int], context: rules.Expo
         "SELECT string_agg(fhir_id, ',' ORDER BY id), string_agg(refs, ',' ORDER BY id),"  # noqa: S608
         " string_agg(body_text, E'\\n' ORDER BY id)"
         f" FROM (SELECT r.id, r.fhir_id, NULLIF(array_to_string(r.refs, ','), '') AS refs,"
-        f" {rules.body_sql(resource_type)} AS body_text,"
+        f" {rules.body_sql(resource_type, elements=context.elements)} AS body_text,"
         f" (row_number() OVER (ORDER BY r.id) - 1) / {BLOCK_ROWS} AS block {rows.sql}) AS chunk_rows"
         " GROUP BY block ORDER BY block"
     )
@@ -177,14 +177,14 @@ def write_transmitter_provenance(job: ExportJob, chunk_sequence: int, targets: l
     return parts.files
 
 
-def shared_rows(resource_type: str, fhir_ids: Sequence[str]) -> Iterable[bytes]:
-    sql = ("SELECT r.fhir_id, '', r.body::text FROM pdex_resource r WHERE r.resource_type = %(type)s"
-           " AND r.member_id IS NULL AND r.fhir_id = ANY(%(ids)s) ORDER BY r.fhir_id")
+def shared_rows(resource_type: str, fhir_ids: Sequence[str], elements: Sequence[str] = ()) -> Iterable[bytes]:
+    sql = (f"SELECT r.fhir_id, '', {rules.body_sql(resource_type, elements=elements)} FROM pdex_resource r"  # noqa: S608
+           " WHERE r.resource_type = %(type)s AND r.member_id IS NULL AND r.fhir_id = ANY(%(ids)s) ORDER BY r.fhir_id")
     return copy_rows(sql, {"type": resource_type, "ids": list(fhir_ids)})
 
 
-def write_shared(job: ExportJob, refs: Iterable[str], *, first_sequence: int,
-                 types: Sequence[str] | None = None) -> tuple[dict[str, int], list[OutputFile]]:
+def write_shared(job: ExportJob, refs: Iterable[str], *, first_sequence: int, types: Sequence[str] | None = None,
+                 elements: Sequence[str] = ()) -> tuple[dict[str, int], list[OutputFile]]:
     """The shared resources (Organization, Practitioner, …) the exported rows reference, once per export.
 
     Only the requested types are written; returns resources written per type and the files.
@@ -202,7 +202,7 @@ def write_shared(job: ExportJob, refs: Iterable[str], *, first_sequence: int,
     for offset, resource_type in enumerate(sorted(by_type)):
         written: set[str] = set()
         with part_writer(job, resource_type, first_sequence + offset) as parts:
-            for row in shared_rows(resource_type, sorted(set(by_type[resource_type]))):
+            for row in shared_rows(resource_type, sorted(set(by_type[resource_type])), elements):
                 fhir_id, _, line = row.split(FIELD, 2)
                 parts.write(line)
                 written.add(fhir_id.decode())

@@ -121,10 +121,24 @@ def test_include_associated_data():
 def test_unknown_and_unsupported_parameters():
     with pytest.raises(BadRequest):
         get({"color": ["blue"]})
-    with pytest.raises(BadRequest):
-        get({"_elements": ["id"]})
     params = get({"color": ["blue"], "_elements": ["id"]}, prefer="handling=lenient")
-    assert len(params.messages) == 3  # two ignored parameters, one absent exportType
+    assert len(params.messages) == 2  # one ignored parameter, one absent exportType
+
+
+def test_elements_are_root_element_names_in_comma_lists_and_repeats():
+    assert get({"_elements": ["id,Patient.meta", "Observation.status", "id"]}).elements == (
+        "id", "Patient.meta", "Observation.status")
+    assert post([{"name": "_elements", "valueString": "id"},
+                 {"name": "_elements", "valueString": "Patient.meta"}]).elements == ("id", "Patient.meta")
+    job = get({"_elements": ["id,Patient.meta"]}).job_params(request_time=datetime(2026, 1, 1, tzinfo=UTC))
+    assert JobParams.from_json(job.to_json(), request_time=job.window.request_time).elements == ("id", "Patient.meta")
+
+
+@pytest.mark.parametrize("bad", ["Patient.name.family", "name[0]", "Basic.id", "1d", "Patient."])
+def test_elements_that_are_no_root_element_or_no_type_of_ours_are_refused(bad):
+    with pytest.raises(BadRequest):
+        get({"_elements": [bad]})
+    assert get({"_elements": [bad, "id"]}, prefer="handling=lenient").elements == ("id",)
 
 
 def test_body_must_be_parameters():

@@ -44,7 +44,9 @@ def finalize(job_id: uuid.UUID | str, *, now: datetime | None = None) -> bool:
         counts[chunk.resource_type] += chunk.count
         refs.update(chunk.refs)
     first = job.progress_total + 1
-    extra, files = writer.write_shared(job, refs, first_sequence=first, types=job_params(job).requested_types)
+    params = job_params(job)
+    extra, files = writer.write_shared(job, refs, first_sequence=first, types=params.requested_types,
+                                       elements=params.elements)
     delete_objects(record_files(job.id, files, planning.part_sequence(first, 0),
                                 planning.part_sequence(first + len(planning.SHARED_TYPES) + 1, 0)))
     counts.update(extra)

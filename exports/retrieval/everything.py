@@ -22,7 +22,7 @@ from django.utils import timezone
 from consent.decision import Decision
 from consent.services import decision_for, decisions_for_members
 from exports import rules
-from exports.params import JobParams, parse_instant, parse_prefer
+from exports.params import JobParams, parse_elements, parse_instant, parse_prefer
 from exports.provenance import payer_organization, transmitter_provenance
 from exports.typefilter import date_range
 from pdex import audit
@@ -36,9 +36,10 @@ DEFAULT_COUNT = 100
 MAX_COUNT = 1000
 CURSOR_SALT = "pdex.paging"
 CURSOR_MAX_AGE = timedelta(hours=24)
-EVERYTHING_PARAMS = ("start", "end", "_since", "_type", "_count", "_page")
+EVERYTHING_PARAMS = ("start", "end", "_since", "_type", "_count", "_page", "_elements")
 _EVERYTHING_VALUE_TYPES = {"start": ("valueDate",), "end": ("valueDate",), "_since": ("valueInstant",),
-                           "_type": ("valueCode", "valueString"), "_count": ("valueInteger",)}
+                           "_type": ("valueCode", "valueString"), "_count": ("valueInteger",),
+                           "_elements": ("valueString",)}
 
 
 # --- access ----------------------------------------------------------------------------------------
@@ -139,7 +140,8 @@ def _union(queries: Sequence[tuple[str, dict]]) -> tuple[str, dict]:
     return " UNION ALL ".join(f"({sql})" for sql, _ in queries), params
 
 
-def page_rows(queries: Sequence[tuple[str, dict]], *, after: int, limit: int) -> list[Row]:
+def page_rows(queries: Sequence[tuple[str, dict]], *, after: int, limit: int,
+              elements: Sequence[str] = ()) -> list[Row]:
     """At most `limit` rows after `after` in id order: memory is bounded by the page, not the member.
 
     Two steps: the keys of the page through the rules, then the lines of just those rows, so the
@@ -154,7 +156,7 @@ def page_rows(queries: Sequence[tuple[str, dict]], *, after: int, limit: int) ->
         keys = cursor.fetchall()
         if not keys:
             return []
-        lines_sql, lines_params = rules.lines_query([key[0] for key in keys])
+        lines_sql, lines_params = rules.lines_query([key[0] for key in keys], elements)
         cursor.execute(lines_sql, lines_params)
         lines = dict(cursor.fetchall())
     return [Row(pk, rtype, fid, tuple(refs or ()), lines[pk]) for pk, rtype, fid, refs in keys]
@@ -247,6 +249,7 @@ class EverythingParams:
     types: tuple[str, ...] = ()
     count: int = DEFAULT_COUNT
     page_token: str | None = None
+    elements: tuple[str, ...] = ()  # _elements: the matches are subsets (mandatory elements kept, SUBSETTED)
     lenient: bool = False
     respond_async: bool = False
     issues: tuple[dict[str, Any], ...] = ()
@@ -307,10 +310,13 @@ def parse_everything_params(*, query: Mapping[str, list[str]], body: Any = None,
             types.append(resource_type)
     if values.get("_type") and not types:
         raise BadRequest("None of the requested _type values is available from this server.", code="not-supported")
+    elements, dropped = parse_elements((e.strip() for v in values.get("_elements", []) for e in v.split(",")
+                                        if e.strip()), lenient=lenient)
+    issues.extend(dropped)
     return EverythingParams(
         start=start, end=end, since=parse_instant("_since", one("_since")) if one("_since") else None,
         types=tuple(types), count=parse_count(one("_count")) if one("_count") else DEFAULT_COUNT,
-        page_token=one("_page"), lenient=lenient,
+        page_token=one("_page"), elements=elements, lenient=lenient,
         respond_async="respond-async" in tokens, issues=tuple(issues),
         query={k: v for k, v in values.items() if k != "_page"},
     )
@@ -328,7 +334,7 @@ def everything_context(access: MemberAccess, params: EverythingParams, *, reques
     types = [t for t in types if t in stored or t in SHARED_TYPES]
     return rules.export_context(request_time=request_time, since=params.since, types=types,
                                 regular_member_ids=access.regular_member_ids,
-                                care_start=params.start, care_end=params.end)
+                                care_start=params.start, care_end=params.end, elements=params.elements)
 
 
 def stored_types(member: Member) -> set[str]:
@@ -349,7 +355,7 @@ def everything_page(access: MemberAccess, params: EverythingParams, *, path: str
     context = everything_context(access, params, request_time=request_time,
                                  allowed_types=readable_types(granted_scopes, rules.EXPORT_TYPES))
     queries = everything_queries(access.member, context)
-    rows = page_rows(queries, after=cursor.after if cursor else 0, limit=params.count + 1)
+    rows = page_rows(queries, after=cursor.after if cursor else 0, limit=params.count + 1, elements=params.elements)
     matches = rows[:params.count]
     more = len(rows) > params.count
     issues = list(params.issues) + (context.window.informational_issues() if not cursor else [])
@@ -378,4 +384,4 @@ def everything_job(access: MemberAccess, params: EverythingParams, *, granted_sc
         window=rules.export_window(request_time=now or timezone.now(), since=params.since),
         patients=(f"Patient/{access.member.fhir_id}",),
         types=() if tuple(types) == tuple(rules.EXPORT_TYPES) else tuple(types),
-        care_start=params.start, care_end=params.end)
+        care_start=params.start, care_end=params.end, elements=params.elements)

@@ -15,7 +15,7 @@ from django.db import connection
 from django.utils import timezone
 
 from exports import rules
-from exports.params import parse_prefer
+from exports.params import parse_elements, parse_prefer
 from exports.retrieval.everything import (
     DEFAULT_COUNT,
     Cursor,
@@ -39,7 +39,7 @@ from pdex.extract import SHARED_TYPES, reference_target
 from pdex.fhir import BadRequest, NotFound, outcome_issue
 from pdex.models import Member, Resource
 
-CONTROL_PARAMS = ("patient", "_count", "_page", "_include", "_revinclude")
+CONTROL_PARAMS = ("patient", "_count", "_page", "_include", "_revinclude", "_elements")
 SEARCHABLE_TYPES = tuple(t for t in rules.EXPORT_TYPES if t in SEARCH_PARAMS)
 # _include=Type:param → the shared types that param may point at.
 INCLUDE_TARGETS: dict[str, tuple[str, ...]] = {
@@ -94,6 +94,7 @@ class SearchParams:
     page_token: str | None = None
     includes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (JSON path, target types) per _include
     revinclude_provenance: bool = False
+    elements: tuple[str, ...] = ()  # _elements: the matches are subsets (included resources come whole)
     issues: tuple[dict[str, Any], ...] = ()
     query: Mapping[str, list[str]] = field(default_factory=dict)
 
@@ -147,6 +148,9 @@ def parse_search_params(resource_type: str, query: Mapping[str, list[str]], *, p
         for m, raw in enumerate(raw_values):  # repeated parameters AND together
             conditions.append(condition_for(resource_type, name, raw, f"s{n}_{m}"))
     includes = tuple(_include(resource_type, value) for value in values.get("_include", []))
+    elements, dropped = parse_elements((e.strip() for v in values.get("_elements", []) for e in v.split(",")
+                                        if e.strip()), lenient=lenient)
+    issues.extend(dropped)
     revinclude = values.get("_revinclude", [])
     if any(v != REVINCLUDE_PROVENANCE for v in revinclude):
         raise BadRequest(f"Only _revinclude={REVINCLUDE_PROVENANCE} is supported.", code="not-supported")
@@ -155,7 +159,7 @@ def parse_search_params(resource_type: str, query: Mapping[str, list[str]], *, p
         conditions=all_of(conditions) if conditions else None,
         count=parse_count(values["_count"][0]) if values.get("_count") else DEFAULT_COUNT,
         page_token=values["_page"][0] if values.get("_page") else None,
-        includes=includes, revinclude_provenance=bool(revinclude), issues=tuple(issues),
+        includes=includes, revinclude_provenance=bool(revinclude), elements=elements, issues=tuple(issues),
         query={k: v for k, v in values.items() if k != "_page"},
     )
 
@@ -200,7 +204,7 @@ def search_page(partner, params: SearchParams, *, path: str, request=None, now: 
     request_time = cursor.request_time if cursor else (now or timezone.now())
     context = search_context(access, params.resource_type, request_time=request_time, conditions=params.conditions)
     queries = [rules.keyed_query(params.resource_type, [access.member.pk], context)]
-    rows = page_rows(queries, after=cursor.after if cursor else 0, limit=params.count + 1)
+    rows = page_rows(queries, after=cursor.after if cursor else 0, limit=params.count + 1, elements=params.elements)
     matches = rows[:params.count]
     includes: list[Row] = []
     if params.includes and matches:
