@@ -188,6 +188,10 @@ def prepare_environment(args: argparse.Namespace) -> tuple[dict[str, str], Path]
         "PORT": str(args.port),
         # The partner of the --with-jwks-url run publishes its keys on plain http on 127.0.0.1.
         "JWKS_ALLOW_HTTP": "true",
+        # BDT asks for a token for almost every one of its tests (hundreds a minute, from one client and one
+        # address); a real partner needs one every five minutes. The limits stay on, far above the tester's pace.
+        "TOKEN_RATE_PER_CLIENT": os.environ.get("TOKEN_RATE_PER_CLIENT") or "5000",
+        "TOKEN_RATE_PER_ADDRESS": os.environ.get("TOKEN_RATE_PER_ADDRESS") or "10000",
         "PYTHONUNBUFFERED": "1",
     }
     for name in ("TOKEN_ENDPOINT_URL",):  # derived from FHIR_BASE_URL, as a real deployment on this port would
@@ -263,7 +267,9 @@ def make_match_group(client: Client, base: str, token_url: str) -> None:
     status_url = partner.kick_off("Group/$bulk-member-match", {"resourceType": "Parameters", "parameter": bundles})
     deadline = time.monotonic() + MATCH_TIMEOUT
     while True:  # partner.wait() draws a progress bar; this stays quiet
-        response = partner.call("GET", status_url, headers={"Accept": "application/json"})
+        # A fresh connection per poll: waiting exactly Retry-After on a kept-alive one can meet the server's
+        # keep-alive timeout (issue 11 item 7); the harness must not fail on that.
+        response = partner.call("GET", status_url, headers={"Accept": "application/json", "Connection": "close"})
         if response.status_code == 200:
             manifest = response.json()
             break
