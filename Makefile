@@ -50,7 +50,8 @@ bench-everything: migrate  ## Patient/$everything paged through the largest memb
 bench-token: migrate  ## token endpoint: signed assertions in, bearer tokens out, per second
 	$(PY) scripts/bench_token.py
 
-conformance: venv  ## the SMART Bulk Data Tester (../shared/tools/bdt) in v2 and v1 mode against a service of its own
+CONFORMANCE_ARGS ?= --with-jwks-url
+conformance: venv  ## the SMART Bulk Data Tester (../shared/tools/bdt) in v2 and v1 mode (and v2 with a JWKS-URL client) against a service of its own
 	$(PY) scripts/conformance.py $(CONFORMANCE_ARGS)
 
 stop:

@@ -61,6 +61,8 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from config import queues  # noqa: E402 - the checkout's own modules, once it is on the path
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 FLOOR_FILE = ROOT / "scripts" / "conformance-floor.txt"
@@ -333,8 +335,10 @@ class Services:
         commands = {
             "web": [tool("gunicorn"), "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
                     "--threads", "4", "--timeout", "120", "--access-logfile", "-"],
+            # One worker on every queue of this service (export, match, control, maintenance: config/queues.py).
             "worker": [tool("celery"), "-A", "config", "worker", "-l", "info", "-c", "2", "--without-gossip",
-                       "--without-mingle", "-n", f"conformance-{port}@%h"],
+                       "--without-mingle", "-Q", queues.worker_queues(self.env["CELERY_QUEUE"]),
+                       "-n", f"conformance-{port}@%h"],
             "beat": [tool("celery"), "-A", "config", "beat", "-l", "info",
                      "--schedule", str(var_dir / "conformance" / "celerybeat-schedule")],
         }

@@ -62,6 +62,14 @@ def test_running_export_answers_202_with_progress_and_retry_after(api, partner):
     assert job.last_polled_at is not None
 
 
+def test_the_202_body_is_json_in_the_type_the_client_asked_for(api, partner):
+    """An empty body served as application/json is not JSON (the Bulk Data tester parses it)."""
+    job = make_export(partner, status=AsyncJob.Status.RUNNING, progress_done=1, progress_total=4)
+    response = api.get(status_path(job), HTTP_ACCEPT="application/json")
+    assert response.status_code == 202 and response["Content-Type"].startswith("application/json")
+    assert response.json()["issue"][0]["severity"] == "information"
+
+
 def test_running_match_job_counts_members(api, partner):
     job = MatchJob.objects.create(partner=partner, request_url="https://old-payer.test/fhir/Group/$bulk-member-match",
                                   status=AsyncJob.Status.RUNNING, progress_done=300, progress_total=1000)
