@@ -84,7 +84,18 @@ def test_a_sigkilled_match_worker_loses_and_duplicates_no_entry(make_partner, ap
     def batch_running() -> bool:
         return MatchBatch.objects.filter(job=job, status=MatchBatch.Status.RUNNING).exists()
 
-    wait_until(batch_running, "a batch to be running", every=0.005)
+    interrupted = False
+    for _ in range(200):  # stop the pool while it holds a batch, so the kill lands mid-batch for certain
+        wait_until(batch_running, "a batch to be running", every=0.005)
+        children = worker.child_pids()
+        for pid in children:
+            os.kill(pid, signal.SIGSTOP)
+        interrupted = batch_running()
+        if interrupted:
+            break
+        for pid in children:
+            os.kill(pid, signal.SIGCONT)
+    assert interrupted, "the worker never held a batch while it was stopped"
     kill([*worker.child_pids(), worker.process.pid])  # the whole worker: its reserved messages are lost too
     worker.process.wait()
     job.refresh_from_db()
