@@ -7,6 +7,7 @@ import secrets
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from config import embedded, queues
 
@@ -18,12 +19,35 @@ if (BASE_DIR / ".env").exists():
     environ.Env.read_env(BASE_DIR / ".env")
 
 
-def _secret_key() -> str:
-    """SECRET_KEY from the environment; a single-machine install keeps a generated one under var/."""
-    if "SECRET_KEY" in os.environ:
-        return os.environ["SECRET_KEY"]
+# Values that only ever stand in for a real key (docker-compose's and .env.example's old placeholders among them).
+PLACEHOLDER_SECRET_KEYS = {"", "change-me", "change-me-in-.env", "changeme", "secret", "django-insecure"}
+SECRET_KEY_MIN_LENGTH = 32
+
+
+def _secret_key(debug: bool) -> str:
+    """SECRET_KEY signs sessions and download URLs, so outside DEBUG a placeholder stops start-up.
+
+    Unset, a single-machine install keeps one generated under var/: made only when the service picks its own
+    PostgreSQL (DATABASE_URL unset: the embedded or local default, every process on this machine), and read
+    by any process of that machine afterwards. A deployment that names its DATABASE_URL names its SECRET_KEY
+    too: machines that each made their own would refuse each other's signed URLs (docs/operations.md).
+    """
     key_file = VAR_DIR / "secret_key"
+    if "SECRET_KEY" in os.environ:
+        key = os.environ["SECRET_KEY"]
+        if not debug and (key.strip() in PLACEHOLDER_SECRET_KEYS or key.startswith(("change-me", "django-insecure"))
+                          or len(key) < SECRET_KEY_MIN_LENGTH):
+            raise ImproperlyConfigured(
+                f"SECRET_KEY is a placeholder or shorter than {SECRET_KEY_MIN_LENGTH} characters. Set a random one "
+                "(python -c 'import secrets; print(secrets.token_urlsafe(50))'), or unset it on a single machine "
+                "to keep a generated one under var/.")
+        return key
     if not key_file.exists():
+        if "DATABASE_URL" in os.environ and not debug:
+            raise ImproperlyConfigured(
+                "SECRET_KEY is not set. A deployment with its own DATABASE_URL must set SECRET_KEY, the same on "
+                "every machine (python -c 'import secrets; print(secrets.token_urlsafe(50))'); only the "
+                "single-machine default generates one under var/.")
         VAR_DIR.mkdir(parents=True, exist_ok=True)
         key_file.write_text(secrets.token_urlsafe(50))
         key_file.chmod(0o600)
@@ -31,7 +55,7 @@ def _secret_key() -> str:
 
 
 DEBUG = env.bool("DEBUG", default=False)
-SECRET_KEY = _secret_key()
+SECRET_KEY = _secret_key(DEBUG)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 # The port web serves on (Procfile, `make run`): the advertised URLs follow it unless FHIR_BASE_URL is set.
 PORT = env.int("PORT", default=8000)
@@ -55,6 +79,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "pdex.logcontext.RequestIdMiddleware",
+    "pdex.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -137,6 +163,10 @@ CELERY_WORKER_REDIRECT_STDOUTS = False
 # Beat's schedule file lives with the rest of the local state (PDEX_VAR_DIR), wherever that is.
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_TIMEZONE = "UTC"
+# Task events for Flower / `celery events` (Procfile `flower`, docker-compose `flower`).
+CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=True)
+CELERY_TASK_SEND_SENT_EVENT = CELERY_WORKER_SEND_TASK_EVENTS
+QUEUE_NAMES = queues.names(CELERY_QUEUE_PREFIX)  # kind → queue, for /metrics' queue depths
 
 # --- Auth ----------------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -222,6 +252,12 @@ JOB_LEASE_SECONDS = env.int("JOB_LEASE_SECONDS", default=120)
 JOB_MAX_ATTEMPTS = env.int("JOB_MAX_ATTEMPTS", default=5)
 JOB_SWEEP_SECONDS = env.int("JOB_SWEEP_SECONDS", default=30)
 STATUS_RETRY_AFTER_SECONDS = env.int("STATUS_RETRY_AFTER_SECONDS", default=2)
+# Service levels (docs/service-levels.md): every job is due JOB_DEADLINE_DAYS after its request (Bulk Data's
+# seven days at most); the sweep logs, and admin flags, a job still open JOB_DEADLINE_WARNING_HOURS before it.
+JOB_DEADLINE_DAYS = env.int("JOB_DEADLINE_DAYS", default=7)
+JOB_DEADLINE_WARNING_HOURS = env.int("JOB_DEADLINE_WARNING_HOURS", default=24)
+# Whether a partner may ask for urgent handling (`Prefer: priority=urgent`); admins may raise a job anyway.
+JOB_URGENT_REQUESTS = env.bool("JOB_URGENT_REQUESTS", default=True)
 
 # --- Django plumbing -----------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -237,14 +273,35 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=50 * 1024 * 1024)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
+# One JSON object per line (python-json-logger), each with the request id of the request or job it serves
+# (pdex.logcontext); LOG_FORMAT=plain for a human at a terminal.
+LOG_FORMAT = env.str("LOG_FORMAT", default="json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "pdex.logcontext.ContextFilter"}},
+    "formatters": {
+        "json": {"()": "pythonjsonlogger.json.JsonFormatter",
+                 "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+                 "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"}},
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {"django.db.backends": {"level": "WARNING"},
+                # One line per request comes from pdex.request (with its request id); Django's own is a duplicate.
+                "django.server": {"level": "WARNING"}},
 }
+
+# --- Metrics (pdex/metrics.py, docs/operations.md) -----------------------------------------------
+# The web processes' counters live in files here, one per process (prometheus-client multiprocess mode);
+# the Procfile empties it when web starts.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus"))
+Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+# /metrics answers a bearer METRICS_TOKEN when one is set; otherwise only scrapers on these networks.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=["127.0.0.0/8", "::1/128"])
+METRICS_SERVICE_LEVEL_DAYS = env.int("METRICS_SERVICE_LEVEL_DAYS", default=30)
 
 # django-oauth-toolkit's swappable models, named so Partner's foreign key to Application migrates cleanly.
 OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth2_provider.Application"

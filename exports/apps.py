@@ -1,7 +1,8 @@
 from django.apps import AppConfig
 
 from exports.kind import EXPORT
-from pdex import capability
+from exports.metrics import export_families
+from pdex import capability, metrics
 from pdex.jobs import kinds
 
 DAVINCI_DATA_EXPORT = "http://hl7.org/fhir/us/davinci-atr/OperationDefinition/davinci-data-export"
@@ -17,6 +18,7 @@ class ExportsConfig(AppConfig):
 
     def ready(self) -> None:
         """Tell /metadata which export operations exist (spec §7.8), and the job engine what an export is."""
+        metrics.register(export_families)
         kinds.register(EXPORT)
 
         capability.register_operation("Group", "davinci-data-export", DAVINCI_DATA_EXPORT)

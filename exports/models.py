@@ -24,6 +24,7 @@ class ExportJob(AsyncJob):
     params = models.JSONField(default=dict, help_text="validated kick-off parameters")
     member_count = models.PositiveIntegerField(default=0)
     counts = models.JSONField(default=dict, blank=True, help_text="resources written per type")
+    sizes = models.JSONField(default=dict, blank=True, help_text="bytes written per type")
     messages = models.JSONField(default=list, blank=True,
                                 help_text="OperationOutcome issues of the kick-off for the error file (warnings)")
     planning_messages = models.JSONField(default=list, blank=True,
@@ -52,6 +53,9 @@ class ExportChunk(WorkUnit):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["job", "sequence"], name="exportchunk_job_seq_uniq")]
+        # The claim's probe for a job's next unit due skips the done ones (pdex.jobs.engine.claim).
+        indexes = [models.Index(fields=["job", "sequence"], name="exportchunk_open",
+                                condition=models.Q(status__in=["pending", "running"]))]
 
     def __str__(self) -> str:
         return f"{self.job_id} #{self.sequence} {self.resource_type}"

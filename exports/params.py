@@ -20,7 +20,7 @@ from django.utils import timezone
 from exports import rules
 from exports.rules import EXPORT_TYPES
 from exports.typefilter import parse_type_filters, split_type_filters, type_filters
-from pdex.fhir import BadRequest, outcome_issue
+from pdex.fhir import BadRequest, outcome_issue, parse_prefer
 from pdex.parameters import read_parameters, values_by_name
 
 NDJSON_FORMATS = ("application/fhir+ndjson", "application/ndjson", "ndjson")
@@ -47,12 +47,6 @@ _UNSUPPORTED: tuple[str, ...] = ()
 _ELEMENT = re.compile(r"^(?:(?P<type>[A-Z][A-Za-z]+)\.)?(?P<element>[a-z][A-Za-z0-9]{0,63})$")
 # A client's clock may run a little ahead of ours: a `_since` this far in the future still counts as now.
 SINCE_CLOCK_SKEW = timedelta(minutes=1)
-
-
-def parse_prefer(header: str | None) -> set[str]:
-    """The tokens of a Prefer header, e.g. {'respond-async', 'handling=lenient'}."""
-    return {token.strip().replace(" ", "").lower() for token in (header or "").replace(";", ",").split(",")
-            if token.strip()}
 
 
 def parse_instant(name: str, value: str) -> datetime:

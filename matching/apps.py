@@ -1,7 +1,8 @@
 from django.apps import AppConfig
 
 from matching.kind import MATCH
-from pdex import capability
+from matching.metrics import match_families
+from pdex import capability, metrics
 from pdex.jobs import kinds
 
 
@@ -12,6 +13,7 @@ class MatchingConfig(AppConfig):
     def ready(self) -> None:
         """Tell /metadata what this app serves (the two match operations, Group read/search), and the job
         engine what a bulk member match is."""
+        metrics.register(match_families)
         kinds.register(MATCH)
 
         capability.register_operation(

@@ -27,7 +27,7 @@ from matching.models import MatchBatch, MatchEntry, MatchJob
 from matching.parameters import parse_bulk
 from matching.services import Evaluation, evaluate_entries
 from pdex import audit
-from pdex.jobs import asyncstatus, engine
+from pdex.jobs import asyncstatus, engine, servicelevels
 from pdex.jobs.engine import Finished, UnitOutcome
 from pdex.models import Partner
 
@@ -38,11 +38,15 @@ def start_bulk_match(*, partner: Partner, body: Any, request_url: str, request=N
     """Validate the whole request now (4xx on structure), then queue a job of one entry per MemberBundle."""
     bundles = parse_bulk(body)
     with transaction.atomic():
-        job = MatchJob.objects.create(partner=partner, request_url=request_url, progress_total=len(bundles))
+        job = MatchJob.objects.create(partner=partner, request_url=request_url, progress_total=len(bundles),
+                                      priority=servicelevels.requested_priority(request))
         store.insert_entries(job.id, bundles)
         engine.nudge_on_commit(MATCH.plan_task, str(job.id))
     audit.record("bulk-member-match", audit.SUCCESS, partner=partner, entity=f"MatchJob/{job.id}",
-                 reason="accepted", detail={"members": len(bundles)}, request=request)
+                 reason="accepted", detail={"members": len(bundles), "priority": job.get_priority_display()},
+                 request=request)
+    log.info("bulk-member-match %s queued: %d members (%s)", job.id, len(bundles), job.get_priority_display(),
+             extra={"job": str(job.id), "partner_id": partner.pk, "priority": job.get_priority_display()})
     return job
 
 

@@ -35,6 +35,9 @@ class MatchBatch(WorkUnit):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["job", "sequence"], name="matchbatch_job_seq_uniq")]
+        # The claim's probe for a job's next unit due skips the done ones (pdex.jobs.engine.claim).
+        indexes = [models.Index(fields=["job", "sequence"], name="matchbatch_open",
+                                condition=models.Q(status__in=["pending", "running"]))]
 
     def __str__(self) -> str:
         return f"{self.job_id} #{self.sequence} [{self.start}, {self.end})"
@@ -57,6 +60,7 @@ class MatchEntry(models.Model):
     reason = models.TextField(blank=True, help_text="for the log and admins; never put in a Group")
 
     class Meta:
+        verbose_name_plural = "match entries"
         constraints = [models.UniqueConstraint(fields=["job", "index"], name="matchentry_job_index_uniq")]
 
     def __str__(self) -> str:

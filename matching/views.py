@@ -10,6 +10,7 @@ from rest_framework.parsers import FormParser
 from matching import jobs, selectors, services
 from pdex.auth import scopes
 from pdex.fhir import BadRequest, FhirView, fhir_json_response, operation_outcome, outcome_issue
+from pdex.jobs import servicelevels
 from pdex.renderers import FhirJsonParser, JsonParser
 
 GROUP_READ = ("system/Group.rs", scopes.MATCH_GROUP_EXPORT)
@@ -63,7 +64,8 @@ class BulkMemberMatchView(FhirView):
         job = jobs.start_bulk_match(partner=request.partner, body=request.data,
                                         request_url=request.build_absolute_uri(), request=request)
         outcome = operation_outcome(outcome_issue("information", "informational", "Bulk member match accepted."))
-        return fhir_json_response(outcome, status=202, headers={"Content-Location": selectors.status_url(job)})
+        return fhir_json_response(outcome, status=202, headers={"Content-Location": selectors.status_url(job),
+                                                                **servicelevels.preference_applied(job)})
 
 
 class GroupReadView(FhirView):

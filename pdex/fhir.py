@@ -266,3 +266,9 @@ def fhir_json_response(body: dict[str, Any], status: int = 200, headers: dict[st
     for name, value in (headers or {}).items():
         response[name] = value
     return response
+
+
+def parse_prefer(header: str | None) -> set[str]:
+    """The tokens of a Prefer header (RFC 7240), e.g. {'respond-async', 'handling=lenient', 'priority=urgent'}."""
+    return {token.strip().replace(" ", "").lower() for token in (header or "").replace(";", ",").split(",")
+            if token.strip()}

@@ -12,6 +12,7 @@ from collections import Counter
 from datetime import datetime
 
 from django.db import transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from exports import planning, writer
@@ -54,7 +55,10 @@ def finalize(job_id: uuid.UUID | str, *, now: datetime | None = None) -> bool:
     counts["Provenance"] = sum(provenance.values_list("count", flat=True))
     write_error_file(job)
     job.counts = {k: v for k, v in sorted(counts.items()) if v}
-    job.save(update_fields=["counts"])
+    job.sizes = {resource_type: size for resource_type, size in OutputFile.objects.filter(
+        job_id=job.id, kind=OutputFile.Kind.OUTPUT).values("resource_type").annotate(size=Sum("size"))
+        .order_by("resource_type").values_list("resource_type", "size") if size}
+    job.save(update_fields=["counts", "sizes"])
     if not asyncstatus.mark_completed(job, now=now):
         return False
     audit.record("export-complete", audit.SUCCESS, partner=job.partner, entity=f"exportjob/{job.id}",
@@ -89,7 +93,7 @@ def rerun(job_id: uuid.UUID | str, *, request=None, now: datetime | None = None)
         ExportJob.objects.filter(pk=job.pk).update(
             status=ExportJob.Status.QUEUED, transaction_time=now, params=job_params(job).again_at(now).to_json(),
             progress_done=0, progress_total=0, error=None, started_at=None, finished_at=None, expires_at=None,
-            last_polled_at=None, finalize_started_at=None, member_count=0, counts={}, planning_messages=[])
+            last_polled_at=None, finalize_started_at=None, member_count=0, counts={}, sizes={}, planning_messages=[])
 
         def restart() -> None:
             # Files first, then the nudge: the new chunks write to the same deterministic keys.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -16,9 +17,10 @@ from exports.params import JobParams
 from matching.models import MemberMatchGroup
 from pdex import audit
 from pdex.fhir import TooManyRequests
-from pdex.jobs import engine
+from pdex.jobs import engine, servicelevels
 from pdex.models import Partner
 
+log = logging.getLogger(__name__)
 ACTIVE = (ExportJob.Status.QUEUED, ExportJob.Status.RUNNING)
 BUSY_RETRY_AFTER_SECONDS = 30
 
@@ -40,6 +42,7 @@ def start_export(*, partner: Partner, kind: str, params: JobParams, request_url:
             job = ExportJob.objects.create(
                 partner=partner, kind=kind, group=group, params=params.to_json(), request_url=request_url,
                 transaction_time=params.window.request_time or now or timezone.now(),
+                priority=servicelevels.requested_priority(request),
                 messages=[*messages, *params.window.informational_issues()])
             engine.nudge_on_commit(EXPORT.plan_task, str(job.id))
     if job is None:
@@ -49,5 +52,8 @@ def start_export(*, partner: Partner, kind: str, params: JobParams, request_url:
             audit_reason="too many running exports", audit_entity=entity,
             audit_detail={"running": running, "limit": settings.EXPORT_MAX_RUNNING_JOBS})
     audit.record("export", audit.SUCCESS, partner=partner, reason="kick-off", request=request, entity=entity,
-                 detail={"job": str(job.id), "kind": kind, "types": list(params.types) or "all"})
+                 detail={"job": str(job.id), "kind": kind, "types": list(params.types) or "all",
+                         "priority": job.get_priority_display()})
+    log.info("%s %s queued for %s (%s)", kind, job.id, entity, job.get_priority_display(),
+             extra={"job": str(job.id), "partner_id": partner.pk, "priority": job.get_priority_display()})
     return job

@@ -14,7 +14,7 @@ from exports.models import ExportJob
 from exports.params import ExportParams, parse_prefer
 from matching.models import MemberMatchGroup
 from pdex.fhir import BadRequest, Forbidden, fhir_json_response, operation_outcome, outcome_issue
-from pdex.jobs import asyncstatus
+from pdex.jobs import asyncstatus, servicelevels
 
 
 def require_async(request) -> None:
@@ -50,5 +50,6 @@ def accepted(job: ExportJob, request=None) -> JsonResponse:
     """202 Accepted with the status URL in Content-Location (Bulk Data 2.0.0)."""
     outcome = operation_outcome(outcome_issue("information", "informational",
                                               f"Export accepted; poll {asyncstatus.status_url(job)} for status."))
-    return fhir_json_response(outcome, status=202, headers={"Content-Location": asyncstatus.status_url(job)},
+    return fhir_json_response(outcome, status=202, headers={"Content-Location": asyncstatus.status_url(job),
+                                                            **servicelevels.preference_applied(job)},
                               request=request)

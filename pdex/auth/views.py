@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET
 from oauth2_provider.views import TokenView as DotTokenView
 from oauthlib.oauth2 import BackendApplicationServer
 
-from pdex import audit
+from pdex import audit, metrics
 from pdex.auth import discovery, ratelimit, registration
 from pdex.auth.validator import TokenAttempt, start_attempt, too_many
 
@@ -76,6 +76,7 @@ class TokenView(DotTokenView):
 
 def record_attempt(attempt: TokenAttempt, body: dict, *, request: HttpRequest) -> None:
     """Audit one token request: what was granted, or the real reason it was refused (never sent back)."""
+    metrics.count_token_request(issued="access_token" in body, error=str(body.get("error", "")))
     if "access_token" in body:
         audit.record("token", audit.SUCCESS, partner=attempt.partner, reason="token issued",
                      detail={"scope": body.get("scope", ""), "expires_in": body.get("expires_in")}, request=request)

@@ -22,6 +22,7 @@ AppConfig.ready(); the status URL (pdex.jobs.asyncstatus) and the sweep serve ev
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,7 +36,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from pdex import audit
+from pdex import audit, logcontext
 from pdex.fhir import operation_outcome, outcome_issue
 from pdex.jobs import asyncstatus
 from pdex.jobs.kinds import JobKind, kinds
@@ -94,38 +95,78 @@ def claim(kind: JobKind, owner: str, *, unit_id: int | None = None, job_id: Any 
           now: datetime | None = None) -> WorkUnit | None:
     """Lease the next unit due (or the one named), if its job is running; None when nothing is due.
 
-    Due: pending and past its back-off, or running under an expired lease, with attempts left. The oldest
-    job goes first, its units in order. One statement: the row is locked while it is judged and skipped by
-    any other claimer, so two workers can never hold one unit.
+    Due: pending and past its back-off, or running under an expired lease, with attempts left. Which job's
+    unit goes next (docs/service-levels.md): urgent jobs first; then the job whose partner has the fewest
+    units running now, over every kind of job, so one partner's 100,000-member export cannot hold back
+    another's 10-member one; then the earliest deadline, the oldest request; a job's units in order.
+
+    One statement, fast however many units are pending: the running jobs (a few) are sorted first, then
+    each is probed in that order for its first unit due, on a partial index of open units, until one is
+    found — a unit another claimer holds is skipped (`SKIP LOCKED`), so two workers never hold one unit.
     """
     now = now or timezone.now()
+    sql = claim_statement(kind, by_unit=unit_id is not None, by_job=job_id is not None)
+    with bookkeeping(), connection.cursor() as cursor:
+        cursor.execute(sql, claim_parameters(owner=owner, now=now, unit_id=unit_id, job_id=job_id))
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    unit = kind.units.objects.select_related("job", "job__partner").get(pk=row[0])
+    logcontext.bind(request_id=unit.job.request_id, job=str(unit.job_id))
+    return unit
+
+
+def claim_statement(kind: JobKind, *, by_unit: bool = False, by_job: bool = False) -> str:
+    """The claim's one statement for `kind` (scripts/explain_claim.py prints its plan on a large table)."""
     units, jobs = kind.units._meta.db_table, kind.jobs._meta.db_table
-    narrow = ("AND u.id = %(unit)s " if unit_id is not None else "") + (
-        "AND u.job_id = %(job)s " if job_id is not None else "")
+    narrow_job = "AND j.id = %(job)s " if by_job else ""
+    narrow_unit = "AND u.id = %(unit)s " if by_unit else ""
+    # Units running under a live lease, per partner, over every kind: what "fewest running" counts.
+    running = " UNION ALL ".join(_running_units(k) for k in _all_kinds(kind))
     # Table names come from our models; every value is a bound parameter.
-    sql = f"""
-        WITH next AS (
-            SELECT u.id FROM {units} u JOIN {jobs} j ON j.id = u.job_id
-             WHERE j.status = %(job_running)s AND u.attempts < %(max_attempts)s
-               AND (u.status = %(pending)s OR (u.status = %(running)s AND u.lease_expires < %(now)s))
-               AND (u.not_before IS NULL OR u.not_before <= %(now)s) {narrow}
-             ORDER BY j.created_at, u.job_id, u.sequence
-             LIMIT 1 FOR UPDATE OF u SKIP LOCKED)
+    return f"""
+        WITH load AS (SELECT partner_id, count(*) AS units FROM ({running}) busy GROUP BY partner_id),
+        next AS (
+            SELECT unit.id FROM (
+                SELECT j.id, j.priority, j.deadline, j.created_at, coalesce(load.units, 0) AS partner_running
+                  FROM {jobs} j LEFT JOIN load ON load.partner_id = j.partner_id
+                 WHERE j.status = %(job_running)s {narrow_job}) j
+            CROSS JOIN LATERAL (
+                SELECT u.id FROM {units} u
+                 WHERE u.job_id = j.id AND u.status IN (%(pending)s, %(running)s)
+                   AND u.attempts < %(max_attempts)s
+                   AND (u.status = %(pending)s OR u.lease_expires < %(now)s)
+                   AND (u.not_before IS NULL OR u.not_before <= %(now)s) {narrow_unit}
+                 ORDER BY u.sequence LIMIT 1 FOR UPDATE SKIP LOCKED) unit
+             ORDER BY j.priority DESC, j.partner_running, j.deadline, j.created_at, j.id
+             LIMIT 1)
         UPDATE {units} u
            SET status = %(running)s, lease_owner = %(owner)s, lease_expires = %(expires)s,
                attempts = u.attempts + 1, started_at = %(now)s, not_before = NULL, error = ''
           FROM next WHERE u.id = next.id
         RETURNING u.id"""  # noqa: S608
-    with bookkeeping(), connection.cursor() as cursor:
-        cursor.execute(sql, {
-            "job_running": AsyncJob.Status.RUNNING, "max_attempts": settings.JOB_MAX_ATTEMPTS,
-            "pending": WorkUnit.Status.PENDING, "running": WorkUnit.Status.RUNNING, "now": now,
-            "owner": owner, "expires": lease_expiry(now), "unit": unit_id, "job": job_id,
-        })
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    return kind.units.objects.select_related("job", "job__partner").get(pk=row[0])
+
+
+def claim_parameters(*, owner: str, now: datetime, unit_id: int | None = None, job_id: Any = None) -> dict[str, Any]:
+    """The bound values of the claim statement (scripts/explain_claim.py shows its plan with them)."""
+    return {
+        "job_running": AsyncJob.Status.RUNNING, "max_attempts": settings.JOB_MAX_ATTEMPTS,
+        "pending": WorkUnit.Status.PENDING, "running": WorkUnit.Status.RUNNING, "now": now,
+        "owner": owner, "expires": lease_expiry(now), "unit": unit_id, "job": job_id,
+    }
+
+
+def _running_units(kind: JobKind) -> str:
+    """The partner of every unit of `kind` running under a live lease (table names from our models)."""
+    units, jobs = kind.units._meta.db_table, kind.jobs._meta.db_table
+    return (f"SELECT rj.partner_id FROM {units} ru JOIN {jobs} rj ON rj.id = ru.job_id "  # noqa: S608
+            "WHERE ru.status = %(running)s AND ru.lease_expires >= %(now)s")
+
+
+def _all_kinds(kind: JobKind) -> list[JobKind]:
+    """Every registered kind, `kind` among them even when it was never registered (tests of one kind)."""
+    found = kinds()
+    return found if kind in found else [*found, kind]
 
 
 def heartbeat(kind: JobKind, unit_id: int, owner: str, *, now: datetime | None = None) -> None:
@@ -227,6 +268,7 @@ def run_one(kind: JobKind, work: Callable[[WorkUnit, Callable[[], None]], Result
     unit = claim(kind, owner, unit_id=unit_id)
     if unit is None:
         return UnitOutcome("idle")  # done, held by a live lease, out of attempts, or the job stopped
+    began = time.perf_counter()
     try:
         result = work(unit, lambda: heartbeat(kind, unit.pk, owner))
         finished = finish_unit(unit, owner, result)
@@ -240,6 +282,8 @@ def run_one(kind: JobKind, work: Callable[[WorkUnit, Callable[[], None]], Result
         return UnitOutcome("failed", unit.pk)
     if not finished.job_running:
         return UnitOutcome("cancelled", unit.pk)
+    log.info("%s %s of %s %s done in %.2f s", kind.unit_model, unit.pk, kind.title, unit.job_id,
+             time.perf_counter() - began, extra={"unit": unit.pk, "sequence": unit.sequence})
     return UnitOutcome("last" if finished.last else "done", unit.pk)
 
 

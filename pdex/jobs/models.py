@@ -7,14 +7,29 @@ match, exports) subclass AsyncJob in their own apps; their files are OutputFile 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
+from pdex import logcontext
 from pdex.models import Partner
+
+
+def default_deadline() -> datetime:
+    """When a job must be fulfilled by: JOB_DEADLINE_DAYS after it was asked for (Bulk Data: 7 days at most)."""
+    return timezone.now() + timedelta(days=settings.JOB_DEADLINE_DAYS)
 
 
 class AsyncJob(models.Model):
     """The FHIR asynchronous request pattern's state: what the status URL reports."""
+
+    class Priority(models.IntegerChoices):
+        """Urgent work is claimed before normal work (pdex.jobs.engine.claim); higher runs first."""
+
+        NORMAL = 0, "normal"
+        URGENT = 1, "urgent"
 
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -38,6 +53,15 @@ class AsyncJob(models.Model):
     last_polled_at = models.DateTimeField(null=True, blank=True)
     finalize_started_at = models.DateTimeField(null=True, blank=True,
                                                help_text="when the last unit of work began finishing the job")
+    # Service levels (docs/service-levels.md): what the claim order and the dashboard read.
+    priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.NORMAL,
+                                                help_text="urgent work is claimed first; an admin may raise it")
+    deadline = models.DateTimeField(default=default_deadline,
+                                    help_text="to be fulfilled by (JOB_DEADLINE_DAYS after the request)")
+    deadline_warned_at = models.DateTimeField(null=True, blank=True,
+                                              help_text="when the sweep logged that the deadline is near")
+    request_id = models.CharField(max_length=64, blank=True, default=logcontext.request_id,
+                                  help_text="X-Request-ID of the kick-off: its log lines and its workers' share it")
 
     class Meta:
         abstract = True
@@ -45,6 +69,22 @@ class AsyncJob(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in {self.Status.COMPLETED, self.Status.FAILED, self.Status.CANCELLED}
+
+    @property
+    def is_urgent(self) -> bool:
+        return self.priority >= self.Priority.URGENT
+
+    def deadline_state(self, now: datetime | None = None) -> str:
+        """met, missed, overdue, due soon (within JOB_DEADLINE_WARNING_HOURS) or on time."""
+        now = now or timezone.now()
+        if self.is_finished:
+            end = self.finished_at or now
+            return "met" if end <= self.deadline else "missed"
+        if now > self.deadline:
+            return "overdue"
+        if now > self.deadline - timedelta(hours=settings.JOB_DEADLINE_WARNING_HOURS):
+            return "due soon"
+        return "on time"
 
 
 class WorkUnit(models.Model):

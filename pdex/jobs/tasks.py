@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from pdex.jobs import asyncstatus, engine
+from pdex.jobs import asyncstatus, engine, servicelevels
 
 __all__ = ["expire_outputs", "sweep_stale_work"]
 
@@ -17,7 +17,9 @@ def expire_outputs() -> int:
 
 @shared_task(name="pdex.sweep_stale_work", ignore_result=True)
 def sweep_stale_work() -> dict[str, int]:
-    """Beat: nudge again the work that lost its worker or its message (pdex.jobs.engine.sweep)."""
+    """Beat: nudge again the work that lost its worker or its message (pdex.jobs.engine.sweep), and log the
+    jobs about to miss their deadline (pdex.jobs.servicelevels)."""
     found = engine.sweep()
+    warned = servicelevels.warn_near_deadlines()
     return {"units": sum(len(ids) for ids in found.units.values()), "plans": len(found.plans),
-            "finishes": len(found.finishes), "failed": len(found.failed)}
+            "finishes": len(found.finishes), "failed": len(found.failed), "deadline_warnings": len(warned)}
