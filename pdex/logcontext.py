@@ -75,18 +75,15 @@ class RequestIdMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        clear()
+        clear()  # a thread serves one request after another: nothing of the last one carries over
         rid = accept_request_id(request.headers.get(HEADER))
         request.request_id = rid
         bind(request_id=rid)
         began = time.perf_counter()
-        try:
-            response = self.get_response(request)
-            response[HEADER] = rid
-            match = getattr(request, "resolver_match", None)
-            log.info("%s %s %s", request.method, request.path, response.status_code, extra={
-                "method": request.method, "route": match.view_name if match else "", "status": response.status_code,
-                "duration_ms": round(1000 * (time.perf_counter() - began), 1)})
-            return response
-        finally:
-            clear()
+        response = self.get_response(request)
+        response[HEADER] = rid
+        match = getattr(request, "resolver_match", None)
+        log.info("%s %s %s", request.method, request.path, response.status_code, extra={
+            "method": request.method, "route": match.view_name if match else "", "status": response.status_code,
+            "duration_ms": round(1000 * (time.perf_counter() - began), 1)})
+        return response
