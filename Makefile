@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export PORT
 
-.PHONY: venv demo run test lint migrate services stop bench-ingest bench-match bench-export bench-everything bench-token conformance clean
+.PHONY: venv demo run test lint migrate services stop bench-ingest bench-match bench-export bench-everything bench-token conformance explain-claim clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -53,6 +53,9 @@ bench-token: migrate  ## token endpoint: signed assertions in, bearer tokens out
 CONFORMANCE_ARGS ?= --with-jwks-url
 conformance: venv  ## the SMART Bulk Data Tester (../shared/tools/bdt) in v2 and v1 mode (and v2 with a JWKS-URL client) against a service of its own
 	$(PY) scripts/conformance.py $(CONFORMANCE_ARGS)
+
+explain-claim: migrate  ## the job engine's claim on 50,000 pending chunks: its EXPLAIN ANALYZE and ms per claim
+	$(PY) scripts/explain_claim.py
 
 stop:
 	$(PY) -m config.embedded stop

@@ -130,7 +130,9 @@ def claim_statement(kind: JobKind, *, by_unit: bool = False, by_job: bool = Fals
             SELECT unit.id FROM (
                 SELECT j.id, j.priority, j.deadline, j.created_at, coalesce(load.units, 0) AS partner_running
                   FROM {jobs} j LEFT JOIN load ON load.partner_id = j.partner_id
-                 WHERE j.status = %(job_running)s {narrow_job}) j
+                 WHERE j.status = %(job_running)s {narrow_job}
+                 -- Sorted here, so the probe below runs job after job only until one has a unit due.
+                 ORDER BY j.priority DESC, partner_running, j.deadline, j.created_at, j.id) j
             CROSS JOIN LATERAL (
                 SELECT u.id FROM {units} u
                  WHERE u.job_id = j.id AND u.status IN (%(pending)s, %(running)s)
