@@ -63,7 +63,7 @@ FHIR_BASE_URL = env.str("FHIR_BASE_URL", default=f"http://localhost:{PORT}/fhir"
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "pdex.apps.PdexAdminConfig",  # django.contrib.admin with the dashboard's site (pdex/admin/dashboard.py)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.utils import timezone
 
 from consent import services
 from consent.models import Consent
+from pdex.admin import charts, dashboard
+from pdex.admin.common import fhir_json, seconds
 
 
 class PeriodFilter(admin.SimpleListFilter):
@@ -30,14 +32,27 @@ class PeriodFilter(admin.SimpleListFilter):
 
 @admin.register(Consent)
 class ConsentAdmin(admin.ModelAdmin):
-    list_display = ("id", "member", "partner", "policy", "status", "period_start", "period_end", "decision_today",
-                    "submitted_via", "submitted_at")
+    list_display = ("id", "member_umb", "partner", "policy", "status", "period_start", "period_end",
+                    "decision_today", "submitted")
     list_filter = ("status", "policy", "partner", PeriodFilter, "submitted_via")
     search_fields = ("member__umb", "member__fhir_id", "partner__name", "partner__npi")
     list_select_related = ("member", "partner")
     readonly_fields = ("member", "partner", "policy", "policy_uri", "period_start", "period_end", "status",
-                       "resource", "submitted_via", "submitted_at", "updated_at", "revoked_at", "revoked_reason")
+                       "resource_json", "submitted_via", "submitted_at", "updated_at", "revoked_at", "revoked_reason")
+    exclude = ("resource",)
     actions = ["revoke_selected"]
+
+    @admin.display(description="member", ordering="member__umb")
+    def member_umb(self, consent: Consent) -> str:
+        return consent.member.umb
+
+    @admin.display(description="submitted", ordering="submitted_at")
+    def submitted(self, consent: Consent) -> str:
+        return f"{seconds(consent.submitted_at)} ({consent.submitted_via})"
+
+    @admin.display(description="Consent (FHIR JSON)")
+    def resource_json(self, consent: Consent) -> str:
+        return fhir_json(consent.resource, "Consent as submitted")
 
     @admin.display(description="decision today")
     def decision_today(self, consent: Consent) -> str:
@@ -54,3 +69,15 @@ class ConsentAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+
+@dashboard.register
+def consent_panels(request) -> list[dashboard.Panel]:
+    today = timezone.now().date()
+    counts = dict(Consent.objects.values_list("status").annotate(n=Count("id")))
+    ended = Consent.objects.filter(status=Consent.Status.ACTIVE, period_end__lt=today).count()
+    rows = [("active, in period", counts.get(Consent.Status.ACTIVE, 0) - ended), ("active, period ended", ended),
+            ("revoked", counts.get(Consent.Status.REVOKED, 0)), ("rejected", counts.get(Consent.Status.REJECTED, 0))]
+    return [dashboard.Panel("Consents by status", charts.horizontal_bars(
+        [(label, n, f"{n:,}") for label, n in rows], title="consents by status", bar_colour="#009E73"),
+        note="one consent per member and partner", order=50)]

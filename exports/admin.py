@@ -1,28 +1,28 @@
-"""Admin for export jobs (progress, per-type counts, files, errors, cancel) and output files.
+"""Admin for export jobs (progress, per-type counts, files, errors, cancel, priority), what each partner
+received (a page and its CSV), and the dashboard's export panels.
 
 MatchJob's admin lives with the matching app; both use the same cancel (pdex.jobs.asyncstatus.cancel_job).
 """
 
 from __future__ import annotations
 
-import json
-
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.urls import reverse
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from exports import jobs
-from exports.models import ExportChunk, ExportJob
+from exports import jobs, received
+from exports.models import ExportChunk, ExportJob, PartnerReceipts
+from pdex import audit
+from pdex.admin import charts, dashboard
+from pdex.admin.charts import human_bytes
+from pdex.admin.common import fhir_json, seconds, streaming_csv
+from pdex.admin.jobs import DeadlineFilter, JobAdminMixin, make_urgent
 from pdex.jobs import asyncstatus
-from pdex.jobs.models import AsyncJob
-
-
-def progress(job: AsyncJob) -> str:
-    """"done/total (percent)" for list pages."""
-    if not job.progress_total:
-        return "–"
-    return f"{job.progress_done}/{job.progress_total} ({100 * job.progress_done // job.progress_total}%)"
+from pdex.models import Partner
 
 
 class ExportChunkInline(admin.TabularInline):
@@ -59,37 +59,43 @@ def rerun_jobs(modeladmin, request, queryset: QuerySet) -> None:
 
 
 @admin.register(ExportJob)
-class ExportJobAdmin(admin.ModelAdmin):
-    list_display = ("id", "kind", "partner", "status", "job_progress", "member_count", "created_at",
-                    "finished_at", "expires_at")
-    list_filter = ("status", "kind", "partner")
-    search_fields = ("id", "partner__name", "request_url")
+class ExportJobAdmin(JobAdminMixin, admin.ModelAdmin):
+    list_display = ("job_id", "kind", "partner", "status", "priority", "job_progress", "member_count", "requested",
+                    "deadline_flag", "took")
+    list_filter = ("status", "kind", "priority", DeadlineFilter, "partner")
+    search_fields = ("id", "partner__name", "request_url", "request_id")
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
+    list_select_related = ("partner",)
     inlines = [ExportChunkInline]
-    actions = [cancel_jobs, rerun_jobs]
-    readonly_fields = ("id", "kind", "partner", "group", "status", "job_progress", "request_url", "params_text",
-                       "member_count", "type_counts", "files", "error_text", "transaction_time", "created_at",
-                       "started_at", "finished_at", "expires_at", "last_polled_at", "status_link")
-    exclude = ("params", "counts", "error", "progress_done", "progress_total")
-
-    @admin.display(description="progress")
-    def job_progress(self, job: ExportJob) -> str:
-        return progress(job)
-
-    @admin.display(description="status URL")
-    def status_link(self, job: ExportJob) -> str:
-        return asyncstatus.status_url(job)
+    actions = [cancel_jobs, rerun_jobs, make_urgent]
+    fieldsets = [
+        (None, {"fields": ("id", "kind", "partner", "group", "status", "priority", "job_progress", "member_count",
+                           "type_counts", "files")}),
+        ("Service level", {"fields": ("requested", "deadline", "deadline_flag", "took", "started_at", "finished_at",
+                                      "expires_at", "last_polled_at")}),
+        ("Request", {"fields": ("request_url", "request_id", "transaction_time", "status_link", "params_json")}),
+        ("Messages and errors", {"fields": ("messages_json", "planning_messages_json", "error_json")}),
+    ]
 
     @admin.display(description="parameters")
-    def params_text(self, job: ExportJob) -> str:
-        return format_html("<pre>{}</pre>", json.dumps(job.params, indent=2))
+    def params_json(self, job: ExportJob) -> str:
+        return fhir_json(job.params, "job parameters")
+
+    @admin.display(description="kick-off messages (error file)")
+    def messages_json(self, job: ExportJob) -> str:
+        return fhir_json(job.messages, f"{len(job.messages)} issue(s)")
+
+    @admin.display(description="planning messages (exclusions)")
+    def planning_messages_json(self, job: ExportJob) -> str:
+        return fhir_json(job.planning_messages, f"{len(job.planning_messages)} issue(s)")
 
     @admin.display(description="resources per type")
     def type_counts(self, job: ExportJob) -> str:
         if not job.counts:
             return "–"
-        return format_html_join("", "<div>{}: {}</div>", sorted(job.counts.items()))
+        return format_html_join("", "<div>{}: {} ({})</div>", ((name, f"{count:,}", human_bytes(job.sizes.get(name, 0)))
+                                                              for name, count in sorted(job.counts.items())))
 
     @admin.display(description="files")
     def files(self, job: ExportJob) -> str:
@@ -99,9 +105,106 @@ class ExportJobAdmin(admin.ModelAdmin):
             return "–"
         return format_html_join("", '<div><a href="{}">{} {} #{}</a>: {} resources, {} bytes</div>', rows)
 
-    @admin.display(description="error")
-    def error_text(self, job: ExportJob) -> str:
-        return format_html("<pre>{}</pre>", json.dumps(job.error, indent=2)) if job.error else "–"
+
+@admin.register(PartnerReceipts)
+class PartnerReceiptsAdmin(admin.ModelAdmin):
+    """What did this partner receive, when, for which members: a page per partner, and its CSV."""
+
+    list_display = ("name", "status", "exports", "resources", "written", "last_export", "csv_link")
+    list_filter = ("status",)
+    search_fields = ("name", "npi")
+    change_form_template = "admin/exports/partner_received.html"
+
+    def get_urls(self):
+        return [path("<int:partner_id>/received.csv", self.admin_site.admin_view(self.received_csv),
+                     name="exports_partnerreceipts_csv"), *super().get_urls()]
+
+    def changelist_view(self, request, extra_context=None):
+        self._totals = received.totals_by_partner()
+        return super().changelist_view(request, extra_context)
+
+    def _total(self, partner: Partner) -> received.Totals | None:
+        return getattr(self, "_totals", {}).get(partner.pk)
+
+    @admin.display(description="exports")
+    def exports(self, partner: Partner) -> int:
+        found = self._total(partner)
+        return found.jobs if found else 0
+
+    @admin.display(description="resources sent")
+    def resources(self, partner: Partner) -> str:
+        found = self._total(partner)
+        return f"{found.resources:,}" if found else "0"
+
+    @admin.display(description="bytes sent")
+    def written(self, partner: Partner) -> str:
+        found = self._total(partner)
+        return human_bytes(found.bytes) if found else "–"
+
+    @admin.display(description="last export")
+    def last_export(self, partner: Partner) -> str:
+        found = self._total(partner)
+        return seconds(found.last_finished) if found else "–"
+
+    @admin.display(description="CSV")
+    def csv_link(self, partner: Partner) -> str:
+        return format_html('<a href="{}">members received</a>',
+                           reverse("admin:exports_partnerreceipts_csv", args=[partner.pk]))
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        partner = Partner.objects.filter(pk=object_id).first()
+        if partner is None or not self.has_view_permission(request):
+            raise PermissionDenied
+        deliveries = received.deliveries(partner)
+        context = {
+            **self.admin_site.each_context(request), "opts": self.opts, "title": f"What {partner.name} received",
+            "partner": partner, "deliveries": deliveries, "members": received.members_sample(partner),
+            "member_columns": received.RECEIVED_COLUMNS, "human_bytes": human_bytes,
+            "totals": {"exports": len(deliveries), "members": sum(d.members for d in deliveries),
+                       "resources": sum(d.resources for d in deliveries),
+                       "bytes": human_bytes(sum(d.bytes for d in deliveries)),
+                       "downloads": sum(d.downloads for d in deliveries)},
+            "csv_url": reverse("admin:exports_partnerreceipts_csv", args=[partner.pk]),
+            "partner_url": reverse("admin:pdex_partner_change", args=[partner.pk]),
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, self.change_form_template, context)
+
+    def received_csv(self, request, partner_id: int):
+        partner = Partner.objects.filter(pk=partner_id).first()
+        if partner is None or not self.has_view_permission(request):
+            raise PermissionDenied
+        audit.record("admin-received-csv", audit.SUCCESS, partner=partner, reason=f"downloaded by {request.user}",
+                     request=request)
+        rows = ((str(row[0]), row[1], _iso(row[2]), _iso(row[3]), *row[4:]) for row in received.received_rows(partner))
+        stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+        return streaming_csv(f"received-partner{partner.pk}-{stamp}.csv", received.RECEIVED_COLUMNS, rows)
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+def _iso(moment) -> str:
+    return moment.isoformat() if moment else ""
+
+
+@dashboard.register
+def export_panels(request) -> list[dashboard.Panel]:
+    totals = received.totals_by_partner()
+    names = dict(Partner.objects.filter(pk__in=totals).values_list("pk", "name"))
+    top = sorted(totals.values(), key=lambda t: t.resources, reverse=True)[:10]
+    return [
+        dashboard.Panel("Resources sent per partner", charts.horizontal_bars(
+            [(names.get(t.partner_id, "?"), t.resources, f"{t.resources:,}") for t in top],
+            title="resources sent per partner"), note="resources written by exports, all time", order=40),
+        dashboard.Panel("Bytes sent per partner", charts.horizontal_bars(
+            [(names.get(t.partner_id, "?"), t.bytes, human_bytes(t.bytes)) for t in top],
+            title="bytes sent per partner", bar_colour="#56B4E9"), note="NDJSON written by exports, all time",
+            order=41),
+    ]

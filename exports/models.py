@@ -6,6 +6,7 @@ from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
 from pdex.jobs.models import AsyncJob, WorkUnit
+from pdex.models import Partner
 
 
 class ExportJob(AsyncJob):
@@ -59,3 +60,12 @@ class ExportChunk(WorkUnit):
 
     def __str__(self) -> str:
         return f"{self.job_id} #{self.sequence} {self.resource_type}"
+
+
+class PartnerReceipts(Partner):
+    """A partner seen as what it received, for the admin's page of it (a proxy: no table of its own)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "data received by partner"
+        verbose_name_plural = "data received by partner"

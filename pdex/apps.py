@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.contrib.admin import apps as admin_apps
 
 from pdex import capability
 from pdex.auth.discovery import capability_security
@@ -10,3 +11,10 @@ class PdexConfig(AppConfig):
 
     def ready(self) -> None:
         capability.register_security(capability_security)
+
+
+class PdexAdminConfig(admin_apps.AdminConfig):
+    """Django's admin with our site class: the same admin, a dashboard on its index (pdex.admin.dashboard)."""
+
+    default = False
+    default_site = "pdex.admin.dashboard.PdexAdminSite"
