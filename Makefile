@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export PORT
 
-.PHONY: venv demo run test lint migrate services stop bench-ingest bench-match bench-export bench-everything bench-token conformance explain-claim clean
+.PHONY: venv demo run test lint migrate services stop bench-ingest bench-match bench-export bench-everything bench-token conformance explain-claim screenshots clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -56,6 +56,9 @@ conformance: venv  ## the SMART Bulk Data Tester (../shared/tools/bdt) in v2 and
 
 explain-claim: migrate  ## the job engine's claim on 50,000 pending chunks: its EXPLAIN ANALYZE and ms per claim
 	$(PY) scripts/explain_claim.py
+
+screenshots: migrate  ## the admin photographed by headless Chromium into docs/images/ (apt-get install chromium chromium-driver)
+	$(PY) scripts/screenshots.py
 
 stop:
 	$(PY) -m config.embedded stop

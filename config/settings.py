@@ -264,6 +264,7 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
+FORMAT_MODULE_PATH = ["config.formats"]  # times to the second in the admin (config/formats/en/formats.py)
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 # The admin's CSS/JS served by the web process itself (gunicorn serves no static files), straight from the

@@ -8,8 +8,9 @@ from django.utils import timezone
 
 from consent import services
 from consent.models import Consent
-from pdex.admin import charts, dashboard
+from pdex.admin import charts
 from pdex.admin.common import fhir_json, seconds
+from pdex.adminsite import Panel, register
 
 
 class PeriodFilter(admin.SimpleListFilter):
@@ -71,13 +72,13 @@ class ConsentAdmin(admin.ModelAdmin):
         return False
 
 
-@dashboard.register
-def consent_panels(request) -> list[dashboard.Panel]:
+@register
+def consent_panels(request) -> list[Panel]:
     today = timezone.now().date()
     counts = dict(Consent.objects.values_list("status").annotate(n=Count("id")))
     ended = Consent.objects.filter(status=Consent.Status.ACTIVE, period_end__lt=today).count()
     rows = [("active, in period", counts.get(Consent.Status.ACTIVE, 0) - ended), ("active, period ended", ended),
             ("revoked", counts.get(Consent.Status.REVOKED, 0)), ("rejected", counts.get(Consent.Status.REJECTED, 0))]
-    return [dashboard.Panel("Consents by status", charts.horizontal_bars(
+    return [Panel("Consents by status", charts.horizontal_bars(
         [(label, n, f"{n:,}") for label, n in rows], title="consents by status", bar_colour="#009E73"),
         note="one consent per member and partner", order=50)]

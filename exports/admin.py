@@ -17,10 +17,11 @@ from django.utils.html import format_html, format_html_join
 from exports import jobs, received
 from exports.models import ExportChunk, ExportJob, PartnerReceipts
 from pdex import audit
-from pdex.admin import charts, dashboard
+from pdex.admin import charts
 from pdex.admin.charts import human_bytes
 from pdex.admin.common import fhir_json, seconds, streaming_csv
 from pdex.admin.jobs import DeadlineFilter, JobAdminMixin, make_urgent
+from pdex.adminsite import Panel, register
 from pdex.jobs import asyncstatus
 from pdex.models import Partner
 
@@ -72,7 +73,7 @@ class ExportJobAdmin(JobAdminMixin, admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ("id", "kind", "partner", "group", "status", "priority", "job_progress", "member_count",
                            "type_counts", "files")}),
-        ("Service level", {"fields": ("requested", "deadline", "deadline_flag", "took", "started_at", "finished_at",
+        ("Service level", {"fields": ("requested", "deadline", "deadline_state", "took", "started_at", "finished_at",
                                       "expires_at", "last_polled_at")}),
         ("Request", {"fields": ("request_url", "request_id", "transaction_time", "status_link", "params_json")}),
         ("Messages and errors", {"fields": ("messages_json", "planning_messages_json", "error_json")}),
@@ -103,7 +104,8 @@ class ExportJobAdmin(JobAdminMixin, admin.ModelAdmin):
                  f.count, f.size) for f in asyncstatus.job_files(job)]
         if not rows:
             return "–"
-        return format_html_join("", '<div><a href="{}">{} {} #{}</a>: {} resources, {} bytes</div>', rows)
+        listed = format_html_join("", '<div><a href="{}">{} {} #{}</a>: {} resources, {} bytes</div>', rows)
+        return format_html("<details><summary>{} file(s)</summary>{}</details>", len(rows), listed)
 
 
 @admin.register(PartnerReceipts)
@@ -194,16 +196,16 @@ def _iso(moment) -> str:
     return moment.isoformat() if moment else ""
 
 
-@dashboard.register
-def export_panels(request) -> list[dashboard.Panel]:
+@register
+def export_panels(request) -> list[Panel]:
     totals = received.totals_by_partner()
     names = dict(Partner.objects.filter(pk__in=totals).values_list("pk", "name"))
     top = sorted(totals.values(), key=lambda t: t.resources, reverse=True)[:10]
     return [
-        dashboard.Panel("Resources sent per partner", charts.horizontal_bars(
+        Panel("Resources sent per partner", charts.horizontal_bars(
             [(names.get(t.partner_id, "?"), t.resources, f"{t.resources:,}") for t in top],
             title="resources sent per partner"), note="resources written by exports, all time", order=40),
-        dashboard.Panel("Bytes sent per partner", charts.horizontal_bars(
+        Panel("Bytes sent per partner", charts.horizontal_bars(
             [(names.get(t.partner_id, "?"), t.bytes, human_bytes(t.bytes)) for t in top],
             title="bytes sent per partner", bar_colour="#56B4E9"), note="NDJSON written by exports, all time",
             order=41),

@@ -15,6 +15,7 @@ from matching.models import GroupMember, MatchEntry, MatchJob, MemberMatchGroup
 from pdex.admin import charts, dashboard
 from pdex.admin.common import fhir_json, seconds, short_id
 from pdex.admin.jobs import DeadlineFilter, JobAdminMixin, make_urgent
+from pdex.adminsite import Panel, register
 
 
 @admin.register(MatchEntry)
@@ -52,7 +53,7 @@ class MatchJobAdmin(JobAdminMixin, admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ("id", "partner", "status", "priority", "job_progress", "matched", "no_match",
                            "consent_constrained")}),
-        ("Service level", {"fields": ("requested", "deadline", "deadline_flag", "took", "started_at", "finished_at",
+        ("Service level", {"fields": ("requested", "deadline", "deadline_state", "took", "started_at", "finished_at",
                                       "expires_at", "last_polled_at")}),
         ("Request", {"fields": ("request_url", "request_id", "transaction_time", "status_link", "error_json")}),
     ]
@@ -111,8 +112,8 @@ class MemberMatchGroupAdmin(admin.ModelAdmin):
         return False
 
 
-@dashboard.register
-def match_panels(request) -> list[dashboard.Panel]:
+@register
+def match_panels(request) -> list[Panel]:
     days = dashboard.last_days()
     since = timezone.now() - timedelta(days=dashboard.DAYS)
     rows = []
@@ -123,6 +124,6 @@ def match_panels(request) -> list[dashboard.Panel]:
         rows += [(day, "match", matched or 0), (day, "nomatch", no_match or 0),
                  (day, "consentconstraint", constrained or 0)]
     series = dashboard.per_day(rows, days, ["match", "nomatch", "consentconstraint"])
-    return [dashboard.Panel("Members matched per day, by outcome", charts.stacked_bars(
+    return [Panel("Members matched per day, by outcome", charts.stacked_bars(
         [d.isoformat() for d in days], series or {"match": [0] * len(days)}, title="members matched per day"),
         note="$bulk-member-match members by the day of the request", order=20)]

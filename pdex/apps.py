@@ -14,7 +14,7 @@ class PdexConfig(AppConfig):
 
 
 class PdexAdminConfig(admin_apps.AdminConfig):
-    """Django's admin with our site class: the same admin, a dashboard on its index (pdex.admin.dashboard)."""
+    """Django's admin with our site class: the same admin, a dashboard on its index (pdex.adminsite)."""
 
     default = False
-    default_site = "pdex.admin.dashboard.PdexAdminSite"
+    default_site = "pdex.adminsite.PdexAdminSite"

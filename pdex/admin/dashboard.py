@@ -1,28 +1,22 @@
-"""The admin's home dashboard: panels of charts and figures, above Django's list of models.
-
-Each app adds its panels (`register`) in its admin module; this one draws what every kind of job shares
-(requests per day by outcome, durations against deadlines, service levels) and partners by status. The
-admin stays plain Django: the site (`PdexAdminSite`) only adds these panels to the index page's context.
+"""The dashboard's panels that every kind of job shares (requests per day by outcome, durations against
+deadlines, service levels) and partners by status; the helpers other apps' panels use (pdex.adminsite).
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import date, timedelta
 
 from django.conf import settings
-from django.contrib import admin
 from django.db.models import Count
 from django.db.models.functions import TruncDate
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString
 
 from pdex.admin import charts
+from pdex.adminsite import Panel, register
 from pdex.jobs import servicelevels
 from pdex.jobs.kinds import JobKind, kinds
 from pdex.jobs.models import AsyncJob
@@ -30,31 +24,6 @@ from pdex.models import Partner
 
 DAYS = 14
 RECENT_JOBS = 80
-
-
-@dataclass(frozen=True)
-class Panel:
-    title: str
-    body: SafeString
-    note: str = ""
-    order: int = 50
-    wide: bool = False
-
-
-PanelSource = Callable[[HttpRequest], list[Panel]]
-_sources: list[PanelSource] = []
-
-
-def register(source: PanelSource) -> PanelSource:
-    """Add a function that returns panels (an app's admin module calls this; usable as a decorator)."""
-    if source not in _sources:
-        _sources.append(source)
-    return source
-
-
-def panels(request: HttpRequest) -> list[Panel]:
-    found = [panel for source in _sources for panel in source(request)]
-    return sorted(found, key=lambda panel: panel.order)
 
 
 def last_days(days: int = DAYS, *, today: date | None = None) -> list[date]:
@@ -97,7 +66,7 @@ def job_panels(request: HttpRequest) -> list[Panel]:
             title=f"{kind.title} requests per day by outcome"), note="by the day of the request, coloured by "
             "what became of it", order=10 + n))
     found.append(Panel("Time to fulfil, against the deadline", charts.durations_against_deadlines(
-        recent_dots(), title="job durations against their deadlines"),
+        recent_dots(), width=1040, height=170, title="job durations against their deadlines"),
         note=f"the last {RECENT_JOBS} jobs of every kind: finished ones at the time they took, open ones at "
              "their age; the dashed line is the deadline", order=30, wide=True))
     by_status = Counter(dict(Partner.objects.values_list("status").annotate(n=Count("id"))))
@@ -151,19 +120,3 @@ def _percent(value: float | None) -> str:
 
 def _seconds(value: float | None) -> str:
     return "–" if value is None else charts.duration(value)
-
-
-# --- the site ------------------------------------------------------------------------------------------
-
-class PdexAdminSite(admin.AdminSite):
-    """Django's admin site with the dashboard on its index page; every ModelAdmin registers as usual."""
-
-    site_header = "Payer-to-payer exchange — operations"
-    site_title = "pdex-p2p admin"
-    index_title = "Dashboard"
-    index_template = "admin/pdex_index.html"
-    # "View site": what partners see of us, the FHIR API's CapabilityStatement (there is no web site).
-    site_url = "/fhir/metadata"
-
-    def index(self, request, extra_context=None):
-        return super().index(request, {**(extra_context or {}), "dashboard": panels(request)})

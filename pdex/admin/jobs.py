@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import flatten_fieldsets
 from django.db.models import F, QuerySet
 from django.utils import timezone
 from django.utils.html import format_html
@@ -67,13 +68,6 @@ class JobAdminMixin:
     Only `priority` may be changed (an admin may raise it); everything else is the job's record.
     """
 
-    job_list_display = ("job_id", "partner", "status", "priority", "job_progress", "requested", "deadline_flag",
-                        "took")
-    job_list_filter = ("status", "priority", DeadlineFilter, "partner")
-    job_fields = ("id", "partner", "status", "priority", "job_progress", "request_url", "requested", "deadline",
-                  "deadline_flag", "took", "transaction_time", "started_at", "finished_at", "expires_at",
-                  "last_polled_at", "request_id", "error_json", "status_link")
-
     @admin.display(description="job", ordering="id")
     def job_id(self, job: AsyncJob) -> str:
         return short_id(job.pk)
@@ -96,6 +90,10 @@ class JobAdminMixin:
         return format_html('<span style="{}" title="due {}">{}</span>', style, seconds(job.deadline),
                            "⚑ " + state if state in ("overdue", "due soon") else state)
 
+    @admin.display(description="against the deadline")
+    def deadline_state(self, job: AsyncJob) -> str:
+        return self.deadline_flag(job)
+
     @admin.display(description="took")
     def took(self, job: AsyncJob) -> str:
         if not job.finished_at:
@@ -111,7 +109,7 @@ class JobAdminMixin:
         return fhir_json(job.error)
 
     def get_readonly_fields(self, request, obj=None):
-        return [name for name in self.get_fields(request, obj) if name != "priority"]
+        return [name for name in flatten_fieldsets(self.get_fieldsets(request, obj)) if name != "priority"]
 
     def has_add_permission(self, request) -> bool:
         return False
