@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export PORT
 
-.PHONY: venv demo run test lint migrate services stop bench-ingest bench-match bench-export bench-everything bench-token conformance explain-claim screenshots clean
+.PHONY: venv demo run test lint migrate services stop bench-ingest bench-match bench-export bench-everything bench-token conformance explain-claim screenshots postman clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -59,6 +59,9 @@ explain-claim: migrate  ## the job engine's claim on 50,000 pending chunks: its 
 
 screenshots: migrate  ## the admin photographed by headless Chromium into docs/images/ (apt-get install chromium chromium-driver)
 	$(PY) scripts/screenshots.py
+
+postman: venv  ## docs/examples/pdex-p2p.postman_collection.json from the example bodies (docs/quickstart.md)
+	$(PY) scripts/postman.py
 
 stop:
 	$(PY) -m config.embedded stop
