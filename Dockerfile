@@ -1,5 +1,6 @@
-# One image for web, worker and beat (docker-compose.yml picks the command).
-FROM python:3.11-slim
+# One image for web, worker, beat and flower (docker-compose.yml picks the command). Production requirements
+# only: tests, tooling and the embedded single-machine servers are in requirements-dev.txt, not here.
+FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -25,7 +25,8 @@ migrate: services
 demo: migrate  ## fresh machine → data loaded, service up, a partner plays the exchange end to end
 	$(PY) scripts/demo.py
 
-run: migrate  ## web + worker + beat in the foreground; Ctrl-C stops all three
+run: migrate  ## web, workers, beat and flower in the foreground; Ctrl-C stops them all
+	$(PY) -m pdex.metrics.reset
 	$(VENV)/bin/honcho start -f Procfile -p $(PORT)
 
 lint: venv  ## ruff, and the import contract: every app imports only the apps below it

@@ -177,6 +177,18 @@ AUTH_PASSWORD_VALIDATORS = [
 OAUTH2_PROVIDER = {
     "ACCESS_TOKEN_EXPIRE_SECONDS": env.int("ACCESS_TOKEN_EXPIRE_SECONDS", default=300),
     "OAUTH2_VALIDATOR_CLASS": "pdex.auth.validator.SmartBackendValidator",
+    # RFC 9700 (OAuth 2.0 Security BCP) behaviours, adopted now rather than at django-oauth-toolkit 4.0. Only
+    # client credentials are reachable here (pdex.auth.views), so most concern flows we never serve; the
+    # one that matters is that a bearer token is accepted in the Authorization header only, never a query.
+    "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,
+    "COMPLIANT_BCP_RFC9700_ACCESS_TOKEN_TRANSPORT": True,
+    "COMPLIANT_BCP_RFC9700_AUTHZ_RESPONSE_ISS": True,
+    "COMPLIANT_BCP_RFC9700_REFRESH_TOKEN": True,
+    "COMPLIANT_BCP_RFC9700_REDIRECT_URI_SCHEME": True,
+    "REFRESH_TOKEN_REUSE_PROTECTION": True,  # no refresh token is ever issued (SMART backend services)
+    "ALLOWED_REDIRECT_URI_SCHEMES": ["https"],
 }
 # SMART Backend Services (docs/auth.md). The token URL is the `aud` client assertions must name; by
 # default the origin of FHIR_BASE_URL + /oauth/token.
@@ -273,6 +285,29 @@ WHITENOISE_USE_FINDERS = True
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=50 * 1024 * 1024)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Deployment over HTTPS (`manage.py check --deploy`, docs/operations.md) ----------------------------
+# Served over https when FHIR_BASE_URL says so (TLS ends at the load balancer): secure cookies and HSTS then.
+SERVED_OVER_HTTPS = env.bool("SERVED_OVER_HTTPS", default=FHIR_BASE_URL.startswith("https://"))
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SERVED_OVER_HTTPS
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=365 * 24 * 3600 if SERVED_OVER_HTTPS else 0)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SILENCED_SYSTEM_CHECKS = [
+    # W008, no SECURE_SSL_REDIRECT: the load balancer redirects browsers to https; an API client that posted
+    # over http must get an error, not a redirect that drops its body and its bearer token in the clear.
+    "security.W008",
+    # W005 and W021, HSTS without includeSubDomains and preload: both commit hosts of the parent domain that
+    # this service does not own; the operator opts in at the load balancer.
+    "security.W005", "security.W021",
+    # oauth2_provider.W006, tokens kept in plaintext: they live five minutes (ACCESS_TOKEN_EXPIRE_SECONDS)
+    # and are deleted when expired (pdex.clear_expired_tokens); hashing them at rest is an auth change of its
+    # own (docs/auth.md), not a setting to flip here.
+    "oauth2_provider.W006",
+]
+if not SERVED_OVER_HTTPS:
+    # A single machine on plain http (make demo, make run): secure-only cookies would never be sent back and
+    # HSTS cannot be served; these three apply, and are on, whenever FHIR_BASE_URL is https.
+    SILENCED_SYSTEM_CHECKS += ["security.W004", "security.W012", "security.W016"]
 
 # One JSON object per line (python-json-logger), each with the request id of the request or job it serves
 # (pdex.logcontext); LOG_FORMAT=plain for a human at a terminal.
