@@ -30,12 +30,14 @@ sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 PORT = int(os.environ.get("SCREENSHOT_PORT", "18551"))
 BASE = f"http://127.0.0.1:{PORT}"
-WORK = Path(tempfile.mkdtemp(prefix="pdex-screens-"))
-QUEUE = f"pdex-screens-{secrets.token_hex(3)}"
-os.environ.update({"FHIR_BASE_URL": f"{BASE}/fhir", "EXPORT_STORAGE_URL": f"file://{WORK}/exports",
-                   "CELERY_QUEUE": QUEUE, "CACHE_KEY_PREFIX": QUEUE, "PROMETHEUS_MULTIPROC_DIR": str(WORK / "prom"),
-                   "JWKS_ALLOW_HTTP": "true", "LOG_LEVEL": "WARNING"})
-(WORK / "prom").mkdir()
+# The run's own folder and queues, made once: the ingest's worker processes import this module again.
+WORK = Path(os.environ.get("PDEX_SCREENSHOT_WORK") or tempfile.mkdtemp(prefix="pdex-screens-"))
+AGAIN = "PDEX_SCREENSHOT_WORK" in os.environ
+QUEUE = os.environ["CELERY_QUEUE"] if AGAIN else f"pdex-screens-{secrets.token_hex(3)}"
+os.environ.update({"PDEX_SCREENSHOT_WORK": str(WORK), "FHIR_BASE_URL": f"{BASE}/fhir",
+                   "EXPORT_STORAGE_URL": f"file://{WORK}/exports", "CELERY_QUEUE": QUEUE, "CACHE_KEY_PREFIX": QUEUE,
+                   "PROMETHEUS_MULTIPROC_DIR": str(WORK / "prom"), "JWKS_ALLOW_HTTP": "true", "LOG_LEVEL": "WARNING"})
+(WORK / "prom").mkdir(exist_ok=True)
 OUT = ROOT / "docs" / "images"
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
