@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('exports', '0007_chunk_not_before'),
+        ('exports', '0008_export_job_system_kind'),
     ]
 
     operations = [

@@ -6,7 +6,7 @@ from django.db import migrations
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('exports', '0008_service_levels'),
+        ('exports', '0009_service_levels'),
         ('pdex', '0002_outputfile'),
     ]
 
