@@ -58,7 +58,9 @@ def start(env: dict[str, str]) -> list[subprocess.Popen]:
     log = open(WORK / "services.log", "w")
     venv = ROOT / ".venv" / "bin"
     web = subprocess.Popen([str(venv / "gunicorn"), "config.wsgi", "--bind", f"127.0.0.1:{PORT}", "--workers", "2",
-                            "--threads", "4"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            # Longer than the clients' poll interval: a keep-alive connection closed by
+                            # gunicorn just as the next poll reuses it would abort that poll.
+                            "--threads", "4", "--keep-alive", "75"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                            start_new_session=True)
     worker = subprocess.Popen([str(venv / "celery"), "-A", "config", "worker", "-c", "2", "-Q",
                                ",".join(f"{QUEUE}.{kind}" for kind in ("export", "match", "control", "maintenance")),
@@ -179,6 +181,9 @@ def main() -> None:
         OUT.mkdir(parents=True, exist_ok=True)
         for path in photograph(password):
             print(f"{path.relative_to(ROOT)}: {path.stat().st_size // 1024} KB")
+    except Exception:
+        print((WORK / "services.log").read_text()[-4000:], file=sys.stderr)
+        raise
     finally:
         stop(processes)
         shutil.rmtree(WORK, ignore_errors=True)
