@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.utils import timezone
+from django.utils.html import format_html
 
 from consent import services
 from consent.models import Consent
@@ -33,8 +34,8 @@ class PeriodFilter(admin.SimpleListFilter):
 
 @admin.register(Consent)
 class ConsentAdmin(admin.ModelAdmin):
-    list_display = ("id", "member_umb", "partner", "policy", "status", "period_start", "period_end",
-                    "decision_today", "submitted")
+    list_display = ("id", "member_umb", "partner", "policy_code", "status", "period_start", "period_end",
+                    "decision_now", "submitted")
     list_filter = ("status", "policy", "partner", PeriodFilter, "submitted_via")
     search_fields = ("member__umb", "member__fhir_id", "partner__name", "partner__npi")
     list_select_related = ("member", "partner")
@@ -54,6 +55,15 @@ class ConsentAdmin(admin.ModelAdmin):
     @admin.display(description="Consent (FHIR JSON)")
     def resource_json(self, consent: Consent) -> str:
         return fhir_json(consent.resource, "Consent as submitted")
+
+    @admin.display(description="policy", ordering="policy")
+    def policy_code(self, consent: Consent) -> str:
+        return f"#{consent.policy}" if consent.policy != Consent.Policy.UNKNOWN else "unknown"
+
+    @admin.display(description="decision today")
+    def decision_now(self, consent: Consent) -> str:
+        decision = services.decide_for_partner(services.facts_of(consent), consent.partner)
+        return format_html('<span title="{}">{}</span>', decision.reason, decision.kind)
 
     @admin.display(description="decision today")
     def decision_today(self, consent: Consent) -> str:

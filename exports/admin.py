@@ -61,7 +61,7 @@ def rerun_jobs(modeladmin, request, queryset: QuerySet) -> None:
 
 @admin.register(ExportJob)
 class ExportJobAdmin(JobAdminMixin, admin.ModelAdmin):
-    list_display = ("job_id", "kind", "partner", "status", "priority", "job_progress", "member_count", "requested",
+    list_display = ("job_id", "kind", "partner", "status", "priority", "job_progress", "members", "requested",
                     "deadline_flag", "took")
     list_filter = ("status", "kind", "priority", DeadlineFilter, "partner")
     search_fields = ("id", "partner__name", "request_url", "request_id")
@@ -78,6 +78,10 @@ class ExportJobAdmin(JobAdminMixin, admin.ModelAdmin):
         ("Request", {"fields": ("request_url", "request_id", "transaction_time", "status_link", "params_json")}),
         ("Messages and errors", {"fields": ("messages_json", "planning_messages_json", "error_json")}),
     ]
+
+    @admin.display(description="members", ordering="member_count")
+    def members(self, job: ExportJob) -> int:
+        return job.member_count
 
     @admin.display(description="parameters")
     def params_json(self, job: ExportJob) -> str:

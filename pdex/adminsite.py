@@ -49,6 +49,9 @@ class PdexAdminSite(admin.AdminSite):
     index_template = "admin/pdex_index.html"
     # "View site": what partners see of us, the FHIR API's CapabilityStatement (there is no web site).
     site_url = "/fhir/metadata"
+    # The list columns that matter fit at 1440 px only without the model sidebar beside every list (the
+    # dashboard and the breadcrumbs lead everywhere it did).
+    enable_nav_sidebar = False
 
     def index(self, request, extra_context=None):
         return super().index(request, {**(extra_context or {}), "dashboard": panels(request)})

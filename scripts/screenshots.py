@@ -60,8 +60,8 @@ def start(env: dict[str, str]) -> list[subprocess.Popen]:
     web = subprocess.Popen([str(venv / "gunicorn"), "config.wsgi", "--bind", f"127.0.0.1:{PORT}", "--workers", "2",
                             # Longer than the clients' poll interval: a keep-alive connection closed by
                             # gunicorn just as the next poll reuses it would abort that poll.
-                            "--threads", "4", "--keep-alive", "75"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                           start_new_session=True)
+                            "--threads", "4", "--keep-alive", "75"],
+                           cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     worker = subprocess.Popen([str(venv / "celery"), "-A", "config", "worker", "-c", "2", "-Q",
                                ",".join(f"{QUEUE}.{kind}" for kind in ("export", "match", "control", "maintenance")),
                                "-n", f"{QUEUE}@%h", "--without-gossip", "--without-mingle", "-l", "warning"],
