@@ -2,7 +2,8 @@
 
 - maintenance: the recovery sweep, output expiry, token cleanup — small, periodic, must run on time;
 - control: planning and finishing jobs (one message per job);
-- export: export chunks; match: bulk-member-match batches (one message per unit of work).
+- export: export chunks; match: bulk-member-match batches (one message per unit of work);
+- pull: the requesting side's steps (our match and export at another payer, each file's download and ingest).
 
 Every name carries a prefix (CELERY_QUEUE, default "pdex"), so several deployments or test runs can share
 one Redis without taking each other's tasks.
@@ -10,7 +11,7 @@ one Redis without taking each other's tasks.
 
 from __future__ import annotations
 
-KINDS = ("maintenance", "control", "export", "match")
+KINDS = ("maintenance", "control", "export", "match", "pull")
 
 # Task name → kind of queue; anything not listed goes to `control`.
 TASK_KINDS = {
@@ -19,6 +20,9 @@ TASK_KINDS = {
     "pdex.clear_expired_tokens": "maintenance",
     "exports.run_chunk": "export",
     "matching.match_batch": "match",
+    "requesting.run_pull_unit": "pull",
+    "requesting.schedule_pulls": "maintenance",
+    "requesting.advance_signing_keys": "maintenance",
 }
 
 

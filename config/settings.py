@@ -76,6 +76,7 @@ INSTALLED_APPS = [
     "consent",
     "matching",
     "exports",
+    "requesting",
 ]
 
 MIDDLEWARE = [
@@ -271,6 +272,33 @@ JOB_DEADLINE_WARNING_HOURS = env.int("JOB_DEADLINE_WARNING_HOURS", default=24)
 # Whether a partner may ask for urgent handling (`Prefer: priority=urgent`); admins may raise a job anyway.
 JOB_URGENT_REQUESTS = env.bool("JOB_URGENT_REQUESTS", default=True)
 
+# --- The requesting side: pulls from previous payers (docs/requesting.md) -------------------------
+# Our signing keys as a client: algorithm, how long a new key is published before it signs (longer than a
+# payer may cache our JWKS), how long a retired key stays published, and the secret they are sealed with.
+P2P_KEY_ALG = env.str("P2P_KEY_ALG", default="ES384")
+P2P_KEY_PUBLISH_SECONDS = env.int("P2P_KEY_PUBLISH_SECONDS", default=3600)
+P2P_KEY_RETIRE_SECONDS = env.int("P2P_KEY_RETIRE_SECONDS", default=3600)
+P2P_KEY_ENCRYPTION_SECRET = env.str("P2P_KEY_ENCRYPTION_SECRET", default="")
+# Where payers fetch our public keys; default: the origin of FHIR_BASE_URL + /client/jwks.json.
+P2P_CLIENT_JWKS_URL = env.str("P2P_CLIENT_JWKS_URL", default="")
+P2P_CONTACT_EMAIL = env.str("P2P_CONTACT_EMAIL", default="")
+P2P_HTTP_TIMEOUT_SECONDS = env.float("P2P_HTTP_TIMEOUT_SECONDS", default=60.0)
+# Polling their jobs: the wait when they send no Retry-After, the longest wait we accept from one, and how
+# long a pull waits for their match or export before it gives up.
+P2P_DEFAULT_RETRY_SECONDS = env.int("P2P_DEFAULT_RETRY_SECONDS", default=5)
+P2P_MAX_RETRY_AFTER_SECONDS = env.int("P2P_MAX_RETRY_AFTER_SECONDS", default=300)
+P2P_REMOTE_JOB_MAX_HOURS = env.int("P2P_REMOTE_JOB_MAX_HOURS", default=24)
+# Downloads are spooled here (one file per unit of work, deleted once ingested); lines ingested per batch.
+P2P_DOWNLOAD_DIR = env.str("P2P_DOWNLOAD_DIR", default=str(VAR_DIR / "p2p-downloads"))
+P2P_INGEST_BATCH_LINES = env.int("P2P_INGEST_BATCH_LINES", default=1000)
+# The schedule of follow-up pulls while a consent is valid: every P2P_RUNOFF_PULL_DAYS during the first
+# P2P_RUNOFF_DAYS of our coverage (run-off), then every P2P_CONCURRENT_PULL_DAYS (concurrent coverage);
+# beat looks for pulls due every P2P_SCHEDULE_SECONDS.
+P2P_RUNOFF_DAYS = env.int("P2P_RUNOFF_DAYS", default=90)
+P2P_RUNOFF_PULL_DAYS = env.int("P2P_RUNOFF_PULL_DAYS", default=7)
+P2P_CONCURRENT_PULL_DAYS = env.int("P2P_CONCURRENT_PULL_DAYS", default=91)
+P2P_SCHEDULE_SECONDS = env.int("P2P_SCHEDULE_SECONDS", default=3600)
+
 # --- Django plumbing -----------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -355,4 +383,7 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-stale-work": {"task": "pdex.sweep_stale_work", "schedule": JOB_SWEEP_SECONDS},
     "clear-expired-tokens": {"task": "pdex.clear_expired_tokens",
                              "schedule": env.int("TOKEN_CLEANUP_SECONDS", default=3600)},
+    # The requesting side: follow-up pulls that are due, and the steps of a signing-key roll-over.
+    "schedule-pulls": {"task": "requesting.schedule_pulls", "schedule": P2P_SCHEDULE_SECONDS},
+    "advance-signing-keys": {"task": "requesting.advance_signing_keys", "schedule": 300},
 }

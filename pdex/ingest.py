@@ -148,17 +148,25 @@ def parse_line(text: str, config: ParseConfig) -> tuple[tuple | None, dict | Non
         return None, None, "not a FHIR resource with resourceType and id"
     kind = resource["resourceType"]
     if config.validate:
-        from fhir.resources.R4B import get_fhir_model_class  # noqa: PLC0415 - fhir.resources takes ~0.25 s to import: only a validating load pays
-        try:
-            get_fhir_model_class(kind).model_validate_json(text)
-        except KeyError:
-            return None, None, f"unknown resource type {kind!r}"
-        except Exception as exc:  # noqa: BLE001 - pydantic/fhir errors of every kind mean "invalid"
-            return None, None, f"invalid {kind}: {_validation_summary(exc)}"
+        problem = validation_problem(text, kind)
+        if problem:
+            return None, None, problem
     try:
         return resource_row(resource, config), (member_columns(resource) if kind == "Patient" else None), None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         return None, None, f"cannot extract {kind}: {exc}"
+
+
+def validation_problem(text: str, kind: str) -> str | None:
+    """Why one resource's JSON text is not valid FHIR R4 (the R4B models), or None when it is."""
+    from fhir.resources.R4B import get_fhir_model_class  # noqa: PLC0415 - fhir.resources takes ~0.25 s to import: only a validating load pays
+    try:
+        get_fhir_model_class(kind).model_validate_json(text)
+    except KeyError:
+        return f"unknown resource type {kind!r}"
+    except Exception as exc:  # noqa: BLE001 - pydantic/fhir errors of every kind mean "invalid"
+        return f"invalid {kind}: {_validation_summary(exc)}"
+    return None
 
 
 def resource_row(resource: dict, config: ParseConfig) -> tuple:
@@ -435,3 +443,92 @@ def bad_lines_text(report: LoadReport, limit: int = 50) -> str:
     if len(report.bad) > limit:
         out.write(f"… and {len(report.bad) - limit} more\n")
     return out.getvalue()
+
+
+# --- resources received from another payer ---------------------------------------------------------
+# The requesting side (requesting.pull) hands over resources it downloaded, validated and gave ids of our
+# own; they go into the store through the same rows and merge as files do, with three differences: the member
+# is named by the caller (their Patient is attached to our member, never made a member of its own), what is
+# unchanged since the last receipt is left alone, and what is stored gets meta.lastUpdated = when we received
+# it — the version in our store is ours, so our own `_since` exports see it.
+
+@dataclass(frozen=True)
+class Received:
+    """One resource to take in, and the Patient id of our member it belongs to (None: shared, or a Provenance
+    that follows its targets)."""
+
+    resource: dict
+    member_fhir_id: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.resource["resourceType"], self.resource["id"]
+
+
+_UNCHANGED = """
+SELECT s.n, r.ingested_at >= %s FROM unnest(%s::text[], %s::text[], %s::text[])
+     WITH ORDINALITY AS s(resource_type, fhir_id, body, n)
+JOIN pdex_resource r ON r.resource_type = s.resource_type AND r.fhir_id = s.fhir_id
+WHERE (r.body #- '{meta,lastUpdated}') = (s.body::jsonb #- '{meta,lastUpdated}')
+"""
+
+
+@dataclass
+class ReceivedOutcome:
+    """What storing a batch of received resources did: `stored` are new or changed now; `repeated` were
+    unchanged but stored since `fresh_since` (an earlier attempt of the same pull took them in); the rest
+    were already held as they are."""
+
+    stored: list[Received] = field(default_factory=list)
+    repeated: list[Received] = field(default_factory=list)
+    unchanged: int = 0
+
+
+def store_received(received: list[Received], *, received_at, fresh_since=None) -> ReceivedOutcome:
+    """Store the new and changed resources (in the caller's transaction when there is one).
+
+    Idempotent: a resource received again unchanged (meta.lastUpdated aside) is not written again, so taking
+    in the same file twice stores nothing the second time.
+    """
+    outcome = ReceivedOutcome()
+    if not received:
+        return outcome
+    for item in received:
+        item.resource.setdefault("meta", {})
+    types, ids, bodies = zip(*((r.key[0], r.key[1], json.dumps(r.resource)) for r in received), strict=True)
+    with connection.cursor() as cursor:
+        cursor.execute(_UNCHANGED, [fresh_since or received_at, list(types), list(ids), list(bodies)])
+        held = {position - 1: bool(fresh) for position, fresh in cursor.fetchall()}
+    for position, item in enumerate(received):
+        if position not in held:
+            outcome.stored.append(item)
+        elif held[position] and fresh_since is not None:
+            outcome.repeated.append(item)
+        else:
+            outcome.unchanged += 1
+    if not outcome.stored:
+        return outcome
+    config = ParseConfig(validate=False, security_codes=frozenset(settings.SENSITIVE_SECURITY_CODES),
+                         codes_file=str(settings.SENSITIVE_CODES_FILE))
+    instant = format_instant(received_at)
+    rows = []
+    for item in outcome.stored:
+        item.resource["meta"]["lastUpdated"] = instant
+        row = resource_row(item.resource, config)
+        rows.append((*row[:2], item.member_fhir_id if item.member_fhir_id is not None else row[2], *row[3:]))
+    write_batch(rows, [], LoadReport())
+    if any(item.member_fhir_id is None and item.key[0] == "Provenance" for item in outcome.stored):
+        resolve_members()  # a Provenance belongs to the member its targets belong to
+    return outcome
+
+
+def stored_keys(keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of these (type, id) the store holds."""
+    keys = list(dict.fromkeys(keys))
+    if not keys:
+        return set()
+    types, ids = zip(*keys, strict=True)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT r.resource_type, r.fhir_id FROM pdex_resource r JOIN unnest(%s::text[], %s::text[])"
+                       " AS k(resource_type, fhir_id) USING (resource_type, fhir_id)", [list(types), list(ids)])
+        return {(row[0], row[1]) for row in cursor.fetchall()}

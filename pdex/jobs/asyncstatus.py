@@ -82,8 +82,8 @@ class StatusAnswer:
 # --- lookup --------------------------------------------------------------------------------------
 
 def job_models() -> list[type[AsyncJob]]:
-    """The job models the status URL serves: every registered kind."""
-    return [kind.jobs for kind in kinds.kinds()]
+    """The job models the status URL serves: every registered partner-facing kind."""
+    return [kind.jobs for kind in kinds.partner_facing_kinds()]
 
 
 def status_url(job: AsyncJob) -> str:

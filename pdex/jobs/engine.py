@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from pdex import audit, logcontext
@@ -111,7 +111,8 @@ def claim(kind: JobKind, owner: str, *, unit_id: int | None = None, job_id: Any 
         row = cursor.fetchone()
     if row is None:
         return None
-    unit = kind.units.objects.select_related("job", "job__partner").get(pk=row[0])
+    related = ("job", "job__partner") if kind.partner_facing else ("job",)
+    unit = kind.units.objects.select_related(*related).get(pk=row[0])
     logcontext.bind(request_id=unit.job.request_id, job=str(unit.job_id))
     return unit
 
@@ -121,15 +122,18 @@ def claim_statement(kind: JobKind, *, by_unit: bool = False, by_job: bool = Fals
     units, jobs = kind.units._meta.db_table, kind.jobs._meta.db_table
     narrow_job = "AND j.id = %(job)s " if by_job else ""
     narrow_unit = "AND u.id = %(unit)s " if by_unit else ""
-    # Units running under a live lease, per partner, over every kind: what "fewest running" counts.
-    running = " UNION ALL ".join(_running_units(k) for k in _all_kinds(kind))
+    # Units running under a live lease, per partner, over every kind: what "fewest running" counts. A job
+    # without a partner (a pull of the requesting side) counts for nobody and waits behind nobody's load.
+    running = " UNION ALL ".join(_running_units(k) for k in _all_kinds(kind) if k.partner_facing) or \
+        "SELECT NULL::bigint AS partner_id WHERE false"
+    partner = "j.partner_id" if kind.partner_facing else "NULL::bigint"
     # Table names come from our models; every value is a bound parameter.
     return f"""
         WITH load AS (SELECT partner_id, count(*) AS units FROM ({running}) busy GROUP BY partner_id),
         next AS (
             SELECT unit.id FROM (
                 SELECT j.id, j.priority, j.deadline, j.created_at, coalesce(load.units, 0) AS partner_running
-                  FROM {jobs} j LEFT JOIN load ON load.partner_id = j.partner_id
+                  FROM {jobs} j LEFT JOIN load ON load.partner_id = {partner}
                  WHERE j.status = %(job_running)s {narrow_job}
                  -- Sorted here, so the probe below runs job after job only until one has a unit due.
                  ORDER BY j.priority DESC, partner_running, j.deadline, j.created_at, j.id) j
@@ -184,6 +188,27 @@ def heartbeat(kind: JobKind, unit_id: int, owner: str, *, now: datetime | None =
 
 def backoff_seconds(attempts: int) -> int:
     return min(2 ** attempts, BACKOFF_MAX_SECONDS)
+
+
+class Deferred(Exception):  # noqa: N818 - a request to come back later, not an error
+    """Raised by a unit's work that must wait on something outside (another server's job, its Retry-After):
+    the unit goes back, due again in `seconds`, and the wait is not counted as a failed attempt."""
+
+    def __init__(self, seconds: float, note: str = ""):
+        super().__init__(note or f"due again in {seconds:.0f} s")
+        self.seconds = max(float(seconds), 0.0)
+        self.note = note
+
+
+def defer(kind: JobKind, unit_id: int, owner: str, seconds: float, *, note: str = "",
+          now: datetime | None = None) -> bool:
+    """Give a unit back without counting the attempt, not to be claimed again before `seconds` have passed.
+    False when the lease was no longer ours."""
+    now = now or timezone.now()
+    with bookkeeping():
+        return bool(kind.units.objects.filter(pk=unit_id, lease_owner=owner, status=WorkUnit.Status.RUNNING).update(
+            status=WorkUnit.Status.PENDING, lease_owner="", lease_expires=None,
+            not_before=now + timedelta(seconds=seconds), attempts=F("attempts") - 1, error=note[:2000]))
 
 
 def release(kind: JobKind, unit_id: int, owner: str, error: str, *, describe: str = "",
@@ -253,7 +278,7 @@ def finish(kind: JobKind, unit: WorkUnit, owner: str, *, progress: int = 1,
 class UnitOutcome:
     """What one delivery of a unit task did; `retry_in` asks the task to nudge again after that long."""
 
-    state: str  # idle, lost, retry, failed, done, last, cancelled
+    state: str  # idle, lost, deferred, retry, failed, done, last, cancelled
     unit_id: int | None = None
     retry_in: int | None = None
 
@@ -276,6 +301,10 @@ def run_one(kind: JobKind, work: Callable[[WorkUnit, Callable[[], None]], Result
         finished = finish_unit(unit, owner, result)
     except LeaseLost:
         return UnitOutcome("lost", unit.pk)
+    except Deferred as wait:
+        if not defer(kind, unit.pk, owner, wait.seconds, note=wait.note):
+            return UnitOutcome("lost", unit.pk)
+        return UnitOutcome("deferred", unit.pk, retry_in=max(1, round(wait.seconds)))
     except Exception as exc:  # any failure must give the lease back and count the attempt
         log.exception("%s %s failed", kind.unit_model, unit.pk)
         attempts = release(kind, unit.pk, owner, f"{type(exc).__name__}: {exc}", describe=describe(unit))
@@ -294,12 +323,13 @@ def run_one(kind: JobKind, work: Callable[[WorkUnit, Callable[[], None]], Result
 def fail_job(kind: JobKind, job_id: Any, diagnostics: str, *, code: str = "exception",
              now: datetime | None = None) -> bool:
     """The job ends as failed with an OperationOutcome (the status URL answers with it); audited once."""
-    job = kind.jobs.objects.select_related("partner").filter(pk=job_id).first()
+    jobs = kind.jobs.objects.select_related("partner") if kind.partner_facing else kind.jobs.objects
+    job = jobs.filter(pk=job_id).first()
     if job is None:
         return False
     failed = asyncstatus.mark_failed(job, operation_outcome(outcome_issue("error", code, diagnostics)), now=now)
     if failed:
-        audit.record(kind.audit_action, audit.FAILED, partner=job.partner,
+        audit.record(kind.audit_action, audit.FAILED, partner=getattr(job, "partner", None),
                      entity=f"{job._meta.model_name}/{job.id}", reason=diagnostics[:500])
     return failed
 

@@ -14,7 +14,7 @@ from django.apps import apps
 from django.utils.module_loading import import_string
 
 if TYPE_CHECKING:  # kinds are declared before the app registry is ready: no model import at run time
-    from pdex.jobs.models import AsyncJob, OutputFile, WorkUnit
+    from pdex.jobs.models import AsyncJob, JobState, OutputFile, WorkUnit
 
 # What a token must carry, as FhirView.required_scopes: each item a scope, or a tuple of alternatives.
 Requirements = tuple[Any, ...]
@@ -36,6 +36,9 @@ class JobKind:
     # ask of the token. Bulk Data: status and files "SHALL be protected the same way the Bulk Data Kick-off
     # Request, including an access token with scopes that cover all resources being exported".
     access_scopes: str = ""
+    # A partner's asynchronous request (an AsyncJob, served at the status URL); False for the jobs we run for
+    # ourselves (JobState without a partner: the requesting side's pulls), which the engine runs all the same.
+    partner_facing: bool = True
 
     def required_scopes(self, job: AsyncJob, output: OutputFile | None = None) -> Requirements:
         if not self.access_scopes:
@@ -44,7 +47,7 @@ class JobKind:
         return rule(job, output)
 
     @property
-    def jobs(self) -> type[AsyncJob]:
+    def jobs(self) -> type[AsyncJob] | type[JobState]:
         return apps.get_model(self.job_model)
 
     @property
@@ -61,6 +64,11 @@ def register(kind: JobKind) -> None:
 
 def kinds() -> list[JobKind]:
     return list(_kinds.values())
+
+
+def partner_facing_kinds() -> list[JobKind]:
+    """The kinds whose jobs the status URL serves to the partners that started them."""
+    return [kind for kind in _kinds.values() if kind.partner_facing]
 
 
 def kind_of(job: AsyncJob | type[AsyncJob]) -> JobKind:

@@ -22,8 +22,12 @@ def default_deadline() -> datetime:
     return timezone.now() + timedelta(days=settings.JOB_DEADLINE_DAYS)
 
 
-class AsyncJob(models.Model):
-    """The FHIR asynchronous request pattern's state: what the status URL reports."""
+class JobState(models.Model):
+    """What the job engine keeps of any job: its state, progress counts, service level and how it ended.
+
+    AsyncJob adds what a partner's asynchronous request has (its partner, its kick-off URL, its polling);
+    jobs we run for ourselves (the requesting side's pulls) build on JobState directly.
+    """
 
     class Priority(models.IntegerChoices):
         """Urgent work is claimed before normal work (pdex.jobs.engine.claim); higher runs first."""
@@ -39,9 +43,7 @@ class AsyncJob(models.Model):
         CANCELLED = "cancelled"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    partner = models.ForeignKey(Partner, on_delete=models.CASCADE, related_name="+")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
-    request_url = models.TextField(help_text="the kick-off URL, as the manifest's `request`")
     transaction_time = models.DateTimeField(null=True, blank=True)
     progress_done = models.PositiveIntegerField(default=0)
     progress_total = models.PositiveIntegerField(default=0)
@@ -50,7 +52,6 @@ class AsyncJob(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True, help_text="outputs are deleted after this")
-    last_polled_at = models.DateTimeField(null=True, blank=True)
     finalize_started_at = models.DateTimeField(null=True, blank=True,
                                                help_text="when the last unit of work began finishing the job")
     # Service levels (docs/service-levels.md): what the claim order and the dashboard read.
@@ -85,6 +86,17 @@ class AsyncJob(models.Model):
         if now > self.deadline - timedelta(hours=settings.JOB_DEADLINE_WARNING_HOURS):
             return "due soon"
         return "on time"
+
+
+class AsyncJob(JobState):
+    """The FHIR asynchronous request pattern's state: what the status URL reports to the partner that asked."""
+
+    partner = models.ForeignKey(Partner, on_delete=models.CASCADE, related_name="+")
+    request_url = models.TextField(help_text="the kick-off URL, as the manifest's `request`")
+    last_polled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
 
 
 class WorkUnit(models.Model):
