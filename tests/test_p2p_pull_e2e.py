@@ -11,9 +11,13 @@ independently, is the yardstick), every resource with A's transmitter Provenance
 from __future__ import annotations
 
 import json
+import os
+import signal
+from collections import Counter
 from datetime import timedelta
 
 import pytest
+from django.db.models import Q
 from django.utils import timezone
 
 from pdex.extract import SHARED_TYPES
@@ -21,9 +25,10 @@ from pdex.models import Member, Resource
 from requesting import consents, registry
 from requesting.client import PayerClient
 from requesting.consent_resource import ConsentTerms, OldCard
-from requesting.models import CollectedConsent, PreviousPayer, PullJob, PullMember
+from requesting.models import CollectedConsent, PreviousPayer, PullJob, PullMember, PullUnit
 from requesting.pull.start import start_pulls
 from requesting.pull.steps import source_of
+from requesting.schedule import schedule_due_pulls
 from tests.builders import make_member
 from tests.two_payers import NEW_PLAN, OLD_PLAN, OldMember, OldPayer, old_members, wait_for
 
@@ -49,8 +54,9 @@ def new_plan(settings, live_server, tmp_path):
     return values
 
 
-def start_worker(celery_worker_process, new_plan, **env):
-    return celery_worker_process(extra_env={**new_plan, **env})
+def start_worker(celery_worker_process, new_plan, *, concurrency: int = 2, beat: bool = False, **env: str):
+    """B's worker: every queue (pull included), B's settings."""
+    return celery_worker_process(extra_env={**new_plan, **env}, concurrency=concurrency, beat=beat)
 
 
 def register_with(old: OldPayer) -> PreviousPayer:
@@ -231,3 +237,69 @@ def test_two_payers_exchange_end_to_end_and_a_follow_up_pull_brings_only_what_ch
     assert Resource.objects.get(resource_type="Observation", fhir_id=local).body["status"] == "amended"
     assert not Resource.objects.filter(fhir_id=source_of(follow_up).local_id("late-visit-other")).exists()
     assert_exactly_what_was_allowed(old_plan, payer, cast)
+
+
+def test_a_puller_killed_mid_download_resumes_and_ends_with_the_store_an_undisturbed_pull_leaves(
+        old_plan, new_plan, celery_worker_process, settings):
+    env = {"JOB_LEASE_SECONDS": "3", "JOB_SWEEP_SECONDS": "1", "P2P_INGEST_BATCH_LINES": "10"}
+    settings.JOB_LEASE_SECONDS = 3
+    payer = register_with(old_plan)
+    cast = scenario(old_plan, payer)
+    worker = start_worker(celery_worker_process, new_plan, concurrency=1, **env)
+    [job] = start_pulls(payer)
+    files = PullUnit.objects.filter(job=job, step=PullUnit.Step.FILE)
+
+    def mid_download() -> bool:
+        return (files.filter(status=PullUnit.Status.DONE).count() >= 2
+                and files.filter(status=PullUnit.Status.RUNNING).exists())
+
+    wait_for(mid_download, "the puller to be mid-download", every=0.02)
+    for pid in [*worker.child_pids(), worker.process.pid]:  # the whole worker, its reserved messages with it
+        os.kill(pid, signal.SIGKILL)
+    worker.process.wait()
+    job.refresh_from_db()
+    assert job.status == PullJob.Status.RUNNING and files.exclude(status=PullUnit.Status.DONE).exists()
+
+    start_worker(celery_worker_process, new_plan, beat=True, **env)  # beat: the sweep finds the lost lease
+    run(job)
+    assert files.filter(attempts__gt=1).exists(), "no file was interrupted"
+    assert_exactly_what_was_allowed(old_plan, payer, cast)
+    disturbed, counts = snapshot(), (job.received, job.ingested)
+
+    # The same pull, undisturbed, into a store without A's data.
+    Resource.objects.exclude(Q(resource_type="Patient") & Q(fhir_id__startswith="np-")).delete()
+    CollectedConsent.objects.update(last_transaction_time=None, next_pull_at=timezone.now())
+    [again] = start_pulls(payer, full=True)
+    run(again)
+    assert not PullUnit.objects.filter(job=again, attempts__gt=1).exists()
+    assert snapshot() == disturbed
+    assert (again.received, again.ingested) == counts
+
+
+def test_a_revocation_between_two_scheduled_pulls_stops_the_second_one_for_that_member(
+        old_plan, new_plan, celery_worker_process):
+    [(began,)] = old_plan.sql("SELECT now()")
+    start_worker(celery_worker_process, new_plan)
+    payer = register_with(old_plan)
+    cast = scenario(old_plan, payer)
+    [first] = schedule_due_pulls()  # every consent is due the moment it is recorded
+    run(first)
+    leaving, _ = cast["regular-1"]
+    staying = [cast[r][0] for r in ("sensitive-1", "sensitive-2", "regular-2")]
+    held = held_of(leaving)
+    assert held
+    consent = CollectedConsent.objects.get(member=leaving)
+    consents.revoke_consent(consent, reason="the member called to withdraw", actor="test")
+    assert consent.next_pull_at is None
+
+    week_later = timezone.now() + timedelta(days=8)
+    second = schedule_due_pulls(now=week_later)
+    asked = Counter(m for job in second for m in job.pull_members.values_list("member_id", flat=True))
+    assert leaving.pk not in asked and all(asked[m.pk] == 1 for m in staying)
+    for job in second:
+        run(job)
+    # A heard of the member once (the first pull), never again; B took in nothing more of them.
+    bundles = old_plan.sql("SELECT e.bundle::text FROM matching_matchentry e JOIN matching_matchjob j"
+                           " ON j.id = e.job_id WHERE j.created_at >= %s", [began])
+    assert sum(f'"Patient/{leaving.fhir_id}"' in text for (text,) in bundles) == 1
+    assert held_of(leaving) == held
