@@ -60,8 +60,8 @@ def build_resource(consent: CollectedConsent) -> dict[str, Any]:
 
 
 def check_acceptable(resource: Mapping[str, Any], payer: PreviousPayer, *, on: date) -> None:
-    """The consent must satisfy the decision the previous payer will make (consent.decision), on the day its
-    period starts: names it as source and us as recipient, a known policy, a valid period."""
+    """The consent must satisfy the decision the previous payer will make (consent.decision) on `on` (today, or
+    the day its period starts): names it as source and us as recipient, a known policy, a valid period."""
     verdict = decide(facts_from_resource(resource), requester=organization_ids(npi=settings.PAYER_NPI),
                      us=organization_ids(npi=payer.npi), can_segment=True, now=on)
     if not verdict.allowed:
@@ -112,7 +112,7 @@ def record_consent(*, member: Member, payer: PreviousPayer, terms: ConsentTerms,
     consent.resource = {}
     consent.save()
     consent.resource = build_resource(consent)
-    check_acceptable(consent.resource, payer, on=terms.period_start)
+    check_acceptable(consent.resource, payer, on=max(terms.period_start, timezone.localdate(now)))
     consent.save(update_fields=["resource"])
     audit.record("consent-collect", audit.SUCCESS, entity=f"CollectedConsent/{consent.pk}", request=request,
                  reason=f"{'replaced' if existing else 'collected'} via {via} by {actor}",

@@ -10,6 +10,7 @@ independently, is the yardstick), every resource with A's transmitter Provenance
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
+from django.core.management import call_command
 from django.db.models import Q
 from django.utils import timezone
 
@@ -25,7 +27,7 @@ from pdex.models import Member, Resource
 from requesting import consents, registry
 from requesting.client import PayerClient
 from requesting.consent_resource import ConsentTerms, OldCard
-from requesting.models import CollectedConsent, PreviousPayer, PullJob, PullMember, PullUnit
+from requesting.models import CollectedConsent, MemberLink, PreviousPayer, PullJob, PullMember, PullUnit
 from requesting.pull.start import start_pulls
 from requesting.pull.steps import source_of
 from requesting.schedule import schedule_due_pulls
@@ -303,3 +305,23 @@ def test_a_revocation_between_two_scheduled_pulls_stops_the_second_one_for_that_
                            " ON j.id = e.job_id WHERE j.created_at >= %s", [began])
     assert sum(f'"Patient/{leaving.fhir_id}"' in text for (text,) in bundles) == 1
     assert held_of(leaving) == held
+
+
+def test_p2p_pull_runs_a_one_member_pull_here_by_member_match_and_patient_export(old_plan, new_plan):
+    """No worker of B's: `manage.py p2p_pull` runs the pull in its own process, through the same steps."""
+    payer = register_with(old_plan)
+    person = sorted(old_members(old_plan), key=lambda m: -m.sensitive)[5]
+    member = enroll(person, 7)
+    collect(member, payer, "sensitive", OldCard(member_id=person.member_number))
+    out = io.StringIO()
+    call_command("p2p_pull", "--payer", payer.npi, "--no-progress", stdout=out)
+    job = PullJob.objects.get(previous_payer=payer)
+    assert job.status == PullJob.Status.COMPLETED and job.single and job.matched == 1
+    [(kind,)] = old_plan.sql("SELECT kind FROM exports_exportjob WHERE id::text = %s",
+                             [job.export_status_url.rsplit("/", 1)[-1]])
+    assert kind == "patient-export"  # A ran a Patient/$export of the one member its $member-match found
+    summary = out.getvalue()
+    assert "1 matched" in summary and "Encounter" in summary
+    their_ids = allowed_at_old_plan(payer, person.fhir_id)
+    assert held_of(member) == {(kind, source_of(job).local_id(i)) for kind, i in their_ids}
+    assert MemberLink.objects.get(member=member).their_umb.startswith("UMB-")
