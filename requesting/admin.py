@@ -320,8 +320,8 @@ class PullMemberAdmin(admin.ModelAdmin):
     @admin.display(description="pull")
     def job_link(self, pulled: PullMember) -> str:
         url = reverse("admin:requesting_pulljob_change", args=[pulled.job_id])
-        return format_html('<a href="{}">{} {:%Y-%m-%d %H:%M}</a>', url, pulled.job.previous_payer.name,
-                           pulled.job.created_at)
+        return format_html('<a href="{}">{} {}</a>', url, pulled.job.previous_payer.name,
+                           f"{pulled.job.created_at:%Y-%m-%d %H:%M}")
 
     def lookup_allowed(self, lookup, value, request=None) -> bool:
         return lookup in ("outcome__in", "job__id__exact") or super().lookup_allowed(lookup, value, request)

@@ -4,6 +4,7 @@ stores nothing the second time."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import timedelta
 
@@ -13,7 +14,9 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from pdex import ingest
 from pdex.models import Resource
-from requesting.pull import receive
+from requesting import consents
+from requesting.models import CollectedConsent, PreviousPayer, PullJob, PullMember, PullUnit
+from requesting.pull import receive, steps
 from tests.builders import encounter, make_member, observation
 
 SOURCE = receive.Source(name="Old Plan Health", npi="1234567893", fhir_base="https://old.example.org/fhir",
@@ -109,3 +112,38 @@ def test_storing_what_was_received_is_idempotent_and_dates_our_version():
     third = ingest.store_received([ingest.Received(i.resource, i.member_fhir_id) for i in again], received_at=later,
                                   fresh_since=received_at - timedelta(minutes=5))
     assert (len(third.stored), len(third.repeated), third.unchanged) == (0, 2, 0)
+
+
+@pytest.mark.django_db
+def test_a_batch_takes_in_nothing_of_a_member_whose_consent_ended_meanwhile_nor_an_invalid_line(settings):
+    settings.PAYER_NPI = "1999999999"
+    payer = PreviousPayer.objects.create(name=SOURCE.name, npi=SOURCE.npi, fhir_base_url=SOURCE.fhir_base,
+                                         id_namespace=SOURCE.namespace)
+    job = PullJob.objects.create(previous_payer=payer, status=PullJob.Status.RUNNING, started_at=timezone.now())
+    today = timezone.localdate()
+    members = {}
+    for theirs, ours in (("a-1", "np-1"), ("a-2", "np-2")):
+        member = make_member(ours)
+        consent = CollectedConsent.objects.create(
+            member=member, previous_payer=payer, policy="sensitive", period_start=today,
+            period_end=today + timedelta(days=90), coverage_start=today, old_member_id="M", resource={},
+            collected_via="t")
+        PullMember.objects.create(job=job, member=member, consent=consent, outcome=PullMember.Outcome.MATCHED,
+                                  their_patient_id=theirs)
+        members[ours] = (member, consent)
+    consents.revoke_consent(members["np-2"][1], reason="withdrawn", actor="t")
+    unit = PullUnit.objects.create(job=job, sequence=1, step=PullUnit.Step.FILE, resource_type="Encounter")
+    when = timezone.now() - timedelta(days=10)
+    lines = [json.dumps(encounter("e-1", "a-1", when)), json.dumps(encounter("e-2", "a-2", when)),
+             json.dumps({**encounter("e-3", "a-1", when), "period": {"start": "the 3rd of May"}}),
+             json.dumps(encounter("e-4", "a-9", when))]
+    done = steps.FileDone()
+    theirs, member_ids = steps.member_maps(job)
+    steps.take_in(lines, job=job, unit=unit, done=done, theirs=theirs, member_ids=member_ids)
+    assert (done.received, done.ingested, done.invalid) == (4, 1, 1)
+    assert done.dropped == {steps.LAPSED: 1, receive.NOT_IN_PULL: 1}
+    assert not Resource.objects.filter(member=members["np-2"][0]).exclude(resource_type="Patient").exists()
+    stored = Resource.objects.get(resource_type="Encounter", member=members["np-1"][0])
+    receipts = Resource.objects.filter(resource_type="Provenance", member=members["np-1"][0])
+    assert [r.body["target"] for r in receipts] == [[{"reference": f"Encounter/{stored.fhir_id}"}]]
+    assert "3rd of May" not in json.dumps(done.notes) and "invalid Encounter" in done.notes[0]
