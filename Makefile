@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export PORT
 
-.PHONY: venv demo run test lint migrate services stop bench-ingest bench-match bench-export bench-everything bench-token conformance explain-claim screenshots postman clean
+.PHONY: venv demo demo-one run test lint migrate services stop bench-ingest bench-match bench-export bench-everything bench-token conformance explain-claim screenshots postman clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -22,7 +22,10 @@ services: venv  ## start private PostgreSQL/Redis under var/ when none answer lo
 migrate: services
 	$(PY) manage.py migrate --noinput
 
-demo: migrate  ## fresh machine → data loaded, service up, a partner plays the exchange end to end
+demo: services  ## fresh machine → two payers (two databases, two ports) exchange end to end; prints the table
+	$(PY) scripts/demo_two_payers.py
+
+demo-one: migrate  ## one payer: data loaded, service up, a scripted partner plays the exchange against it
 	$(PY) scripts/demo.py
 
 run: migrate  ## web, workers, beat and flower in the foreground; Ctrl-C stops them all

@@ -162,7 +162,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # A process that dies at start-up shows its traceback as written, not one log record per write() call.
 CELERY_WORKER_REDIRECT_STDOUTS = False
 # Beat's schedule file lives with the rest of the local state (PDEX_VAR_DIR), wherever that is.
-CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE_FILENAME = env.str("BEAT_SCHEDULE", default=str(VAR_DIR / "celerybeat-schedule"))
 CELERY_TIMEZONE = "UTC"
 # Task events for Flower / `celery events` (Procfile `flower`, docker-compose `flower`).
 CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=True)
