@@ -190,7 +190,7 @@ def backoff_seconds(attempts: int) -> int:
     return min(2 ** attempts, BACKOFF_MAX_SECONDS)
 
 
-class Deferred(Exception):  # noqa: N818 - a request to come back later, not an error
+class Deferred(Exception):
     """Raised by a unit's work that must wait on something outside (another server's job, its Retry-After):
     the unit goes back, due again in `seconds`, and the wait is not counted as a failed attempt."""
 
