@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export PORT
 
-.PHONY: venv demo demo-one run test lint migrate services stop bench-ingest bench-match bench-export bench-everything bench-token conformance explain-claim screenshots postman clean
+.PHONY: venv demo demo-one run test lint migrate services stop bench-ingest bench-match bench-export bench-everything bench-pull bench-token conformance explain-claim screenshots postman clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -50,6 +50,9 @@ bench-export: migrate  ## $davinci-data-export of every member (×1, ×10) throu
 
 bench-everything: migrate  ## Patient/$everything paged through the largest member (×1, ×10): resources/s, peak memory
 	$(PY) scripts/bench_everything.py
+
+bench-pull: migrate  ## a pull of every member of the shared data ×10 between two payers: members/s, resources/s, puller peak memory
+	$(PY) scripts/bench_pull.py
 
 bench-token: migrate  ## token endpoint: signed assertions in, bearer tokens out, per second
 	$(PY) scripts/bench_token.py

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 from tqdm import tqdm
@@ -454,8 +455,9 @@ def bad_lines_text(report: LoadReport, limit: int = 50) -> str:
 
 @dataclass(frozen=True)
 class Received:
-    """One resource to take in, and the Patient id of our member it belongs to (None: shared, or a Provenance
-    that follows its targets)."""
+    """One resource to take in, and the Patient id of our member it belongs to: None for a shared resource, and
+    for a Provenance whose targets are several members' (the rule of RESOLVE_PROVENANCE; `stored_members`
+    tells the caller whose they are)."""
 
     resource: dict
     member_fhir_id: str | None = None
@@ -466,7 +468,7 @@ class Received:
 
 
 _UNCHANGED = """
-SELECT s.n, r.ingested_at >= %s FROM unnest(%s::text[], %s::text[], %s::text[])
+SELECT s.n, r.ingested_at >= %b FROM unnest(%b::text[], %b::text[], %b::text[])
      WITH ORDINALITY AS s(resource_type, fhir_id, body, n)
 JOIN pdex_resource r ON r.resource_type = s.resource_type AND r.fhir_id = s.fhir_id
 WHERE (r.body #- '{meta,lastUpdated}') = (s.body::jsonb #- '{meta,lastUpdated}')
@@ -484,21 +486,26 @@ class ReceivedOutcome:
     unchanged: int = 0
 
 
-def store_received(received: list[Received], *, received_at, fresh_since=None) -> ReceivedOutcome:
+def store_received(received: list[Received], *, received_at, fresh_since=None,
+                   compare: bool = True) -> ReceivedOutcome:
     """Store the new and changed resources (in the caller's transaction when there is one).
 
     Idempotent: a resource received again unchanged (meta.lastUpdated aside) is not written again, so taking
-    in the same file twice stores nothing the second time.
+    in the same file twice stores nothing the second time. `compare=False` stores everything (resources the
+    caller knows to be new, such as the receipts of resources just stored).
     """
     outcome = ReceivedOutcome()
     if not received:
         return outcome
     for item in received:
         item.resource.setdefault("meta", {})
-    types, ids, bodies = zip(*((r.key[0], r.key[1], json.dumps(r.resource)) for r in received), strict=True)
-    with connection.cursor() as cursor:
-        cursor.execute(_UNCHANGED, [fresh_since or received_at, list(types), list(ids), list(bodies)])
-        held = {position - 1: bool(fresh) for position, fresh in cursor.fetchall()}
+    held: dict[int, bool] = {}
+    if compare:
+        types, ids, bodies = zip(*((r.key[0], r.key[1], json.dumps(r.resource)) for r in received), strict=True)
+        connection.ensure_connection()
+        with psycopg.Cursor(connection.connection) as cursor:  # server-side binding: no client-side quoting
+            cursor.execute(_UNCHANGED, [fresh_since or received_at, list(types), list(ids), list(bodies)])
+            held = {position - 1: bool(fresh) for position, fresh in cursor.fetchall()}
     for position, item in enumerate(received):
         if position not in held:
             outcome.stored.append(item)
@@ -517,18 +524,18 @@ def store_received(received: list[Received], *, received_at, fresh_since=None) -
         row = resource_row(item.resource, config)
         rows.append((*row[:2], item.member_fhir_id if item.member_fhir_id is not None else row[2], *row[3:]))
     write_batch(rows, [], LoadReport())
-    if any(item.member_fhir_id is None and item.key[0] == "Provenance" for item in outcome.stored):
-        resolve_members()  # a Provenance belongs to the member its targets belong to
     return outcome
 
 
-def stored_keys(keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which of these (type, id) the store holds."""
+def stored_members(keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+    """Which of these (type, id) the store holds, each with the Patient id of the member it belongs to."""
     keys = list(dict.fromkeys(keys))
     if not keys:
-        return set()
+        return {}
     types, ids = zip(*keys, strict=True)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT r.resource_type, r.fhir_id FROM pdex_resource r JOIN unnest(%s::text[], %s::text[])"
-                       " AS k(resource_type, fhir_id) USING (resource_type, fhir_id)", [list(types), list(ids)])
-        return {(row[0], row[1]) for row in cursor.fetchall()}
+    connection.ensure_connection()
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute("SELECT r.resource_type, r.fhir_id, m.fhir_id FROM unnest(%b::text[], %b::text[])"
+                       " AS k(resource_type, fhir_id) JOIN pdex_resource r USING (resource_type, fhir_id)"
+                       " LEFT JOIN pdex_member m ON m.id = r.member_id", [list(types), list(ids)])
+        return {(row[0], row[1]): row[2] for row in cursor.fetchall()}

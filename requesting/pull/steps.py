@@ -325,17 +325,20 @@ def take_in(lines: list[str], *, job: PullJob, unit: PullUnit, done: FileDone, t
         kept.append(localized)
     provenance = [item for item in kept if item.resource["resourceType"] == receive.PROVENANCE]
     if provenance:
-        held = ingest.stored_keys(key for item in provenance for key in receive.targets_of(item.resource))
+        held = ingest.stored_members(key for item in provenance for key in receive.targets_of(item.resource))
         narrowed = []
         for item in kept:
             if item.resource["resourceType"] != receive.PROVENANCE:
                 narrowed.append(item)
                 continue
-            resource = receive.narrow_targets(item.resource, held)
+            resource = receive.narrow_targets(item.resource, set(held))
             if resource is None:
                 done.dropped["Provenance of nothing we hold"] += 1
                 continue
-            narrowed.append(receive.Localized(resource, None, item.their_type, item.their_id))
+            owners = {held[key] for key in receive.targets_of(resource)} - {None}
+            # One member's resources: the Provenance is that member's; several members': nobody's, never exported.
+            narrowed.append(receive.Localized(resource, owners.pop() if len(owners) == 1 else None,
+                                              item.their_type, item.their_id))
         kept = narrowed
     received = [ingest.Received(item.resource, item.member_fhir_id) for item in kept]
     by_identity = {id(r): item for r, item in zip(received, kept, strict=True)}
@@ -344,7 +347,7 @@ def take_in(lines: list[str], *, job: PullJob, unit: PullUnit, done: FileDone, t
         receipts = [ingest.Received(receive.receipt_provenance(by_identity[id(r)], source=source, receiver=receiver(),
                                                                received_at=now), r.member_fhir_id)
                     for r in outcome.stored if r.key[0] != receive.PROVENANCE]
-        ingest.store_received(receipts, received_at=now)
+        ingest.store_received(receipts, received_at=now, compare=False)  # a stored resource's receipt is new
     done.ingested += len(outcome.stored) + len(outcome.repeated)
     done.unchanged += outcome.unchanged
 
