@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 from benchkit import database_url, recreate_database  # noqa: E402
+from demo_two_payers import new_card  # noqa: E402 - B's own Coverage of a new member, as the demo makes it
 
 from config import queues  # noqa: E402
 
@@ -141,11 +142,12 @@ def enroll(old_url: str, regular_every: int = 5) -> int:
         rows = conn.execute("""SELECT m.member_number, m.subscriber_id, p.body FROM pdex_member m
                                JOIN pdex_resource p ON p.resource_type = 'Patient' AND p.fhir_id = m.fhir_id
                                WHERE m.member_number IS NOT NULL ORDER BY m.fhir_id""").fetchall()
-    load_resources([{**{k: v for k, v in body.items() if k in ("name", "birthDate", "gender", "address")},
-                     "resourceType": "Patient", "id": f"np-{n:06d}"} for n, (_, _, body) in enumerate(rows)],
-                   source="enrollment", validate=False)
-    payer = PreviousPayer.objects.get()
     today = timezone.localdate()
+    patients = [{**{k: v for k, v in body.items() if k in ("name", "birthDate", "gender", "address")},
+                 "resourceType": "Patient", "id": f"np-{n:06d}"} for n, (_, _, body) in enumerate(rows)]
+    cards = [new_card(f"np-{n:06d}", f"NP{n:06d}", today) for n in range(len(rows))]
+    load_resources(patients + cards, source="enrollment", validate=False)
+    payer = PreviousPayer.objects.get()
     members = {m.fhir_id: m for m in Member.objects.all()}
     for n, (number, subscriber, _) in enumerate(rows):
         member = members[f"np-{n:06d}"]

@@ -138,6 +138,21 @@ def old_plan_records(database_url: str) -> list[tuple]:
              WHERE m.member_number IS NOT NULL ORDER BY m.fhir_id""").fetchall()
 
 
+def new_card(patient_id: str, member_number: str, start) -> dict:
+    """B's own Coverage of a new member (hrex-coverage): B's member id, B as payor, from today."""
+    from django.conf import settings
+
+    return {"resourceType": "Coverage", "id": f"cov-{patient_id}", "status": "active",
+            "identifier": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                                 "code": "MB"}]},
+                            "system": settings.MEMBER_ID_SYSTEM, "value": member_number}],
+            "subscriberId": member_number, "beneficiary": {"reference": f"Patient/{patient_id}"},
+            "relationship": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/subscriber-relationship",
+                                         "code": "self"}]},
+            "payor": [{"reference": f"Organization/{settings.PAYER_ORGANIZATION_ID}"}],
+            "period": {"start": start.isoformat()}}
+
+
 def enroll(records: list[tuple]) -> list[tuple[str, str]]:
     """B's new members (B's own ids and member numbers) and their consents; returns (member, what they chose)."""
     from django.utils import timezone
@@ -155,10 +170,10 @@ def enroll(records: list[tuple]) -> list[tuple[str, str]]:
                 "name": [{"use": "official", "family": "Nobody", "given": ["Never"]}]}
     patients = [{**{k: v for k, v in old[3].items() if k in ("name", "birthDate", "gender", "address")},
                  "resourceType": "Patient", "id": ours} for ours, old in people] + [stranger]
-    load_resources(patients, source="enrollment")
+    cards = [new_card(ours, f"NP{n:05d}", today) for n, ours in enumerate([*(p for p, _ in people), "np-999"])]
+    load_resources(patients + cards, source="enrollment")  # ingest takes each member's identity from its card
     chosen = []
     for n, (ours, old) in enumerate(people):
-        Member.objects.filter(fhir_id=ours).update(member_number=f"NP{n:05d}")
         choice = CAST[n]
         if choice != "no consent":
             representative = Representative(name="Jennifer Person", role="HPOWATT", relationship="DAU") \
@@ -169,7 +184,6 @@ def enroll(records: list[tuple]) -> list[tuple[str, str]]:
                 coverage_start=today, old_card=OldCard(member_id=old[1], subscriber_id=old[2]),
                 representative=representative, via="admin", actor="demo enrollment")
         chosen.append((ours, choice))
-    Member.objects.filter(fhir_id="np-999").update(member_number="NP99999")
     consents.record_consent(
         member=Member.objects.get(fhir_id="np-999"), payer=payer,
         terms=ConsentTerms("sensitive", today, today + timedelta(days=90)), scenario="enrollment",
@@ -232,6 +246,18 @@ def play_new_plan(env_a: dict[str, str], env_b: dict[str, str]) -> str:
     return table(jobs, chosen)
 
 
+def start_payer(role: str, env: dict[str, str]) -> tuple[subprocess.Popen, demo.ServiceLog]:
+    """honcho runs the Procfile for one payer, in the foreground process group (Ctrl-C reaches it); its output
+    goes to a log file, and a process that dies at start-up is named with its own error (demo.ServiceLog)."""
+    honcho = Path(sys.executable).with_name("honcho")
+    path = VAR / f"demo-{NAME}-{role}.log"
+    services = subprocess.Popen([str(honcho) if honcho.exists() else "honcho", "start", "-f", "Procfile", "-p",
+                                 env["PORT"]], cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    print(f"Payer {role.upper()}: web, worker, maintenance and beat on port {env['PORT']} (log: {path})", flush=True)
+    return services, demo.ServiceLog(services.stdout, out=path.open("w"))
+
+
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "prepare":
         prepare(sys.argv[2])
@@ -252,19 +278,13 @@ def main() -> None:
     django.setup()
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    services = {}
+    services, logs = {}, {}
     interrupted = False
     try:
         for role, env in envs.items():
-            honcho = ROOT / ".venv" / "bin" / "honcho"
-            log = (VAR / f"demo-{NAME}-{role}.log").open("w")
-            services[role] = subprocess.Popen([str(honcho) if honcho.exists() else "honcho", "start", "-f", "Procfile",
-                                               "-p", env["PORT"]], cwd=ROOT, env=env, stdout=log,
-                                              stderr=subprocess.STDOUT)
-            print(f"Payer {role.upper()}: web, worker, maintenance and beat on port {env['PORT']} "
-                  f"(log: {log.name})", flush=True)
+            services[role], logs[role] = start_payer(role, env)
         for role, env in envs.items():
-            demo.wait_ready(f"http://127.0.0.1:{env['PORT']}", services[role])
+            demo.wait_ready(f"http://127.0.0.1:{env['PORT']}", services[role], logs[role])
         print("\nBoth payers are up. B pulls its new members' data from A …\n", flush=True)
         summary = play_new_plan(envs["a"], envs["b"])
         print(summary)
