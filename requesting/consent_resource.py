@@ -227,11 +227,11 @@ def read_submitted(resource: Any, *, our_npi: str) -> SubmittedConsent:
     for actor in provision.get("actor") or []:
         if not isinstance(actor, Mapping):
             continue
-        codes = _codes(actor.get("role"))
-        if SOURCE_ROLE in codes and _npi(actor.get("reference"), contained):
-            sources.add(_npi(actor.get("reference"), contained))
-        if RECIPIENT_ROLE in codes and _npi(actor.get("reference"), contained):
-            recipients.add(_npi(actor.get("reference"), contained))
+        codes, npi = _codes(actor.get("role")), _npi(actor.get("reference"), contained)
+        if SOURCE_ROLE in codes and npi:
+            sources.add(npi)
+        if RECIPIENT_ROLE in codes and npi:
+            recipients.add(npi)
         for system, code in codes:
             if system == ROLE_CODES and code in REPRESENTATIVE_ROLES:
                 representative_role = code

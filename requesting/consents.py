@@ -16,7 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from consent.decision import decide, facts_from_resource, organization_ids
@@ -68,22 +68,12 @@ def check_acceptable(resource: Mapping[str, Any], payer: PreviousPayer, *, on: d
         raise ConsentInvalid(f"the previous payer could not comply with this consent ({verdict.reason})")
 
 
-def is_valid_on(consent: CollectedConsent, day: date) -> bool:
-    """Active, and `day` inside its period (inclusive): a pull may ask for this member."""
-    return consent.status == CollectedConsent.Status.ACTIVE and consent.period_start <= day <= consent.period_end
-
 
 def valid_on(day: date) -> QuerySet[CollectedConsent]:
     """Consents a pull may act on today."""
     return CollectedConsent.objects.filter(status=CollectedConsent.Status.ACTIVE, period_start__lte=day,
                                            period_end__gte=day)
 
-
-def lapsed_member_ids(member_ids: list[int], payer: PreviousPayer, day: date) -> set[int]:
-    """Of these members, those whose consent for this payer is no longer valid (revoked, ended, replaced)."""
-    valid = set(valid_on(day).filter(previous_payer=payer, member_id__in=member_ids)
-                .values_list("member_id", flat=True))
-    return set(member_ids) - valid
 
 
 @transaction.atomic
@@ -180,7 +170,3 @@ def collect_from_fhir(resource: Any, *, actor: str, request=None) -> Recorded:
     except ConsentInvalid as exc:
         raise Unprocessable(str(exc), code="business-rule", audit_reason="consent cannot be complied with") from None
     return Recorded(consent, created=existing is None)
-
-
-def consents_of(member_ids: list[int], payer: PreviousPayer) -> QuerySet[CollectedConsent]:
-    return CollectedConsent.objects.filter(Q(member_id__in=member_ids) & Q(previous_payer=payer))

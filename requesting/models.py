@@ -262,6 +262,7 @@ class PullMember(models.Model):
         MATCHED = "match"
         NO_MATCH = "nomatch"
         CONSENT_CONSTRAINED = "consentconstraint"
+        NOT_ASKED = "notasked", "not asked (consent ended before the match)"
 
     job = models.ForeignKey(PullJob, on_delete=models.CASCADE, related_name="pull_members")
     member = models.ForeignKey(Member, on_delete=models.CASCADE, related_name="+")

@@ -128,6 +128,11 @@ class OldPayer:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        base = connection.settings_dict
+        params = {"host": base.get("HOST") or None, "port": base.get("PORT") or None, "user": base.get("USER") or None,
+                  "password": base.get("PASSWORD") or None, "dbname": "postgres"}
+        with psycopg.connect(**{k: v for k, v in params.items() if v}, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
 
     def sql(self, query: str, params: Any = ()) -> list[tuple]:
         with psycopg.connect(self.database_url.replace("postgres://", "postgresql://"), autocommit=True) as conn:

@@ -51,6 +51,7 @@ ACTIONS = {
     "single": "The previous payer's $member-match did not match (it does not say whether no one, several people "
               "or a consent it cannot honour): check the old card with the member.",
     "no-patient": "We hold no Patient record for this member: complete enrollment before the next pull.",
+    "not-asked": "Not asked: the consent was revoked or ended before the match was sent.",
 }
 FILE_STAGES = {PullJob.Stage.DOWNLOAD: False, PullJob.Stage.PROVENANCE: True}
 
@@ -129,8 +130,10 @@ def record_match(job: PullJob, result: steps.MatchDone) -> None:
             links.append(MemberLink(previous_payer_id=job.previous_payer_id, member_id=member.member_id,
                                     their_patient_id=outcome.their_patient_id, their_umb=outcome.their_umb))
     PullMember.objects.bulk_update(updates, ["outcome", "their_patient_id", "action"], batch_size=1000)
-    PullMember.objects.filter(job=job, outcome=PullMember.Outcome.PENDING).update(
-        outcome=PullMember.Outcome.NO_MATCH, action=ACTIONS["no-patient"])
+    pending = PullMember.objects.filter(job=job, outcome=PullMember.Outcome.PENDING)
+    pending.filter(member_id__in=steps.lapsed_members(job)).update(outcome=PullMember.Outcome.NOT_ASKED,
+                                                                   action=ACTIONS["not-asked"])
+    pending.update(outcome=PullMember.Outcome.NO_MATCH, action=ACTIONS["no-patient"])
     if links:
         MemberLink.objects.bulk_create(links, update_conflicts=True, unique_fields=["previous_payer", "member"],
                                        update_fields=["their_patient_id", "their_umb", "linked_at"])
