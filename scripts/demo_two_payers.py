@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -63,9 +64,20 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
 
 
+def secret_key(role: str) -> str:
+    """Each payer's SECRET_KEY, generated once under var/ (an instance naming its DATABASE_URL must name one)."""
+    path = VAR / f"demo-{NAME}-{role}-secret-key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def payer_env(role: str, server_url: str, redis_url: str) -> dict[str, str]:
     port = PORT if role == "a" else PORT + 1
-    return {**os.environ, **PAYERS[role], "PORT": str(port),
+    return {**os.environ, **PAYERS[role], "PORT": str(port), "SECRET_KEY": secret_key(role),
+            "FLOWER_PORT": str(port + 100),
             "DATABASE_URL": with_database(server_url, f"pdex_{NAME}_{role}"), "REDIS_URL": redis_url,
             "CELERY_QUEUE": f"{NAME}-{role}", "CACHE_KEY_PREFIX": f"{NAME}-{role}",
             "FHIR_BASE_URL": f"http://127.0.0.1:{port}/fhir", "EXPORT_STORAGE_URL": f"file://{VAR}/exports-{role}",

@@ -113,8 +113,10 @@ def warn_near_deadlines(*, now: datetime | None = None) -> list[str]:
     warned: list[str] = []
     for kind in kinds():
         jobs = near_deadline(kind, now=now).filter(deadline_warned_at__isnull=True)
-        for job_id, partner_id, deadline, done, total, priority in jobs.values_list(
-                "id", "partner_id", "deadline", "progress_done", "progress_total", "priority"):
+        fields = ("id", "deadline", "progress_done", "progress_total", "priority")
+        for job_id, deadline, done, total, priority, *partner in jobs.values_list(
+                *fields, *(("partner_id",) if kind.partner_facing else ())):  # a pull has no partner
+            partner_id = partner[0] if partner else None
             # Claimed by an UPDATE first, so two sweeps never both log the same job.
             if kind.jobs.objects.filter(pk=job_id, deadline_warned_at__isnull=True).update(deadline_warned_at=now):
                 state = "overdue" if deadline <= now else "due soon"
