@@ -104,15 +104,16 @@ class ServiceLog:
         return f"{process} stopped (exit {code}) before /readyz answered; its last lines:\n{lines}"
 
 
-def start_services(port: int, procfile: Path = ROOT / "Procfile") -> tuple[subprocess.Popen, ServiceLog]:
+def start_services(port: int, procfile: Path = ROOT / "Procfile",
+                   log_path: Path | None = None) -> tuple[subprocess.Popen, ServiceLog]:
     """honcho runs the Procfile (web, worker, beat) in the foreground process group, so Ctrl-C reaches it; its
-    output comes through ServiceLog."""
+    output comes through ServiceLog, into `log_path` when given (else to the terminal)."""
     env = {**os.environ, "PORT": str(port), "PYTHONUNBUFFERED": "1"}
     honcho = Path(sys.executable).with_name("honcho")  # the virtualenv's, beside the python running us
     command = [str(honcho) if honcho.exists() else "honcho", "start", "-f", str(procfile), "-p", str(port)]
     services = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1)
-    return services, ServiceLog(services.stdout)
+    return services, ServiceLog(services.stdout, out=log_path.open("w") if log_path else None)
 
 
 def wait_ready(base: str, services: subprocess.Popen, log: ServiceLog) -> None:
@@ -172,14 +173,16 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     prepare_data()
     password = admin_password(Path(settings.VAR_DIR))
-    print(f"\nStarting web, worker and beat on port {port} …", flush=True)
-    services, log = start_services(port)
+    log_path = Path(settings.VAR_DIR) / "demo-services.log"
+    print(f"\nStarting web, worker, maintenance and beat on port {port} (their log: {log_path}) …", flush=True)
+    services, log = start_services(port, log_path=log_path)
     interrupted = False
     fhir = settings.FHIR_BASE_URL  # what discovery, metadata and every status URL advertise
     try:
         wait_ready(base, services, log)
+        play_partner(base)
         print(f"""
-The payer-to-payer service is up.
+The payer-to-payer service is up (the services' log: {log_path}).
   FHIR base        {fhir}
   metadata         {fhir}/metadata
   SMART discovery  {fhir}/.well-known/smart-configuration
@@ -187,7 +190,6 @@ The payer-to-payer service is up.
   health           {base}/healthz   {base}/readyz
 Press Ctrl-C to stop.
 """, flush=True)
-        play_partner(base)
         services.wait()
     except KeyboardInterrupt:
         interrupted = True
