@@ -82,6 +82,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "pdex.logcontext.RequestIdMiddleware",
     "pdex.metrics.RequestMetricsMiddleware",
+    # Before every middleware that may refuse a request (ALLOWED_HOSTS, CSRF): API clients get JSON errors.
+    "pdex.fhir.FhirErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -90,8 +92,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "pdex.fhir.FhirErrorMiddleware",
 ]
+# A CSRF refusal of an API path (e.g. POST /healthz) answers JSON; the admin keeps Django's page.
+CSRF_FAILURE_VIEW = "pdex.views.csrf_failure"
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"

@@ -20,6 +20,7 @@ from django.utils import timezone
 from exports import rules
 from exports.rules import EXPORT_TYPES
 from exports.typefilter import parse_type_filters, split_type_filters, type_filters
+from pdex.dates import parse_instant
 from pdex.fhir import BadRequest, outcome_issue, parse_prefer
 from pdex.parameters import read_parameters, values_by_name
 
@@ -28,7 +29,6 @@ P2P_EXPORT_TYPE = "hl7.fhir.us.davinci-pdex#payertopayer"
 ASSOCIATED_DATA = ("LatestProvenanceResources", "RelevantProvenanceResources")
 # Which kick-off the parameters are for: $davinci-data-export, a Group or Patient $export, the system $export.
 DAVINCI, EXPORT, SYSTEM = "davinci-data-export", "export", "system-export"
-_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 # Parameter names → the value[x] types accepted for them in a POST Parameters body.
 _VALUE_TYPES: dict[str, tuple[str, ...]] = {
     "_outputFormat": ("valueString", "valueCode"),
@@ -47,16 +47,6 @@ _UNSUPPORTED: tuple[str, ...] = ()
 _ELEMENT = re.compile(r"^(?:(?P<type>[A-Z][A-Za-z]+)\.)?(?P<element>[a-z][A-Za-z0-9]{0,63})$")
 # A client's clock may run a little ahead of ours: a `_since` this far in the future still counts as now.
 SINCE_CLOCK_SKEW = timedelta(minutes=1)
-
-
-def parse_instant(name: str, value: str) -> datetime:
-    """A FHIR instant (seconds and a zone required)."""
-    if not _INSTANT.match(value or ""):
-        raise BadRequest(f"{name} must be a FHIR instant such as 2024-01-01T00:00:00Z; got '{value}'.")
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"{name} '{value}' is not a valid instant.") from None
 
 
 @dataclass

@@ -14,20 +14,16 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from itertools import count
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from dateutil.relativedelta import relativedelta
-
 from exports.rules import EXPORT_TYPES, Fragment
+from pdex.dates import date_range
 from pdex.fhir import BadRequest, outcome_issue
 
 DATE, LAST_UPDATED, TOKEN, CODE, ID = "date", "last-updated", "token", "code", "id"
 _DATE_PREFIXES = ("eq", "ge", "gt", "le", "lt")
-_DATE_VALUE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?"
-                         r"(Z|[+-]\d{2}:\d{2})?)?)?)?$")
 _QUERY_START = re.compile(r",(?=[A-Z][A-Za-z]+(?:\?|%3F))")
 FORBIDDEN_IN_TYPE_FILTER = frozenset({"_include", "_revinclude", "_sort", "_count", "_elements", "_summary",
                                       "_total", "_contained", "_containedType"})
@@ -86,25 +82,6 @@ def supported_params(resource_type: str) -> dict[str, SearchParam]:
 
 
 # --- values ----------------------------------------------------------------------------------------
-
-def date_range(value: str) -> tuple[datetime, datetime]:
-    """[start, end) of a FHIR date/dateTime at its precision; refuses anything else."""
-    match = _DATE_VALUE.match(value)
-    if not match:
-        raise BadRequest(f"'{value}' is not a FHIR date or dateTime.")
-    year, month, day, hour, _minute, second, zone = match.groups()
-    if hour is not None and zone is None:
-        raise BadRequest(f"'{value}' has a time but no time zone.")
-    try:
-        if hour is None:
-            start = datetime(int(year), int(month or 1), int(day or 1), tzinfo=UTC)
-            step = relativedelta(days=1) if day else relativedelta(months=1) if month else relativedelta(years=1)
-            return start, start + step
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
-    except ValueError as error:
-        raise BadRequest(f"'{value}' is not a valid date: {error}.") from None
-    return moment, moment + (relativedelta(seconds=1) if second is not None else relativedelta(minutes=1))
-
 
 def _split_prefix(value: str) -> tuple[str, str]:
     if len(value) > 2 and value[:2].isalpha() and value[:2].islower():

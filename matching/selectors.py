@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import date, datetime, time
 from typing import Any
 from urllib.parse import urlencode
 
 from django.conf import settings
 from django.db.models import Q, QuerySet
-from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from matching.groups import NPI_SYSTEM, RESULT_SYSTEM, served
 from matching.models import MatchJob, MemberMatchGroup
 from pdex import audit
-from pdex.fhir import BadRequest, NotFound
+from pdex.dates import date_range
+from pdex.fhir import BadRequest, NotFound, require_fhir_id, valid_fhir_id
 from pdex.jobs import asyncstatus
 from pdex.models import Partner
 
@@ -30,9 +28,10 @@ def status_url(job: MatchJob) -> str:
 
 
 def owned_group(*, partner: Partner, group_id: str) -> MemberMatchGroup:
+    require_fhir_id(group_id, "Group")
     group = MemberMatchGroup.objects.filter(pk=group_id, partner=partner).first()
     if group is None:
-        raise NotFound(f"Group/{group_id} is not known.")
+        raise NotFound(f"Group/{group_id} is not known to this client.")
     return group
 
 
@@ -52,18 +51,9 @@ def _token(value: str) -> tuple[str | None, str]:
 
 def _last_updated(groups: QuerySet, value: str) -> QuerySet:
     prefix, raw = (value[:2], value[2:]) if value[:2] in ("eq", "ne", "gt", "lt", "ge", "le") else ("eq", value)
-    moment = parse_datetime(raw)
-    try:
-        day = date.fromisoformat(raw) if moment is None else None
-    except ValueError:
-        raise BadRequest(f"_lastUpdated value '{value}' is not a date or instant.", code="value") from None
-    if day is not None:
-        start = timezone.make_aware(datetime.combine(day, time.min))
-        end = timezone.make_aware(datetime.combine(day, time.max))
-    else:
-        start = end = moment if timezone.is_aware(moment) else timezone.make_aware(moment)
-    lookups = {"eq": Q(last_updated__gte=start, last_updated__lte=end), "gt": Q(last_updated__gt=end),
-               "ge": Q(last_updated__gte=start), "lt": Q(last_updated__lt=start), "le": Q(last_updated__lte=end)}
+    start, end = date_range(raw)  # [start, end) at the value's precision; 400 for what is not a date
+    lookups = {"eq": Q(last_updated__gte=start, last_updated__lt=end), "gt": Q(last_updated__gte=end),
+               "ge": Q(last_updated__gte=start), "lt": Q(last_updated__lt=start), "le": Q(last_updated__lt=end)}
     if prefix == "ne":
         return groups.exclude(lookups["eq"])
     return groups.filter(lookups[prefix])
@@ -78,7 +68,8 @@ def _filter(groups: QuerySet, partner: Partner, name: str, values: list[str]) ->
         query = Q(pk__in=[])
         for value in options:
             if name == "_id":
-                query |= Q(pk=value)
+                if valid_fhir_id(value):  # no Group has any other id
+                    query |= Q(pk=value)
             elif name == "identifier":
                 system, code = _token(value)
                 query |= Q(identifier_value=code, **({"identifier_system": system} if system is not None else {}))

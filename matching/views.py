@@ -9,7 +9,7 @@ from rest_framework.parsers import FormParser
 
 from matching import jobs, selectors, services
 from pdex.auth import scopes
-from pdex.fhir import BadRequest, FhirView, fhir_json_response, operation_outcome, outcome_issue
+from pdex.fhir import BadRequest, FhirView, fhir_json_response, has_nul, operation_outcome, outcome_issue
 from pdex.jobs import servicelevels
 from pdex.renderers import FhirJsonParser, JsonParser
 
@@ -91,7 +91,10 @@ class GroupSearchView(FhirView):
 
     def post(self, request) -> HttpResponse:
         params = request.query_params.copy()
-        for name, values in request.data.lists():
+        form = request.data if hasattr(request.data, "lists") else None  # an empty body parses to {}
+        if form is not None and has_nul(form):
+            raise BadRequest("Search parameters may not contain U+0000.", code="value")
+        for name, values in (form.lists() if form is not None else ()):
             params.setlist(name, params.getlist(name) + values)
         return fhir_json_response(selectors.search_groups(partner=request.partner, params=params,
                                                           base_url=self.search_url(request)))

@@ -8,19 +8,29 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.views import APIView
 
 from pdex import audit
+from pdex.jsonbody import MAX_DEPTH, BodyError, parse_json, read_body  # noqa: F401 - re-exported
 from pdex.renderers import FHIR_JSON, FHIR_NDJSON  # noqa: F401 - re-exported for views
 
 log = logging.getLogger(__name__)
 FHIR_PREFIXES = ("/fhir/", "/fhir")
+OAUTH_PREFIXES = ("/oauth/",)
+HEALTH_PATHS = ("/healthz", "/readyz", "/client/jwks.json")
+# FHIR's id grammar (datatypes.html#id): checked before any query, so no other text ever reaches the database.
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+# The one 404 body: another partner's object, a member without a consent valid now, an unknown id and an unknown
+# URL all answer exactly these bytes, so a 404 tells nothing about what exists. What was missing is audited.
+NOT_FOUND_TEXT = "The resource is not known to this server or not available to this client."
 
 
 # --- OperationOutcome ------------------------------------------------------------------------------
@@ -101,7 +111,54 @@ class BadRequest(FhirError):
 
 
 class NotFound(FhirError):
+    """Everything a partner may not see. The client always gets NOT_FOUND_TEXT; `diagnostics` (what exactly was
+    not found) is for the server's log and code readers, `audit_reason` for the audit trail."""
+
     status, code = 404, "not-found"
+
+    def __init__(self, diagnostics: str = NOT_FOUND_TEXT, **kwargs: Any):
+        super().__init__(diagnostics, **kwargs)
+
+    def outcome(self) -> dict[str, Any]:
+        return not_found_outcome()
+
+
+def not_found_outcome() -> dict[str, Any]:
+    return simple_outcome("error", "not-found", NOT_FOUND_TEXT)
+
+
+class PayloadTooLarge(FhirError):
+    status, code = 413, "too-costly"
+
+
+def valid_fhir_id(value: Any) -> bool:
+    return isinstance(value, str) and FHIR_ID.fullmatch(value) is not None
+
+
+def require_fhir_id(value: Any, what: str = "resource") -> str:
+    """`value` if it is a FHIR id; else the one 404 (no resource can have that id)."""
+    if not valid_fhir_id(value):
+        raise NotFound(f"{what} id is not a FHIR id", audit_reason="not a FHIR id")
+    return value
+
+
+def read_json_body(request: Any) -> Any:
+    """A raw (non-DRF) view's JSON body through the one reader; BadRequest / PayloadTooLarge when refused."""
+    try:
+        return parse_json(read_body(request, content_length=request.META.get("CONTENT_LENGTH")))
+    except BodyError as error:
+        raise body_error(error) from None
+
+
+def body_error(error: BodyError) -> FhirError:
+    if error.status == 413:
+        return PayloadTooLarge(error.message)
+    return BadRequest(error.message, code="structure")
+
+
+def has_nul(params: Any) -> bool:
+    """Whether any name or value of a QueryDict holds U+0000 (PostgreSQL text cannot)."""
+    return any("\x00" in name or any("\x00" in str(v) for v in values) for name, values in params.lists())
 
 
 class Unprocessable(FhirError):
@@ -170,17 +227,25 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse:
 def _drf_code(exc: Exception) -> str:
     if isinstance(exc, Http404):
         return "not-found"
+    if isinstance(exc, BodyError):
+        return "too-costly" if exc.status == 413 else "structure"
     if isinstance(exc, DjangoPermissionDenied):
         return "forbidden"
     return next((c for cls, c in _DRF_CODES if isinstance(exc, cls)), "processing")
 
 
 def _error_response(exc: Exception, request: Any = None) -> HttpResponse:
+    if isinstance(exc, BodyError):
+        exc = body_error(exc)
+    elif isinstance(exc, RequestDataTooBig):
+        exc = PayloadTooLarge("The request body is too large.")
+    elif isinstance(exc, SuspiciousOperation):
+        exc = BadRequest("The request is malformed.")
     if isinstance(exc, FhirError):
         return outcome_response(exc.status, exc.outcome(), exc.headers, request)
-    if isinstance(exc, Http404):
-        exc = drf_exceptions.NotFound()
-    elif isinstance(exc, DjangoPermissionDenied):
+    if isinstance(exc, (Http404, drf_exceptions.NotFound)):
+        return outcome_response(404, not_found_outcome(), request=request)
+    if isinstance(exc, DjangoPermissionDenied):
         exc = drf_exceptions.PermissionDenied()
     if isinstance(exc, drf_exceptions.APIException):
         code = next((c for cls, c in _DRF_CODES if isinstance(exc, cls)), "processing")
@@ -195,37 +260,75 @@ def _error_response(exc: Exception, request: Any = None) -> HttpResponse:
     return outcome_response(500, simple_outcome("fatal", "exception", "Internal server error."), request=request)
 
 
+def is_api_path(path: str) -> bool:
+    return path.startswith(FHIR_PREFIXES + OAUTH_PREFIXES) or path in HEALTH_PATHS
+
+
+_OAUTH_ERRORS = {401: "invalid_client", 429: "temporarily_unavailable"}
+
+
+def oauth_error_body(status: int, description: str) -> dict[str, str]:
+    """RFC 6749 §5.2's shape for an error Django or the server produced under /oauth/."""
+    error = "server_error" if status >= 500 else _OAUTH_ERRORS.get(status, "invalid_request")
+    return {"error": error, "error_description": description}
+
+
+def api_error_response(request: HttpRequest, status: int, reason: str, *, exc: Exception | None = None) -> HttpResponse:
+    """A client-facing error in the client's language: OperationOutcome under /fhir/, RFC 6749 JSON under
+    /oauth/, a JSON status elsewhere (health)."""
+    path = request.path
+    if path.startswith(FHIR_PREFIXES):
+        if isinstance(exc, (FhirError, BodyError, SuspiciousOperation)):
+            return _error_response(exc, request)
+        if status == 404:
+            return outcome_response(404, not_found_outcome(), request=request)
+        code = {401: "login", 403: "forbidden", 405: "not-supported", 406: "not-supported", 413: "too-costly",
+                415: "not-supported", 429: "throttled"}.get(status)
+        if code is None:
+            code = "exception" if status >= 500 else "invalid"
+        return outcome_response(status, simple_outcome("error", code, reason), request=request)
+    if path.startswith(OAUTH_PREFIXES):
+        if isinstance(exc, BodyError):
+            status, reason = exc.status, exc.message
+        elif isinstance(exc, RequestDataTooBig):
+            status, reason = 413, "The request body is too large."
+        return JsonResponse(oauth_error_body(status, reason), status=status,
+                            headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+    return JsonResponse({"status": "error", "error": reason}, status=status)
+
+
 class FhirErrorMiddleware:
-    """Catches what DRF never sees under /fhir/: unknown URLs, Django's own errors, unhandled exceptions."""
+    """Every error a client of the API sees is JSON: it catches what DRF never sees — unknown URLs, Django's own
+    refusals (CSRF, ALLOWED_HOSTS, oversized forms), unhandled exceptions — under /fhir/ (OperationOutcome),
+    /oauth/ (RFC 6749) and the health endpoints. Listed first in MIDDLEWARE, so it sees the answers of every
+    other middleware too."""
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
-        if not request.path.startswith(FHIR_PREFIXES) or response.status_code < 400:
+        if response.status_code < 400 or not is_api_path(request.path):
             return response
         content_type = response.get("Content-Type", "")
         if content_type.startswith((FHIR_JSON, "application/json")):
             return response
-        code = {401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
-                406: "not-supported", 415: "not-supported", 429: "throttled"}.get(response.status_code)
-        if code is None:
-            code = "exception" if response.status_code >= 500 else "invalid"
-        reason = response.reason_phrase or "Error"
-        new = outcome_response(response.status_code, simple_outcome("error", code, reason), request=request)
+        new = api_error_response(request, response.status_code, response.reason_phrase or "Error")
         for header in ("Allow", "Retry-After", "WWW-Authenticate"):
             if header in response:
                 new[header] = response[header]
         return new
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if not request.path.startswith(FHIR_PREFIXES):
+        if not is_api_path(request.path):
             return None
-        if isinstance(exception, FhirError):
+        if isinstance(exception, FhirError) and request.path.startswith(FHIR_PREFIXES):
             return outcome_response(exception.status, exception.outcome(), exception.headers, request)
-        log.exception("unhandled error under /fhir/", exc_info=exception)
-        return outcome_response(500, simple_outcome("fatal", "exception", "Internal server error."), request=request)
+        if isinstance(exception, (BodyError, RequestDataTooBig, SuspiciousOperation)):
+            status = getattr(exception, "status", 413 if isinstance(exception, RequestDataTooBig) else 400)
+            return api_error_response(request, status, "The request is malformed.", exc=exception)
+        log.exception("unhandled error under %s", request.path[:100], exc_info=exception)
+        return api_error_response(request, 500, "Internal server error.")
 
 
 class FhirView(APIView):
@@ -251,6 +354,11 @@ class FhirView(APIView):
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
         request.partner = getattr(getattr(request.auth, "application", None), "partner", None)
+        for name, value in kwargs.items():
+            if isinstance(value, str):
+                require_fhir_id(value, name)
+        if has_nul(request.query_params):
+            raise BadRequest("Search parameters may not contain U+0000.", code="value")
 
 
 class PublicFhirView(FhirView):

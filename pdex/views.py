@@ -5,12 +5,13 @@ from __future__ import annotations
 import redis
 from django.conf import settings
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
+from django.views import csrf
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from pdex.capability import capability_statement
-from pdex.fhir import PublicFhirView
+from pdex.fhir import PublicFhirView, api_error_response, is_api_path
 from pdex.jobs.storage import get_storage
 
 
@@ -51,3 +52,10 @@ def readyz(request) -> JsonResponse:
     probe("storage", lambda: get_storage().check())
     ready = all(value == "ok" for value in checks.values())
     return JsonResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
+
+
+def csrf_failure(request, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW: JSON on the API's paths (OperationOutcome under /fhir/), Django's page elsewhere."""
+    if is_api_path(request.path):
+        return api_error_response(request, 403, "CSRF verification failed; this endpoint takes no form posts.")
+    return csrf.csrf_failure(request, reason)

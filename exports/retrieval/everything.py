@@ -28,7 +28,7 @@ from exports.typefilter import date_range
 from pdex import audit
 from pdex.auth.scopes import satisfies
 from pdex.extract import SHARED_TYPES
-from pdex.fhir import BadRequest, NotFound, outcome_issue
+from pdex.fhir import BadRequest, NotFound, outcome_issue, require_fhir_id
 from pdex.models import Member, Partner, Resource
 from pdex.parameters import read_parameters, values_by_name
 
@@ -58,7 +58,7 @@ class MemberAccess:
 
 def member_access(partner: Partner, patient_id: str, *, request=None, action: str = "read") -> MemberAccess:
     """The member behind `Patient/{patient_id}` if the partner's consent can be complied with now; else 404."""
-    patient_id = patient_id.removeprefix("Patient/")
+    patient_id = require_fhir_id(patient_id.removeprefix("Patient/"), "Patient")
     member = Member.objects.filter(fhir_id=patient_id).first()
     decision = decision_for(member, partner) if member else None
     if member is None or decision is None or not decision.allowed:

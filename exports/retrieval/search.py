@@ -36,7 +36,7 @@ from exports.retrieval.everything import (
 from exports.typefilter import SEARCH_PARAMS, all_of, condition_for
 from pdex import audit
 from pdex.extract import SHARED_TYPES, reference_target
-from pdex.fhir import BadRequest, NotFound, outcome_issue
+from pdex.fhir import BadRequest, NotFound, outcome_issue, require_fhir_id
 from pdex.models import Member, Resource
 
 CONTROL_PARAMS = ("patient", "_count", "_page", "_include", "_revinclude", "_elements")
@@ -241,6 +241,7 @@ def read_resource(partner, resource_type: str, fhir_id: str, *, request=None,
     """`GET /fhir/{Type}/{id}` as JSON text, under the access rule and the export rules; else 404."""
     if resource_type not in rules.EXPORT_TYPES:
         raise NotFound(f"{resource_type} is not available from this server.")
+    require_fhir_id(fhir_id, resource_type)
     missing = NotFound(f"{resource_type}/{fhir_id} is not known to this server or not available to this client.")
     stored = Resource.objects.filter(resource_type=resource_type, fhir_id=fhir_id).values("member_id").first()
     if stored is None:

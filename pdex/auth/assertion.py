@@ -12,7 +12,6 @@ assertion tells a caller nothing about which client ids or keys exist.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from joserfc.errors import BadSignatureError, ExceededSizeError, JoseError
 from joserfc.jws import JWSRegistry
 
 from pdex.auth import jwks as jwks_lib
+from pdex.jsonbody import parse_json
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 CLIENT_AUTH_FAILED = "Client authentication failed."
@@ -86,10 +86,10 @@ def unverified_parts(assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
     registry = AssertionRegistry(list(jwks_lib.ALGORITHMS))
     try:
         compact = jws.extract_compact(assertion.encode(), registry=registry)
-        claims = json.loads(compact.payload)
+        claims = parse_json(compact.payload)  # the one reader: depth, U+0000, surrogates
     except ExceededSizeError as exc:
         raise _told("assertion too large", "The client_assertion is too large.") from exc
-    except (JoseError, ValueError, TypeError, UnicodeError) as exc:
+    except (JoseError, ValueError, TypeError, UnicodeError, RecursionError) as exc:
         raise _told("malformed assertion", MALFORMED) from exc
     header = compact.headers()
     if not isinstance(claims, dict) or not isinstance(header, dict):

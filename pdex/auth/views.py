@@ -15,6 +15,8 @@ from oauthlib.oauth2 import BackendApplicationServer
 from pdex import audit, metrics
 from pdex.auth import discovery, ratelimit, registration
 from pdex.auth.validator import TokenAttempt, start_attempt, too_many
+from pdex.fhir import has_nul
+from pdex.jsonbody import BodyError, parse_json, read_body
 
 BEARER = "bearer"  # SMART's spelling (oauthlib says "Bearer"); clients compare case-insensitively
 FORM = "application/x-www-form-urlencoded"
@@ -60,6 +62,9 @@ class TokenView(DotTokenView):
         elif request.content_type != FORM:
             attempt.refuse("body is not application/x-www-form-urlencoded")
             response = oauth_error("invalid_request", f"The token request's body must be {FORM}.")
+        elif has_nul(request.POST):
+            attempt.refuse("U+0000 in a parameter")
+            response = oauth_error("invalid_request", "The token request's parameters may not contain U+0000.")
         elif (repeated := repeated_parameter(request)) is not None:
             attempt.refuse(f"parameter {repeated[:40]} repeated")
             response = oauth_error("invalid_request", f"The parameter {repeated[:40]} may appear only once.")
@@ -98,12 +103,13 @@ class RegistrationView(View):
             audit.record("register", audit.REFUSED, reason="rate limit per source address", request=request,
                          detail={"error": "temporarily_unavailable"})
             return rate_limited(by_address.retry_after, "registrations")
-        metadata = None
         try:
-            if int(request.META.get("CONTENT_LENGTH") or 0) <= MAX_REGISTRATION_BYTES:
-                metadata = json.loads(request.body or b"")
-        except (ValueError, UnicodeError):
-            metadata = None
+            metadata = parse_json(read_body(request, content_length=request.META.get("CONTENT_LENGTH"),
+                                            limit=MAX_REGISTRATION_BYTES))
+        except BodyError as error:
+            if error.status == 413:
+                return oauth_error("invalid_request", error.message, 413)
+            metadata = None  # registration's own error: the body is not client metadata
         try:
             client = registration.register_client(metadata, request=request)
         except registration.RegistrationError as exc:
