@@ -17,4 +17,4 @@ RUN useradd --system --home-dir /app pdex && mkdir -p /app/var && chown -R pdex 
 USER pdex
 
 EXPOSE 8000
-CMD ["gunicorn", "config.wsgi", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", "--access-logfile", "-"]
+CMD ["gunicorn", "-c", "config/gunicorn.py", "config.wsgi", "--bind", "0.0.0.0:8000", "--access-logfile", "-"]

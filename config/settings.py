@@ -240,9 +240,11 @@ CONSENT_CAN_SEGMENT_SENSITIVE = env.bool("CONSENT_CAN_SEGMENT_SENSITIVE", defaul
 
 # --- Member match (docs/matching.md) ------------------------------------------------------------
 MEMBER_UMB_SYSTEM = env.str("MEMBER_UMB_SYSTEM", default="https://old-plan.example.org/fhir/umb")
-# Failed $member-match attempts (no match, several, consent) one partner may make per window before 429.
-MEMBER_MATCH_MAX_FAILURES = env.int("MEMBER_MATCH_MAX_FAILURES", default=20)
-MEMBER_MATCH_FAILURE_WINDOW_SECONDS = env.int("MEMBER_MATCH_FAILURE_WINDOW_SECONDS", default=300)
+# The member-match failure budget (matching/budget.py, docs/matching.md): members not matched (no match, several,
+# consent) one partner may submit per window, across $member-match and $bulk-member-match. A bulk request
+# reserves one per member before anything is evaluated, so it may hold at most the remaining budget.
+MEMBER_MATCH_MAX_FAILURES = env.int("MEMBER_MATCH_MAX_FAILURES", default=1000)
+MEMBER_MATCH_FAILURE_WINDOW_SECONDS = env.int("MEMBER_MATCH_FAILURE_WINDOW_SECONDS", default=3600)
 MATCH_BATCH_SIZE = env.int("MATCH_BATCH_SIZE", default=1000)
 
 # --- Exports -------------------------------------------------------------------------------------

@@ -21,11 +21,11 @@ from django.db.models import F
 from django.utils import timezone
 
 from consent import services as consent_services
-from matching import groups, store
+from matching import budget, groups, store
 from matching.kind import MATCH
 from matching.models import MatchBatch, MatchEntry, MatchJob
 from matching.parameters import parse_bulk
-from matching.services import Evaluation, evaluate_entries
+from matching.services import Evaluation, evaluate_entries, spend_budget
 from pdex import audit
 from pdex.jobs import asyncstatus, engine, servicelevels
 from pdex.jobs.engine import Finished, UnitOutcome
@@ -37,11 +37,19 @@ log = logging.getLogger(__name__)
 def start_bulk_match(*, partner: Partner, body: Any, request_url: str, request=None) -> MatchJob:
     """Validate the whole request now (4xx on structure), then queue a job of one entry per MemberBundle."""
     bundles = parse_bulk(body)
-    with transaction.atomic():
-        job = MatchJob.objects.create(partner=partner, request_url=request_url, progress_total=len(bundles),
-                                      priority=servicelevels.requested_priority(request))
-        store.insert_entries(job.id, bundles)
-        engine.nudge_on_commit(MATCH.plan_task, str(job.id))
+    # Every submitted member may be a guess: the whole request is reserved from the failure budget before any
+    # member is evaluated (429 when it does not fit); `record` gives back the members that match.
+    reserved_at = time.time()
+    spend_budget(partner, len(bundles))
+    try:
+        with transaction.atomic():
+            job = MatchJob.objects.create(partner=partner, request_url=request_url, progress_total=len(bundles),
+                                          priority=servicelevels.requested_priority(request))
+            store.insert_entries(job.id, bundles)
+            engine.nudge_on_commit(MATCH.plan_task, str(job.id))
+    except Exception:
+        budget.refund(partner, len(bundles), reserved_at=reserved_at)
+        raise
     audit.record("bulk-member-match", audit.SUCCESS, partner=partner, entity=f"MatchJob/{job.id}",
                  reason="accepted", detail={"members": len(bundles), "priority": job.get_priority_display()},
                  request=request)
@@ -104,6 +112,9 @@ def record(batch: MatchBatch, owner: str, evaluated: list[tuple[int, Evaluation]
             job.partner, [(ev.member_id, ev.consent) for ev in outcomes if ev.outcome == MatchEntry.Outcome.MATCHED],
             "bulk-member-match")
         counts = Counter(ev.outcome for ev in outcomes)
+        if counts[MatchEntry.Outcome.MATCHED]:
+            transaction.on_commit(lambda: budget.refund(job.partner, counts[MatchEntry.Outcome.MATCHED],
+                                                        reserved_at=job.created_at))
         MatchJob.objects.filter(pk=job.pk).update(
             matched=F("matched") + counts[MatchEntry.Outcome.MATCHED],
             no_match=F("no_match") + counts[MatchEntry.Outcome.NO_MATCH],

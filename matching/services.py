@@ -14,13 +14,12 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
 from django.utils import timezone
 
 from consent import services as consent_services
 from consent.decision import NPI_SYSTEM, Decision, DecisionKind, Reason, actor_ids, facts_from_resource
 from consent.models import Consent
-from matching import store
+from matching import budget, store
 from matching.matcher import (
     Candidate,
     MatchResult,
@@ -141,42 +140,35 @@ def revoked_members(partner: Partner, member_ids: Iterable[int | None]) -> set[i
 
 # --- $member-match -------------------------------------------------------------------------------
 
-def _failure_key(partner: Partner, now: float) -> tuple[str, int]:
-    window = max(settings.MEMBER_MATCH_FAILURE_WINDOW_SECONDS, 1)
-    slot = int(now // window)
-    return f"member-match-failures:{partner.pk}:{slot}", int(window - now % window) + 1
-
-
-def check_throttle(partner: Partner) -> None:
-    """429 once a partner's failed attempts in this window reach MEMBER_MATCH_MAX_FAILURES (brute force)."""
-    key, retry_after = _failure_key(partner, time.time())
-    if (cache.get(key) or 0) >= settings.MEMBER_MATCH_MAX_FAILURES:
-        raise TooManyRequests("Too many unsuccessful member-match attempts; retry later.", retry_after=retry_after)
-
-
-def count_failure(partner: Partner) -> None:
-    key, retry_after = _failure_key(partner, time.time())
-    cache.add(key, 0, timeout=retry_after + 1)
-    try:
-        cache.incr(key)
-    except ValueError:
-        cache.set(key, 1, timeout=retry_after + 1)
+def spend_budget(partner: Partner, members: int) -> budget.Reservation:
+    """Reserve `members` failures of the partner's member-match budget, or 429 before anything is evaluated."""
+    reservation = budget.reserve(partner, members)
+    if not reservation.allowed:
+        raise TooManyRequests("Too many unsuccessful member-match attempts; retry later.",
+                              retry_after=reservation.retry_after, audit_reason="member-match budget spent",
+                              audit_detail={"members": members})
+    return reservation
 
 
 def member_match(*, partner: Partner, body: Any, request=None, now: datetime | None = None) -> Member:
     """$member-match: the one member, with the consent stored; Unprocessable (one generic text) otherwise."""
     now = now or timezone.now()
-    check_throttle(partner)
-    match_request = parse_member_match(body)
-    submitted = submitted_from(match_request, our_identity())
-    result = match(submitted, find_candidates([submitted])[0])
-    evaluation = evaluate(match_request, result, partner, revoked=revoked_members(partner, [result.member_id]),
-                          now=now)
+    started = time.time()
+    spend_budget(partner, 1)
+    try:
+        match_request = parse_member_match(body)
+        submitted = submitted_from(match_request, our_identity())
+        result = match(submitted, find_candidates([submitted])[0])
+        evaluation = evaluate(match_request, result, partner, revoked=revoked_members(partner, [result.member_id]),
+                              now=now)
+    except Exception:  # malformed input, or our own failure: not a guess
+        budget.refund(partner, 1, reserved_at=started)
+        raise
     entity = f"Member/{evaluation.member_id}" if evaluation.member_id else ""
     if evaluation.outcome != MatchEntry.Outcome.MATCHED:
-        count_failure(partner)
         raise Unprocessable(NOT_MATCHED_TEXT, code="processing", audit_reason=_audit_outcome(evaluation),
                             audit_entity=entity, audit_detail={"reasons": evaluation.reason})
+    budget.refund(partner, 1, reserved_at=started)
     member = Member.objects.get(pk=evaluation.member_id)
     consent_services.record_consent(member, partner, match_request.consent, "member-match")
     audit.record("member-match", audit.SUCCESS, partner=partner, entity=f"Patient/{member.fhir_id}", request=request,

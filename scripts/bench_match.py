@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# The whole population in one request: the failure budget (matching/budget.py) must hold it.
+os.environ.setdefault("MEMBER_MATCH_MAX_FAILURES", "1000000")
 
 import django  # noqa: E402
 

@@ -121,7 +121,8 @@ def old_plan(data: Path, multiply: int, concurrency: int, storage: Path) -> tupl
     manage(env, "migrate", "--noinput", "-v0")
     manage(env, "load_ndjson", str(data), "--no-progress")
     manage(env, "synthesize_payer_data", "--seed", "42", "--multiply", str(multiply))
-    web = Process([sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers",
+    web = Process([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "config.wsgi",
+                   "--bind", f"127.0.0.1:{port}", "--workers",
                    "2", "--threads", "4", "--timeout", "300"], env, "a-web")
     web.wait_for("Booting worker")
     return env, [web, worker(env, concurrency, "a-worker")]
@@ -184,7 +185,8 @@ def main() -> None:
             env_b = {**os.environ, "DATABASE_URL": database_url(), "REDIS_URL": settings.REDIS_URL,
                      "FHIR_BASE_URL": settings.FHIR_BASE_URL, "P2P_DOWNLOAD_DIR": f"{tmp}/spool",
                      "P2P_DEFAULT_RETRY_SECONDS": "1", "LOG_LEVEL": "WARNING"}
-            web_b = Process([sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{web_port}",
+            web_b = Process([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "config.wsgi",
+                             "--bind", f"127.0.0.1:{web_port}",
                              "--workers", "1", "--threads", "2"], env_b, "b-web")
             web_b.wait_for("Booting worker")
             processes.append(web_b)

@@ -333,7 +333,8 @@ class Services:
         tool = lambda name: str(bin_dir / name) if (bin_dir / name).exists() else name  # noqa: E731
         var_dir = Path(self.env["PDEX_VAR_DIR"])
         commands = {
-            "web": [tool("gunicorn"), "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+            "web": [tool("gunicorn"), "-c", "config/gunicorn.py", "config.wsgi",
+                    "--bind", f"127.0.0.1:{port}", "--workers", "2",
                     "--threads", "4", "--timeout", "120", "--access-logfile", "-"],
             # One worker on every queue of this service (export, match, control, maintenance: config/queues.py).
             "worker": [tool("celery"), "-A", "config", "worker", "-l", "info", "-c", "2", "--without-gossip",

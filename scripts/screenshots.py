@@ -57,7 +57,8 @@ def load_partner_play():
 def start(env: dict[str, str]) -> list[subprocess.Popen]:
     log = open(WORK / "services.log", "w")
     venv = ROOT / ".venv" / "bin"
-    web = subprocess.Popen([str(venv / "gunicorn"), "config.wsgi", "--bind", f"127.0.0.1:{PORT}", "--workers", "2",
+    web = subprocess.Popen([str(venv / "gunicorn"), "-c", "config/gunicorn.py", "config.wsgi",
+                            "--bind", f"127.0.0.1:{PORT}", "--workers", "2",
                             # Longer than the clients' poll interval: a keep-alive connection closed by
                             # gunicorn just as the next poll reuses it would abort that poll.
                             "--threads", "4", "--keep-alive", "75"],

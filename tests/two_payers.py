@@ -97,7 +97,8 @@ class OldPayer:
         return process
 
     def start(self) -> OldPayer:
-        self._spawn("web", [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{self.port}",
+        self._spawn("web", [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "config.wsgi",
+                            "--bind", f"127.0.0.1:{self.port}",
                             "--workers", "2", "--threads", "4", "--timeout", "120"])
         self._spawn("worker", [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q",
                                queues.worker_queues(self.queue), "-c", "2", "--without-gossip", "--without-mingle",
