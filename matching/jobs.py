@@ -17,13 +17,13 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from consent import services as consent_services
 from matching import budget, groups, store
 from matching.kind import MATCH
-from matching.models import MatchBatch, MatchEntry, MatchJob
+from matching.models import MatchBatch, MatchEntry, MatchJob, MemberMatchGroup
 from matching.parameters import parse_bulk
 from matching.services import Evaluation, evaluate_entries, spend_budget
 from pdex import audit
@@ -146,3 +146,23 @@ def finish(job_id: str) -> bool:
                  detail={"matched": job.matched, "nomatch": job.no_match,
                          "consentconstraint": job.consent_constrained})
     return completed
+
+
+def purge_expired_inputs(now: datetime | None = None) -> int:
+    """Retention: once a match job has expired (or was cancelled), nothing of the people it was asked about is
+    kept but counts and outcomes. Its entries lose their submitted MemberBundle and per-member reason (outcome
+    and our member id stay), and its NonMatchedMembers and ConsentConstrainedMembers Groups — which contain the
+    submitted Patients of people who are not our members, or not for this partner — are deleted. The
+    MatchedMembers Group stays: it names our members, and the partner's exports use it. Safe to run again."""
+    now = now or timezone.now()
+    finished = Q(expires_at__lte=now, status__in=[MatchJob.Status.COMPLETED, MatchJob.Status.FAILED])
+    jobs = MatchJob.objects.filter(finished | Q(status=MatchJob.Status.CANCELLED))
+    with transaction.atomic():
+        purged = set(MatchEntry.objects.filter(job__in=jobs).exclude(bundle={}, reason="")
+                     .values_list("job_id", flat=True).distinct())
+        MatchEntry.objects.filter(job_id__in=purged).update(bundle={}, reason="")
+        groups_deleted, _ = MemberMatchGroup.objects.filter(job__in=jobs).exclude(
+            code=MemberMatchGroup.Code.MATCH).delete()
+    if purged or groups_deleted:
+        log.info("match inputs purged: %d jobs, %d groups", len(purged), groups_deleted)
+    return len(purged)

@@ -13,4 +13,5 @@ MATCH = JobKind(
     job_model="matching.MatchJob", unit_model="matching.MatchBatch", progress_unit="members",
     plan_task="matching.start_match_job", run_task="matching.match_batch", finish_task="matching.finish_match_job",
     audit_action="bulk-member-match", title="bulk member match", access_scopes="matching.kind.match_job_scopes",
+    purge_expired="matching.jobs.purge_expired_inputs",
 )

@@ -24,6 +24,7 @@ from django.db import DatabaseError
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.http import http_date
+from django.utils.module_loading import import_string
 
 from pdex import audit
 from pdex.auth import scopes
@@ -332,6 +333,9 @@ def expire_outputs(*, now: datetime | None = None) -> int:
             audit.record("bulk-expire", audit.SUCCESS, partner=job.partner,
                          entity=f"{job._meta.model_name}/{job.id}", detail={"files_removed": removed})
             cleaned += 1
+    for kind in kinds.kinds():
+        if kind.purge_expired:
+            import_string(kind.purge_expired)(now)
     return cleaned
 
 

@@ -39,6 +39,9 @@ class JobKind:
     # A partner's asynchronous request (an AsyncJob, served at the status URL); False for the jobs we run for
     # ourselves (JobState without a partner: the requesting side's pulls), which the engine runs all the same.
     partner_facing: bool = True
+    # Dotted path of `f(now) -> int`: deletes what the kind keeps of a partner's request once its job expired or
+    # was cancelled (run with output expiry, pdex.jobs.asyncstatus.expire_outputs); the jobs purged.
+    purge_expired: str = ""
 
     def required_scopes(self, job: AsyncJob, output: OutputFile | None = None) -> Requirements:
         if not self.access_scopes:
