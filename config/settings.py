@@ -218,7 +218,7 @@ CLIENT_ADDRESS_HEADER = env.str("CLIENT_ADDRESS_HEADER", default="")
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["pdex.renderers.FhirJsonRenderer", "pdex.renderers.JsonRenderer"],
     "DEFAULT_PARSER_CLASSES": ["pdex.renderers.FhirJsonParser", "pdex.renderers.JsonParser"],
-    "DEFAULT_AUTHENTICATION_CLASSES": ["oauth2_provider.contrib.rest_framework.OAuth2Authentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["pdex.auth.bearer.BearerHeaderAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["pdex.auth.permissions.HasRequiredScopes"],
     "EXCEPTION_HANDLER": "pdex.fhir.exception_handler",
     "UNAUTHENTICATED_USER": None,

@@ -205,7 +205,9 @@ def audit_refusal(view: Any, request: Any, exc: Exception, status: int, code: st
         action = action.get(getattr(request, "method", ""))
     if not action:
         return
-    token = getattr(request, "auth", None)
+    # What authentication already found, never a new attempt: the refusal may be of a request authentication
+    # itself cannot read (content negotiation fails first; DOT reads the body to authenticate).
+    token = getattr(request, "_auth", None)
     partner = getattr(request, "partner", None) or getattr(getattr(token, "application", None), "partner", None)
     entity = getattr(exc, "audit_entity", "") or view.audit_entity_for(request)
     why = getattr(exc, "audit_reason", "")

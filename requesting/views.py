@@ -56,7 +56,9 @@ class CollectedConsentReadView(FhirView):
     audit_action, audit_entity = "consent-read", "Consent/{consent_id}"
 
     def get(self, request, consent_id: str):
-        consent = CollectedConsent.objects.filter(pk=consent_id).first() if consent_id.isdigit() else None
+        # Our ids are bigints: anything longer than 18 digits is no id of ours (and would overflow the query).
+        ours = consent_id.isdecimal() and len(consent_id) < 19
+        consent = CollectedConsent.objects.filter(pk=consent_id).first() if ours else None
         if consent is None:
             raise NotFound(f"No Consent {consent_id}.")
         return fhir_json_response(as_fhir(consent),
