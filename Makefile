@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export PORT
 
-.PHONY: venv demo demo-one run test lint migrate services stop bench-ingest bench-match bench-export bench-everything bench-pull bench-token conformance explain-claim screenshots postman clean
+.PHONY: venv demo demo-one run test test-hostile lint migrate services stop bench-ingest bench-match bench-export bench-everything bench-pull bench-token conformance explain-claim screenshots postman clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -38,6 +38,9 @@ lint: venv  ## ruff, and the import contract: every app imports only the apps be
 
 test: venv lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-hostile: venv  ## ≥5,000 generated hostile requests against a live gunicorn (config/gunicorn.py): 5xx, HTML, slowest
+	$(PY) scripts/hostile.py
 
 bench-ingest: migrate
 	$(PY) scripts/bench_ingest.py
