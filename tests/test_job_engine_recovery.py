@@ -68,6 +68,7 @@ def member_bundle(k: int) -> dict:
 def test_a_sigkilled_match_worker_loses_and_duplicates_no_entry(make_partner, api_for, celery_worker_process,
                                                                  settings):
     members, strangers = 1500, 100
+    settings.MEMBER_MATCH_MAX_FAILURES = members + strangers  # the whole request fits the failure budget
     settings.JOB_LEASE_SECONDS = 3  # the sweep below runs here, in the test, with the workers' lease
     Member.objects.bulk_create([
         Member(fhir_id=f"m{k}", umb=f"UMB-{k}", member_number=f"MB{k:06d}", family=f"family{k}", given="given",
