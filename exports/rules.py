@@ -295,14 +295,19 @@ def _pa_sql(context: ExportContext, alias: str) -> str:
 
 
 def _attached_to_pa_sql(context: ExportContext, alias: str, *, included_only: bool) -> str:
-    """A DocumentReference cited by a PA's supportingInfo (any PA, or one the PA rule includes)."""
+    """A DocumentReference cited by a PA's supportingInfo (any PA, or one the PA rule includes).
+
+    The citations are stored on the PA row when it is written (`pa_documents`, exports migration 0011), so
+    this is an array test on the few PAs of the member that cite a document (a partial index), not a JSON
+    path over every PA per document.
+    """
     pa = f"{alias}_pa"
     condition = _pa_sql(context, pa) if included_only else f"{pa}.eob_use = 'preauthorization'"
     return (
         f"EXISTS (SELECT 1 FROM {TABLE} {pa} WHERE {pa}.member_id = {alias}.member_id"
-        f" AND {pa}.resource_type = 'ExplanationOfBenefit' AND {condition}"
-        f" AND jsonb_path_exists({pa}.body, '$.supportingInfo[*].valueReference.reference ? (@ == $ref)',"
-        f" jsonb_build_object('ref', 'DocumentReference/' || {alias}.fhir_id)))"
+        f" AND {pa}.resource_type = 'ExplanationOfBenefit' AND {pa}.eob_use = 'preauthorization'"
+        f" AND {pa}.pa_documents <> '{{}}' AND {condition}"
+        f" AND ('DocumentReference/' || {alias}.fhir_id) = ANY({pa}.pa_documents))"
     )
 
 
@@ -423,12 +428,18 @@ def _json_sql(resource_type: str, alias: str) -> str:
     return f"{alias}.body"
 
 
+def stored_text_sql(json_sql: str, alias: str) -> str:
+    """The line as stored when the row was written (`export_text`, exports migration 0011: the same
+    expression, run by a trigger), computed now only for a row written with the trigger disabled."""
+    return f"COALESCE({alias}.export_text, {json_sql}::text)"
+
+
 def body_sql(resource_type: str, alias: str = "r", elements: Iterable[str] = ()) -> str:
-    """The NDJSON line of a row: the stored JSON as text; claims through the non-financial view; under
-    `_elements`, the subset."""
+    """The NDJSON line of a row: the stored text (claims already non-financial); under `_elements`, the
+    subset, cut from the non-financial view."""
     elements = tuple(elements)
     if not elements:
-        return f"{_json_sql(resource_type, alias)}::text"
+        return stored_text_sql(_json_sql(resource_type, alias), alias)
     return f"{_subset_sql(_json_sql(resource_type, alias), resource_type, elements)}::text"
 
 
@@ -490,7 +501,7 @@ def any_body_sql(alias: str = "r", elements: Iterable[str] = ()) -> str:
              f" AND {alias}.eob_use <> 'preauthorization') THEN pdex_nonfinancial({alias}.body)"
              f" ELSE {alias}.body END)")
     if not elements:
-        return f"{whole}::text"
+        return stored_text_sql(whole, alias)
     cases = " ".join(f"WHEN '{t}' THEN {_subset_sql(whole, t, elements)}" for t in EXPORT_TYPES
                      if kept_elements(t, elements) is not None)
     return f"(CASE {alias}.resource_type {cases} ELSE {whole} END)::text"
