@@ -255,7 +255,8 @@ EXPORT_WINDOW_MODE = env.str("EXPORT_WINDOW_MODE", default="cap")  # cap (PDex 2
 EXPORT_PA_STATUS_MONTHS = env.int("EXPORT_PA_STATUS_MONTHS", default=12)
 EXPORT_EXCLUDE_DENIED_PA = env.bool("EXPORT_EXCLUDE_DENIED_PA", default=True)
 EXPORT_EXCLUDE_DRUG_PA = env.bool("EXPORT_EXCLUDE_DRUG_PA", default=True)
-EXPORT_CHUNK_MEMBERS = env.int("EXPORT_CHUNK_MEMBERS", default=200)
+EXPORT_CHUNK_ROWS = env.int("EXPORT_CHUNK_ROWS", default=20_000)  # a chunk's size: estimated rows it writes
+EXPORT_CHUNK_MEMBERS = env.int("EXPORT_CHUNK_MEMBERS", default=2_000)  # and at most this many members
 EXPORT_FILE_MAX_BYTES = env.int("EXPORT_FILE_MAX_BYTES", default=256 * 1024 * 1024)
 EXPORT_MAX_RUNNING_JOBS = env.int("EXPORT_MAX_RUNNING_JOBS", default=4)
 EXPORT_OUTPUT_TTL_SECONDS = env.int("EXPORT_OUTPUT_TTL_SECONDS", default=24 * 3600)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
-from pdex.jobs.models import AsyncJob, WorkUnit
+from pdex.jobs.models import AsyncJob, OutputFile, WorkUnit
 from pdex.models import Partner
 
 
@@ -39,10 +39,13 @@ class ExportJob(AsyncJob):
 
 
 class ExportChunk(WorkUnit):
-    """One unit of export work: a slice of members × one resource type. Leased by one worker at a time."""
+    """One unit of export work: members × one resource type (or several small types), sized by rows. Leased by
+    one worker at a time."""
 
     job = models.ForeignKey(ExportJob, on_delete=models.CASCADE, related_name="chunks")
-    resource_type = models.CharField(max_length=64)
+    resource_type = models.CharField(max_length=64, help_text="the first of its types")
+    resource_types = ArrayField(models.CharField(max_length=64), default=list, blank=True,
+                                help_text="every type it writes (small types share a chunk)")
     member_ids = ArrayField(models.BigIntegerField(), default=list)
     regular_member_ids = ArrayField(models.BigIntegerField(), default=list, blank=True,
                                     help_text="members whose consent is #regular: their sensitive data is withheld")
@@ -59,7 +62,39 @@ class ExportChunk(WorkUnit):
                                 condition=models.Q(status__in=["pending", "running"]))]
 
     def __str__(self) -> str:
-        return f"{self.job_id} #{self.sequence} {self.resource_type}"
+        return f"{self.job_id} #{self.sequence} {'+'.join(self.types)}"
+
+    @property
+    def types(self) -> list[str]:
+        return list(self.resource_types) or [self.resource_type]
+
+
+class ExportFilePart(models.Model):
+    """One chunk's lines of one type (a segment), and once the export is published the file that holds them.
+
+    Chunks write segments; finalize joins a type's segments, in order, into files of at most
+    EXPORT_FILE_MAX_BYTES and records here which file (`output_file`) holds each segment at which byte
+    `offset`. So the members of a published file are the members of the chunks of its parts
+    (`exports.files.file_members`), which is what withdrawing a file on a consent's end needs.
+    """
+
+    job = models.ForeignKey(ExportJob, on_delete=models.CASCADE, related_name="file_parts")
+    chunk = models.ForeignKey(ExportChunk, null=True, blank=True, on_delete=models.CASCADE, related_name="file_parts",
+                              help_text="empty for the shared resources finalize writes")
+    resource_type = models.CharField(max_length=64)
+    sequence = models.PositiveIntegerField(help_text="order within its type's files")
+    storage_key = models.CharField(max_length=500, unique=True, help_text="the segment while unpublished")
+    count = models.PositiveIntegerField(default=0)
+    size = models.BigIntegerField(default=0)
+    output_file = models.ForeignKey(OutputFile, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="export_parts", help_text="the published file holding it")
+    offset = models.BigIntegerField(default=0, help_text="where its lines start in that file")
+
+    class Meta:
+        indexes = [models.Index(fields=["job", "resource_type", "sequence"], name="exportfilepart_job_type_seq")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} {self.resource_type} #{self.sequence}"
 
 
 class PartnerReceipts(Partner):

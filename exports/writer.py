@@ -27,8 +27,7 @@ from django.conf import settings
 from django.db import connection
 
 from exports import planning, provenance, rules
-from exports.models import ExportChunk, ExportJob
-from pdex.jobs.models import OutputFile
+from exports.models import ExportChunk, ExportFilePart, ExportJob
 from pdex.jobs.outputs import NdjsonWriter
 
 FIELD = b"\x02"
@@ -39,6 +38,9 @@ HEARTBEAT_EVERY_BLOCKS = 4
 PROVENANCE_TYPE = "Provenance"
 # The namespace of the transmitter Provenance ids: the same chunk of the same job always gets the same id.
 PROVENANCE_NAMESPACE = uuid.UUID("5b0d0c2e-6a55-4f0e-9d3c-2f4b6f1f0a11")
+# Chunks write segments here; finalize joins them into the published files and removes the folder.
+SEGMENT_FOLDER = "segments/"
+SEGMENT_KIND = "segment"
 
 
 @dataclass
@@ -49,7 +51,7 @@ class ChunkResult:
     size: int = 0
     parts: int = 0
     refs: set[str] = field(default_factory=set)
-    files: list[OutputFile] = field(default_factory=list)
+    files: list[ExportFilePart] = field(default_factory=list)  # the segments written (unsaved rows)
 
 
 _stream: dict[str, Any] = {}
@@ -125,45 +127,60 @@ def blocks(sql: str, params: dict[str, Any]) -> Iterator[tuple[list[str], bytes,
         yield ids.decode().split(","), refs, lines + b"\n"
 
 
-def part_writer(job: ExportJob, resource_type: str, chunk_sequence: int) -> NdjsonWriter:
-    """The NDJSON parts of one chunk (or of one shared type at the end), in the chunk's own sequence range."""
+def part_writer(job: ExportJob, resource_type: str, chunk_sequence: int, first_part: int = 0) -> NdjsonWriter:
+    """The segments of one type of one chunk (or of one shared type at the end), in the chunk's own sequence
+    range from its `first_part`-th segment on."""
     return NdjsonWriter(partner_id=job.partner_id, job_id=job.id, resource_type=resource_type,
-                        first_sequence=planning.part_sequence(chunk_sequence, 0),
-                        max_parts=planning.PARTS_PER_CHUNK)
+                        first_sequence=planning.part_sequence(chunk_sequence, first_part),
+                        max_parts=planning.PARTS_PER_CHUNK - first_part, kind=SEGMENT_KIND, folder=SEGMENT_FOLDER)
+
+
+def segments(parts: NdjsonWriter, job: ExportJob, chunk: ExportChunk | None) -> list[ExportFilePart]:
+    return [ExportFilePart(job_id=job.id, chunk=chunk, resource_type=f.resource_type, sequence=f.sequence,
+                           storage_key=f.storage_key, count=f.count, size=f.size) for f in parts.files]
 
 
 def write_chunk(chunk: ExportChunk, context: rules.ExportContext, *,
                 heartbeat: Callable[[], None] = lambda: None) -> ChunkResult:
-    """Write one chunk's rows (and its transmitter Provenance) to storage; a rerun overwrites the same keys.
+    """Write one chunk's rows, type by type, and its transmitter Provenance to segments; a rerun overwrites
+    the same keys.
 
     `heartbeat` is called every few blocks and at least every third of the lease; it raises when the
-    lease was lost, which abandons the half-written part (storage writers only commit on success).
+    lease was lost, which abandons the half-written segment (storage writers only commit on success).
     """
     job = chunk.job
-    sql, params = chunk_sql(chunk.resource_type, chunk.member_ids, context)
     result = ChunkResult()
     targets: list[str] = []
     interval = max(settings.JOB_LEASE_SECONDS / 3, 0.5)
     last_beat = time.monotonic()
-    prefix = f"{chunk.resource_type}/"
-    with part_writer(job, chunk.resource_type, chunk.sequence) as parts:
-        for n, (ids, refs, lines) in enumerate(blocks(sql, params), 1):
-            parts.write_block(lines, len(ids))
-            targets.extend(prefix + fhir_id for fhir_id in ids)
-            if refs:
-                result.refs.update(refs.decode().split(","))
-            if n % HEARTBEAT_EVERY_BLOCKS == 0 or time.monotonic() - last_beat > interval:
-                heartbeat()
-                last_beat = time.monotonic()
-    result.count, result.size, result.parts = parts.count, parts.size, len(parts.parts)
-    result.files = parts.files
-    if targets and chunk.resource_type != PROVENANCE_TYPE and PROVENANCE_TYPE in context.types:
-        result.files += write_transmitter_provenance(job, chunk.sequence, targets)
+    n = 0
+    for resource_type in chunk.types:
+        sql, params = chunk_sql(resource_type, chunk.member_ids, context)
+        prefix = f"{resource_type}/"
+        with part_writer(job, resource_type, chunk.sequence, result.parts) as parts:
+            for ids, refs, lines in blocks(sql, params):
+                n += 1
+                parts.write_block(lines, len(ids))
+                if resource_type != PROVENANCE_TYPE:  # a stored Provenance is not a target of ours
+                    targets.extend(prefix + fhir_id for fhir_id in ids)
+                if refs:
+                    result.refs.update(refs.decode().split(","))
+                if n % HEARTBEAT_EVERY_BLOCKS == 0 or time.monotonic() - last_beat > interval:
+                    heartbeat()
+                    last_beat = time.monotonic()
+        result.count += parts.count
+        result.size += parts.size
+        result.parts += len(parts.parts)
+        result.files += segments(parts, job, chunk)
+    if targets and PROVENANCE_TYPE in context.types:
+        result.files += write_transmitter_provenance(job, chunk, chunk.sequence, targets, result.parts)
+        result.parts += 1
         result.refs.add(provenance.payer_reference())  # its agent: our Organization, written by write_shared
     return result
 
 
-def write_transmitter_provenance(job: ExportJob, chunk_sequence: int, targets: list[str]) -> list[OutputFile]:
+def write_transmitter_provenance(job: ExportJob, chunk: ExportChunk | None, chunk_sequence: int,
+                                 targets: list[str], first_part: int = 0) -> list[ExportFilePart]:
     """One Provenance naming us as transmitter of this chunk's resources (spec §5.6, §5.7 rule 8).
 
     Only when the export's types let Provenance in (Bulk Data `_type`: "The response SHALL be filtered to only
@@ -172,9 +189,9 @@ def write_transmitter_provenance(job: ExportJob, chunk_sequence: int, targets: l
     provenance_id = str(uuid.uuid5(PROVENANCE_NAMESPACE, f"{job.id}/{chunk_sequence}"))
     line = provenance.transmitter_provenance_line(targets, recorded=job.transaction_time,
                                                   provenance_id=provenance_id)
-    with part_writer(job, PROVENANCE_TYPE, chunk_sequence) as parts:
+    with part_writer(job, PROVENANCE_TYPE, chunk_sequence, first_part) as parts:
         parts.write(line)
-    return parts.files
+    return segments(parts, job, chunk)
 
 
 def shared_rows(resource_type: str, fhir_ids: Sequence[str], elements: Sequence[str] = ()) -> Iterable[bytes]:
@@ -184,7 +201,7 @@ def shared_rows(resource_type: str, fhir_ids: Sequence[str], elements: Sequence[
 
 
 def write_shared(job: ExportJob, refs: Iterable[str], *, first_sequence: int, types: Sequence[str] | None = None,
-                 elements: Sequence[str] = ()) -> tuple[dict[str, int], list[OutputFile]]:
+                 elements: Sequence[str] = ()) -> tuple[dict[str, int], list[ExportFilePart]]:
     """The shared resources (Organization, Practitioner, …) the exported rows reference, once per export.
 
     Only the requested types are written; returns resources written per type and the files.
@@ -197,7 +214,7 @@ def write_shared(job: ExportJob, refs: Iterable[str], *, first_sequence: int, ty
             by_type.setdefault(resource_type, []).append(fhir_id)
     payer_type, _, payer_id = provenance.payer_reference().partition("/")
     counts: dict[str, int] = {}
-    files: list[OutputFile] = []
+    files: list[ExportFilePart] = []
     targets: list[str] = []
     for offset, resource_type in enumerate(sorted(by_type)):
         written: set[str] = set()
@@ -213,7 +230,7 @@ def write_shared(job: ExportJob, refs: Iterable[str], *, first_sequence: int, ty
                 written.add(payer_id)
         targets += [f"{resource_type}/{fhir_id}" for fhir_id in sorted(written)]
         counts[resource_type] = parts.count
-        files += parts.files
+        files += segments(parts, job, None)
     if targets and PROVENANCE_TYPE in wanted:
-        files += write_transmitter_provenance(job, first_sequence + len(by_type), targets)
+        files += write_transmitter_provenance(job, None, first_sequence + len(by_type), targets)
     return counts, files

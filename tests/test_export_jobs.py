@@ -13,7 +13,7 @@ from consent.models import Consent
 from consent.services import revoke
 from exports import jobs, rules
 from exports.kind import EXPORT
-from exports.models import ExportChunk, ExportJob
+from exports.models import ExportChunk, ExportFilePart, ExportJob
 from exports.params import JobParams
 from exports.writer import ChunkResult
 from pdex.fhir import TooManyRequests
@@ -133,12 +133,13 @@ def test_a_chunk_run_twice_overwrites_its_own_files(partner, world):
     job = new_job(partner, world, types=["Encounter", "Observation"])
     chunk_ids = jobs.plan(job.id)
     jobs.run_chunk(chunk_ids[0])
-    before = set(OutputFile.objects.filter(job_id=job.id).values_list("storage_key", "count"))
+    before = set(ExportFilePart.objects.filter(job=job).values_list("storage_key", "count"))
+    assert before
     assert jobs.run_chunk(chunk_ids[0]).state == "idle"  # a redelivered message finds it done
     ExportChunk.objects.filter(pk=chunk_ids[0]).update(status=ExportChunk.Status.PENDING)
     ExportJob.objects.filter(pk=job.pk).update(progress_done=0)
     assert jobs.run_chunk(chunk_ids[0]).state == "done"
-    assert set(OutputFile.objects.filter(job_id=job.id).values_list("storage_key", "count")) == before
+    assert set(ExportFilePart.objects.filter(job=job).values_list("storage_key", "count")) == before
 
 
 def test_files_split_at_the_size_limit(partner, world, settings):
@@ -239,6 +240,7 @@ def test_a_chunk_finishing_after_a_cancel_removes_its_files(partner, world):
     ExportJob.objects.filter(pk=job.pk).update(status=ExportJob.Status.CANCELLED)
     assert jobs.finish_chunk(chunk, "w", result) is False
     assert not OutputFile.objects.filter(job_id=job.id).exists()
+    assert not ExportFilePart.objects.filter(job=job).exists()
     assert not any(get_storage().exists(key) for key in keys)
 
 

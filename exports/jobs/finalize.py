@@ -15,11 +15,11 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from exports import planning, writer
+from exports import files, planning, writer
 from exports.jobs.plan import job_params
-from exports.jobs.run import delete_objects, record_files
+from exports.jobs.run import delete_objects
 from exports.kind import EXPORT
-from exports.models import ExportChunk, ExportJob
+from exports.models import ExportChunk, ExportFilePart, ExportJob
 from pdex import audit
 from pdex.fhir import operation_outcome
 from pdex.jobs import asyncstatus, engine
@@ -38,29 +38,33 @@ def finalize(job_id: uuid.UUID | str, *, now: datetime | None = None) -> bool:
     job = ExportJob.objects.select_related("partner").get(pk=job_id)
     if job.status != ExportJob.Status.RUNNING or job.progress_done < job.progress_total:
         return False
-    chunks = list(job.chunks.filter(status=ExportChunk.Status.DONE).only("resource_type", "count", "refs"))
-    counts: Counter[str] = Counter()
     refs: set[str] = set()
-    for chunk in chunks:
-        counts[chunk.resource_type] += chunk.count
-        refs.update(chunk.refs)
+    for chunk_refs in job.chunks.filter(status=ExportChunk.Status.DONE).values_list("refs", flat=True).iterator():
+        refs.update(chunk_refs)
     first = job.progress_total + 1
     params = job_params(job)
-    extra, files = writer.write_shared(job, refs, first_sequence=first, types=params.requested_types,
-                                       elements=params.elements)
-    delete_objects(record_files(job.id, files, planning.part_sequence(first, 0),
-                                planning.part_sequence(first + len(planning.SHARED_TYPES) + 1, 0)))
-    counts.update(extra)
-    provenance = OutputFile.objects.filter(job_id=job.id, kind=OutputFile.Kind.OUTPUT, resource_type="Provenance")
-    counts["Provenance"] = sum(provenance.values_list("count", flat=True))
+    _, shared = writer.write_shared(job, refs, first_sequence=first, types=params.requested_types,
+                                    elements=params.elements)
+    delete_objects(files.record_parts(job.id, shared, planning.part_sequence(first, 0),
+                                      planning.part_sequence(first + len(planning.SHARED_TYPES) + 1, 0)))
     write_error_file(job)
-    job.counts = {k: v for k, v in sorted(counts.items()) if v}
-    job.sizes = {resource_type: size for resource_type, size in OutputFile.objects.filter(
-        job_id=job.id, kind=OutputFile.Kind.OUTPUT).values("resource_type").annotate(size=Sum("size"))
-        .order_by("resource_type").values_list("resource_type", "size") if size}
-    job.save(update_fields=["counts", "sizes"])
-    if not asyncstatus.mark_completed(job, now=now):
+    published = files.publish(job)  # every type's segments joined into its files (before anything is listed)
+    counts: Counter[str] = Counter()
+    for output in published.files:
+        counts[output.resource_type] += output.count
+    with transaction.atomic():
+        stale = files.record_published(job, published)
+        job.counts = {k: v for k, v in sorted(counts.items()) if v}
+        job.sizes = {resource_type: size for resource_type, size in OutputFile.objects.filter(
+            job_id=job.id, kind=OutputFile.Kind.OUTPUT).values("resource_type").annotate(size=Sum("size"))
+            .order_by("resource_type").values_list("resource_type", "size") if size}
+        job.save(update_fields=["counts", "sizes"])
+        completed = asyncstatus.mark_completed(job, now=now)
+    delete_objects(stale)
+    if not completed:  # cancelled while we joined: nothing of it may outlive the job
+        asyncstatus.delete_outputs(job)
         return False
+    files.delete_segments(job)
     audit.record("export-complete", audit.SUCCESS, partner=job.partner, entity=f"exportjob/{job.id}",
                  detail={"members": job.member_count, "counts": job.counts,
                          "group": job.group_id or "", "kind": job.kind})
@@ -90,6 +94,7 @@ def rerun(job_id: uuid.UUID | str, *, request=None, now: datetime | None = None)
         if job.status not in (ExportJob.Status.FAILED, ExportJob.Status.COMPLETED):
             return False
         job.chunks.all().delete()
+        ExportFilePart.objects.filter(job=job).delete()
         ExportJob.objects.filter(pk=job.pk).update(
             status=ExportJob.Status.QUEUED, transaction_time=now, params=job_params(job).again_at(now).to_json(),
             progress_done=0, progress_total=0, error=None, started_at=None, finished_at=None, expires_at=None,

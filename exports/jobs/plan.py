@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -62,23 +61,32 @@ def candidate_members(job: ExportJob, params: JobParams) -> tuple[list[int], lis
     return sorted(member_ids), issues
 
 
-def present_types(resource_types: Iterable[str], member_ids: list[int]) -> list[str]:
-    """The requested types any of these members has a row of: a type nobody has costs no chunk."""
-    wanted = list(dict.fromkeys(resource_types))
-    if not member_ids:
-        return []
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT t FROM unnest(%s::text[]) AS t WHERE EXISTS (SELECT 1 FROM pdex_resource r"
-            " WHERE r.resource_type = t AND r.member_id = ANY(%s))", [wanted, member_ids])
-        present = {row[0] for row in cursor.fetchall()}
-    return [t for t in wanted if t in present or t in planning.SHARED_TYPES]
+# Members judged (consent) and counted (rows per type) per batch: planning memory does not grow with the export.
+PLAN_BATCH = 2000
+
+
+def member_rows(member_ids: list[int], include_sensitive: dict[int, bool],
+                resource_types: list[str]) -> list[planning.MemberRows]:
+    """Each member's stored rows per requested member type (an index-only count), in member-id order."""
+    counts: dict[int, dict[str, int]] = {m: {} for m in member_ids}
+    if member_ids and resource_types:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT member_id, resource_type, count(*) FROM pdex_resource"
+                " WHERE member_id = ANY(%s) AND resource_type = ANY(%s) GROUP BY 1, 2", [member_ids, resource_types])
+            for member_id, resource_type, rows in cursor.fetchall():
+                counts[member_id][resource_type] = rows
+    return [planning.MemberRows(m, include_sensitive[m], counts[m]) for m in sorted(member_ids)]
 
 
 def plan(job_id: uuid.UUID | str, *, now: datetime | None = None) -> list[int]:
     """Re-check every member's consent now, create the job's chunks and nudge one worker per chunk; returns
     the chunk ids. A job that is no longer queued is left alone (a running one has its pending chunks nudged
-    again). A job with nothing to export is finalized at once."""
+    again). A job with nothing to export is finalized at once.
+
+    Members are taken PLAN_BATCH at a time: consent decided, rows counted, fed to the planner, the chunks it
+    cut inserted — so memory is one batch and the open chunks, however many members the export has.
+    """
     now = now or timezone.now()
     with transaction.atomic():
         job = ExportJob.objects.select_for_update().select_related("partner").get(pk=job_id)
@@ -90,25 +98,41 @@ def plan(job_id: uuid.UUID | str, *, now: datetime | None = None) -> list[int]:
             return []
         params = job_params(job)
         member_ids, issues = candidate_members(job, params)
-        decisions = decisions_for_members(job.partner, member_ids, now=now)
-        include_sensitive = {m: d.include_sensitive for m, d in decisions.items() if d.allowed}
-        excluded = Counter(str(d.reason) for d in decisions.values() if not d.allowed)
+        types = planning.member_types(params.types or rules.EXPORT_TYPES)
+        planner = planning.ChunkPlanner(types, target_rows=settings.EXPORT_CHUNK_ROWS,
+                                        max_members=settings.EXPORT_CHUNK_MEMBERS)
+        excluded: Counter[str] = Counter()
+        allowed = 0
+        created: list[int] = []
+
+        def insert(chunks: list[planning.PlannedChunk]) -> None:
+            rows = ExportChunk.objects.bulk_create([
+                ExportChunk(job=job, sequence=c.sequence, resource_type=c.resource_type,
+                            resource_types=list(c.resource_types), member_ids=list(c.member_ids),
+                            regular_member_ids=list(c.regular_member_ids)) for c in chunks])
+            created.extend(row.id for row in rows)
+
+        for start in range(0, len(member_ids), PLAN_BATCH):
+            batch = member_ids[start:start + PLAN_BATCH]
+            decisions = decisions_for_members(job.partner, batch, now=now)
+            include_sensitive = {m: d.include_sensitive for m, d in decisions.items() if d.allowed}
+            excluded.update(str(d.reason) for d in decisions.values() if not d.allowed)
+            allowed += len(include_sensitive)
+            cut: list[planning.PlannedChunk] = []
+            for member in member_rows(list(include_sensitive), include_sensitive, types):
+                cut += planner.add(member)
+            insert(cut)
+        insert(planner.finish())
         for reason, count in sorted(excluded.items()):
             # Counts and reasons only: the error file names no member (spec §5.7 rule 4).
             issues.append(outcome_issue(
                 "warning", "suppressed",
                 f"{count} member(s) excluded from this export: consent {reason} at export time."))
-        types = present_types(params.types or rules.EXPORT_TYPES, list(include_sensitive))
-        chunks = planning.plan_chunks(include_sensitive=include_sensitive, resource_types=types,
-                                      chunk_members=settings.EXPORT_CHUNK_MEMBERS)
-        created = ExportChunk.objects.bulk_create([
-            ExportChunk(job=job, sequence=c.sequence, resource_type=c.resource_type, member_ids=list(c.member_ids),
-                        regular_member_ids=list(c.regular_member_ids)) for c in chunks])
         job.status = ExportJob.Status.RUNNING
         job.started_at = now
         job.progress_total = len(created)
         job.progress_done = 0
-        job.member_count = len(include_sensitive)
+        job.member_count = allowed
         job.planning_messages = issues
         if not created:
             job.finalize_started_at = now
@@ -117,6 +141,5 @@ def plan(job_id: uuid.UUID | str, *, now: datetime | None = None) -> list[int]:
                                 "planning_messages", "finalize_started_at"])
         engine.nudge_on_commit(EXPORT.run_task, times=len(created))
     audit.record("export-plan", audit.SUCCESS, partner=job.partner, entity=f"exportjob/{job.id}",
-                 detail={"members": len(include_sensitive), "excluded": sum(excluded.values()),
-                         "chunks": len(created)})
-    return [chunk.id for chunk in created]
+                 detail={"members": allowed, "excluded": sum(excluded.values()), "chunks": len(created)})
+    return created

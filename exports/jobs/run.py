@@ -6,21 +6,19 @@ and what a worker that lost its lease wrote is never recorded.
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 
 from django.utils import timezone
 
-from exports import planning, writer
+from exports import files, planning, writer
 from exports.jobs.plan import job_params
 from exports.kind import EXPORT
 from exports.models import ExportChunk
-from pdex.jobs import engine, outputs
+from pdex.jobs import engine
 from pdex.jobs.engine import Finished, LeaseLost, UnitOutcome
-from pdex.jobs.models import OutputFile
 from pdex.jobs.storage import get_storage
 
-__all__ = ["LeaseLost", "finish_chunk", "heartbeat", "lease", "record_files", "run_chunk"]
+__all__ = ["LeaseLost", "delete_objects", "finish_chunk", "heartbeat", "lease", "run_chunk"]
 
 
 def lease(chunk_id: int, owner: str, *, now: datetime | None = None) -> ExportChunk | None:
@@ -48,34 +46,21 @@ def _finish(chunk: ExportChunk, owner: str, result: writer.ChunkResult, *, now: 
     stale_keys: list[str] = []
 
     def record() -> None:
-        stale_keys.extend(record_files(chunk.job_id, result.files, low, high))
+        stale_keys.extend(files.record_parts(chunk.job_id, result.files, low, high))
 
     finished = engine.finish(EXPORT, chunk, owner, record=record, now=now or timezone.now(), count=result.count,
                              size=result.size, parts=result.parts, refs=sorted(result.refs))
     delete_objects(stale_keys)
     if not finished.job_running:
         # Cancelled (or failed) while we wrote: what we just wrote must not outlive the job.
-        discard_files(chunk.job_id, low, high)
+        files.discard_parts(chunk.job_id, low, high)
     return finished
 
 
 def run_chunk(chunk_id: int | None = None, *, worker: str = "") -> UnitOutcome:
     """Claim the next chunk due (or this one), write it and record it; the last one asks for the finalize."""
     return engine.run_one(EXPORT, write, _finish, worker=worker, unit_id=chunk_id,
-                          describe=lambda chunk: chunk.resource_type)
-
-
-def record_files(job_id: uuid.UUID | str, files: list[OutputFile], low: int, high: int) -> list[str]:
-    """Upsert the OutputFile rows of one unit of work (sequences low ≤ s < high) in one statement, and drop
-    the rows a previous, longer run of it left behind; returns the storage keys to delete."""
-    outputs.record(files)
-    stale = OutputFile.objects.filter(job_id=job_id, kind=OutputFile.Kind.OUTPUT, sequence__gte=low,
-                                      sequence__lt=high).exclude(
-        storage_key__in=[f.storage_key for f in files])
-    keys = list(stale.values_list("storage_key", flat=True))
-    if keys:
-        stale.delete()
-    return keys
+                          describe=lambda chunk: "+".join(chunk.types))
 
 
 def delete_objects(keys: list[str]) -> None:
@@ -83,9 +68,3 @@ def delete_objects(keys: list[str]) -> None:
         storage = get_storage()
         for key in keys:
             storage.delete_prefix(key)
-
-
-def discard_files(job_id: uuid.UUID | str, low: int, high: int) -> None:
-    files = OutputFile.objects.filter(job_id=job_id, sequence__gte=low, sequence__lt=high)
-    delete_objects(list(files.values_list("storage_key", flat=True)))
-    files.delete()

@@ -18,9 +18,11 @@ def job_prefix(partner_id: int, job_id: UUID | str) -> str:
     return f"{partner_id}/{job_id}/"
 
 
-def output_key(partner_id: int, job_id: UUID | str, kind: str, resource_type: str, sequence: int) -> str:
-    """Deterministic: the same part of the same job always lands on the same key (reruns overwrite)."""
-    return f"{job_prefix(partner_id, job_id)}{kind}-{resource_type}-{sequence:05d}.ndjson"
+def output_key(partner_id: int, job_id: UUID | str, kind: str, resource_type: str, sequence: int,
+               folder: str = "") -> str:
+    """Deterministic: the same part of the same job always lands on the same key (reruns overwrite).
+    `folder` (ending in "/") groups a job's intermediate objects, e.g. the segments an export joins."""
+    return f"{job_prefix(partner_id, job_id)}{folder}{kind}-{resource_type}-{sequence:05d}.ndjson"
 
 
 class NdjsonWriter:
@@ -33,8 +35,10 @@ class NdjsonWriter:
     """
 
     def __init__(self, *, partner_id: int, job_id: UUID | str, resource_type: str, first_sequence: int = 0,
-                 kind: str = OutputFile.Kind.OUTPUT, max_bytes: int | None = None, max_parts: int | None = None):
+                 kind: str = OutputFile.Kind.OUTPUT, max_bytes: int | None = None, max_parts: int | None = None,
+                 folder: str = ""):
         self.partner_id, self.job_id, self.resource_type, self.kind = partner_id, job_id, resource_type, kind
+        self.folder = folder
         self.first_sequence = first_sequence
         self.max_bytes = max_bytes or settings.EXPORT_FILE_MAX_BYTES
         self.max_parts = max_parts
@@ -71,7 +75,7 @@ class NdjsonWriter:
         if self.max_parts is not None and len(self.parts) >= self.max_parts:
             raise ValueError(f"more than {self.max_parts} files of {self.resource_type}; raise EXPORT_FILE_MAX_BYTES")
         key = output_key(self.partner_id, self.job_id, self.kind, self.resource_type,
-                         self.first_sequence + len(self.parts))
+                         self.first_sequence + len(self.parts), self.folder)
         self.part = self.storage.writer(key)
         self.handle = self.part.__enter__()
         self.parts.append([key, 0, 0])
