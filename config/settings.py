@@ -270,7 +270,7 @@ EXPORT_PRESIGNED_URL_SECONDS = env.int("EXPORT_PRESIGNED_URL_SECONDS", default=3
 JOB_LEASE_SECONDS = env.int("JOB_LEASE_SECONDS", default=120)
 JOB_MAX_ATTEMPTS = env.int("JOB_MAX_ATTEMPTS", default=5)
 JOB_SWEEP_SECONDS = env.int("JOB_SWEEP_SECONDS", default=30)
-STATUS_RETRY_AFTER_SECONDS = env.int("STATUS_RETRY_AFTER_SECONDS", default=2)
+STATUS_RETRY_AFTER_SECONDS = env.int("STATUS_RETRY_AFTER_SECONDS", default=10)  # the longest Retry-After
 # Service levels (docs/service-levels.md): every job is due JOB_DEADLINE_DAYS after its request (Bulk Data's
 # seven days at most); the sweep logs, and admin flags, a job still open JOB_DEADLINE_WARNING_HOURS before it.
 JOB_DEADLINE_DAYS = env.int("JOB_DEADLINE_DAYS", default=7)

@@ -53,11 +53,12 @@ def test_status_url_is_absolute_from_fhir_base_url(partner):
 
 
 def test_running_export_answers_202_with_progress_and_retry_after(api, partner):
-    job = make_export(partner, status=AsyncJob.Status.RUNNING, progress_done=45, progress_total=100)
+    job = make_export(partner, status=AsyncJob.Status.RUNNING, progress_done=45, progress_total=100,
+                      started_at=timezone.now() - timedelta(seconds=30))
     response = api.get(status_path(job))
     assert response.status_code == 202
     assert response["X-Progress"] == "chunks 45/100"
-    assert response["Retry-After"] == "60"
+    assert response["Retry-After"] == "37"  # 30 s for 45 chunks: 55 more take about 37 s
     job.refresh_from_db()
     assert job.last_polled_at is not None
 
@@ -84,11 +85,30 @@ def test_queued_job_says_queued(api, partner):
     assert response["X-Progress"] == "queued"
 
 
+def test_retry_after_is_the_estimated_time_left_between_1_s_and_the_cap(partner):
+    now = timezone.now()
+    young = make_export(partner)
+    assert asyncstatus.retry_after(young, now=now) == 1  # a small export is done within a second or two
+    assert asyncstatus.retry_after(young, now=now + timedelta(seconds=61)) == 60  # nothing done in a minute: cap
+    almost = make_export(partner, status=AsyncJob.Status.RUNNING, progress_done=99, progress_total=100,
+                         started_at=now - timedelta(seconds=10))
+    assert asyncstatus.retry_after(almost, now=now) == 1
+    slow = make_export(partner, status=AsyncJob.Status.RUNNING, progress_done=1, progress_total=100,
+                       started_at=now - timedelta(seconds=10))
+    assert asyncstatus.retry_after(slow, now=now) == 60
+
+
+def test_the_kick_off_tells_a_young_job_to_poll_after_1_s(partner):
+    from exports.operations.kickoff import accepted
+
+    assert accepted(make_export(partner))["Retry-After"] == "1"
+
+
 def test_polling_faster_than_half_retry_after_is_429(api, partner):
     job = make_export(partner, status=AsyncJob.Status.RUNNING, last_polled_at=timezone.now())
     response = api.get(status_path(job))
     assert response.status_code == 429
-    assert response["Retry-After"] == "60"
+    assert response["Retry-After"] == "1"
     body = response.json()
     assert body["resourceType"] == "OperationOutcome"
     assert body["issue"][0]["code"] == "throttled"
@@ -98,8 +118,9 @@ def test_claim_poll_allows_a_poll_after_half_retry_after(partner):
     now = timezone.now()
     job = make_export(partner, status=AsyncJob.Status.RUNNING)
     assert asyncstatus.claim_poll(job, now=now)
-    assert not asyncstatus.claim_poll(job, now=now + timedelta(seconds=29))
-    assert asyncstatus.claim_poll(job, now=now + timedelta(seconds=30))
+    # Half the shortest Retry-After we give (1 s): a client told 1 s is never refused, whatever the cap.
+    assert not asyncstatus.claim_poll(job, now=now + timedelta(seconds=0.4))
+    assert asyncstatus.claim_poll(job, now=now + timedelta(seconds=0.5))
 
 
 def test_retry_after_zero_never_throttles(settings, partner):

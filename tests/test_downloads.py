@@ -221,7 +221,7 @@ def test_poll_download_and_cancel_over_http(live_server, settings, partner):
 
     running = http.get(status, headers={"Accept": "application/json"}, timeout=10)
     assert (running.status_code, running.headers["X-Progress"], running.headers["Retry-After"]) == (202, "chunks 1/2",
-                                                                                                    "30")
+                                                                                                    "1")  # young
     assert http.get(status, timeout=10).status_code == 429
 
     write_output_file(partner=partner, job_id=job.id, resource_type="Patient", lines=LINES)

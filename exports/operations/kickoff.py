@@ -47,9 +47,12 @@ def request_url(request) -> str:
 
 
 def accepted(job: ExportJob, request=None) -> JsonResponse:
-    """202 Accepted with the status URL in Content-Location (Bulk Data 2.0.0)."""
+    """202 Accepted with the status URL in Content-Location (Bulk Data 2.0.0), and Retry-After: when to poll
+    first (a young job is told 1 s: a small export is done by then)."""
     outcome = operation_outcome(outcome_issue("information", "informational",
                                               f"Export accepted; poll {asyncstatus.status_url(job)} for status."))
     return fhir_json_response(outcome, status=202, headers={"Content-Location": asyncstatus.status_url(job),
+                                                            "Retry-After": str(asyncstatus.retry_after(
+                                                                job, now=timezone.now())),
                                                             **servicelevels.preference_applied(job)},
                               request=request)

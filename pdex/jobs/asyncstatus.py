@@ -12,6 +12,7 @@ match batches) reads `job.status` and stops when it sees `cancelled`; the helper
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from pdex.models import Partner
 
 log = logging.getLogger(__name__)
 
-# A poll that comes sooner than this fraction of Retry-After after the previous one is answered 429.
+# A poll that comes sooner than this fraction of the shortest Retry-After (1 s) after the previous one is 429.
 POLL_FLOOR_FRACTION = 0.5
 # Manifest `extension` key carrying the instant presigned URLs stop working (EXPORT_PRESIGNED_MANIFEST).
 URL_EXPIRES_EXTENSION = "urlExpires"
@@ -144,9 +145,29 @@ def progress_text(job: AsyncJob) -> str:
     return f"{unit} {job.progress_done}/{job.progress_total}"[:99]
 
 
+def retry_after(job: AsyncJob, *, now: datetime) -> int:
+    """How long the client should wait before its next poll: the estimated time left, in whole seconds, between
+    1 and STATUS_RETRY_AFTER_SECONDS.
+
+    From the job's own pace once some of it is done (elapsed × left / done); before that, 1 s while the job is
+    younger than the cap (a small export is done within a second or two), the cap after.
+    """
+    cap = settings.STATUS_RETRY_AFTER_SECONDS
+    if cap <= 1:
+        return max(cap, 0)
+    if job.progress_done and job.started_at and job.progress_total > job.progress_done:
+        elapsed = (now - job.started_at).total_seconds()
+        left = elapsed * (job.progress_total - job.progress_done) / job.progress_done
+        return int(min(max(math.ceil(left), 1), cap))
+    young = job.created_at is None or (now - job.created_at).total_seconds() < cap
+    return 1 if young else cap
+
+
 def claim_poll(job: AsyncJob, *, now: datetime) -> bool:
-    """Record this poll unless the previous one was too recent; atomic in PostgreSQL across web processes."""
-    floor = timedelta(seconds=settings.STATUS_RETRY_AFTER_SECONDS * POLL_FLOOR_FRACTION)
+    """Record this poll unless the previous one came less than half the shortest Retry-After we ever give (1 s)
+    ago; atomic in PostgreSQL across web processes. A client that waits as told is never refused, whatever
+    its job's estimate; one that does not is held to two polls a second."""
+    floor = timedelta(seconds=min(settings.STATUS_RETRY_AFTER_SECONDS, 1) * POLL_FLOOR_FRACTION)
     claimed = type(job).objects.filter(pk=job.pk).filter(
         Q(last_polled_at__isnull=True) | Q(last_polled_at__lte=now - floor)
     ).update(last_polled_at=now)
@@ -169,15 +190,15 @@ def poll(job_id: UUID | str, *, partner: Partner, granted: Iterable[str] | None 
 def _poll(job_id: UUID | str, *, partner: Partner, granted: Iterable[str] | None, now: datetime) -> StatusAnswer:
     job = live_job(job_id, partner=partner, now=now)
     require_access(job, granted)
-    retry_after = str(settings.STATUS_RETRY_AFTER_SECONDS)
     if job.status in IN_PROGRESS:
+        wait = retry_after(job, now=now)
         if not claim_poll(job, now=now):
-            raise TooManyRequests("Polled faster than Retry-After; wait before polling again.",
-                                  retry_after=settings.STATUS_RETRY_AFTER_SECONDS)
+            raise TooManyRequests("Polled faster than Retry-After; wait before polling again.", retry_after=wait)
+        retry_after_text = str(wait)
         # Bulk Data prescribes no body here; an empty one served as JSON is not JSON, so we say where it stands.
         progress = operation_outcome(outcome_issue("information", "informational",
-                                                   f"In progress ({progress_text(job)}); retry after {retry_after} s."))
-        return StatusAnswer(202, progress, {"X-Progress": progress_text(job), "Retry-After": retry_after})
+                                                   f"In progress ({progress_text(job)}); retry after {retry_after_text} s."))
+        return StatusAnswer(202, progress, {"X-Progress": progress_text(job), "Retry-After": retry_after_text})
     if job.status == AsyncJob.Status.FAILED:
         outcome = job.error or operation_outcome(outcome_issue("error", "exception", "The bulk job failed."))
         return StatusAnswer(failure_status(outcome), outcome)
