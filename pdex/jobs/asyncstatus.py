@@ -194,11 +194,11 @@ def _poll(job_id: UUID | str, *, partner: Partner, granted: Iterable[str] | None
         wait = retry_after(job, now=now)
         if not claim_poll(job, now=now):
             raise TooManyRequests("Polled faster than Retry-After; wait before polling again.", retry_after=wait)
-        retry_after_text = str(wait)
+        wait_text = str(wait)
         # Bulk Data prescribes no body here; an empty one served as JSON is not JSON, so we say where it stands.
         progress = operation_outcome(outcome_issue("information", "informational",
-                                                   f"In progress ({progress_text(job)}); retry after {retry_after_text} s."))
-        return StatusAnswer(202, progress, {"X-Progress": progress_text(job), "Retry-After": retry_after_text})
+                                                   f"In progress ({progress_text(job)}); retry after {wait_text} s."))
+        return StatusAnswer(202, progress, {"X-Progress": progress_text(job), "Retry-After": wait_text})
     if job.status == AsyncJob.Status.FAILED:
         outcome = job.error or operation_outcome(outcome_issue("error", "exception", "The bulk job failed."))
         return StatusAnswer(failure_status(outcome), outcome)
