@@ -333,3 +333,43 @@ def test_json_is_answered_as_application_json_when_the_client_asks(api, partner)
     assert gone.json()["resourceType"] == "OperationOutcome"
     fhir = api.get(f"/fhir/bulkstatus/{job.id}", HTTP_ACCEPT="application/fhir+json")
     assert fhir.status_code == 404 and fhir["Content-Type"].startswith("application/fhir+json")
+
+
+# --- gzip ------------------------------------------------------------------------------------------
+
+def test_accept_encoding_gzip_is_read_as_rfc_9110_says():
+    from pdex.jobs.outputs import accepts_gzip
+
+    assert accepts_gzip("gzip") and accepts_gzip("br;q=1.0, gzip;q=0.8") and accepts_gzip("*")
+    assert accepts_gzip("gzip, deflate") and accepts_gzip("x-gzip")
+    assert not accepts_gzip(None) and not accepts_gzip("") and not accepts_gzip("identity")
+    assert not accepts_gzip("gzip;q=0") and not accepts_gzip("*, gzip;q=0") and not accepts_gzip("gzip;q=x")
+
+
+def big_lines(n: int) -> list[bytes]:
+    return [b'{"resourceType":"Observation","id":"o%d","status":"final","code":{"coding":[{"system":'
+            b'"http://loinc.org","code":"8867-4"}]},"valueQuantity":{"value":%d,"unit":"/min"}}' % (k, k % 97)
+            for k in range(n)]
+
+
+@pytest.mark.parametrize("where", ["file", "s3"])
+def test_gzip_download_streams_the_same_lines_in_fewer_bytes(api, partner, where, request):
+    import gzip as gzip_module
+
+    if where == "s3":
+        request.getfixturevalue("s3_storage")
+    lines = big_lines(20_000)  # ~2.6 MB: several storage blocks, compressed as they are read
+    job = ExportJob.objects.create(partner=partner, kind=ExportJob.Kind.GROUP, status=AsyncJob.Status.RUNNING,
+                                   request_url="http://testserver/fhir/Group/g/$export")
+    output = write_output_file(partner=partner, job_id=job.id, resource_type="Observation", lines=lines)
+    asyncstatus.mark_completed(job)
+    response = api.get(f"/fhir/bulkfiles/{output.id}", HTTP_ACCEPT_ENCODING="gzip, deflate")
+    assert response.status_code == 200 and response["Content-Encoding"] == "gzip"
+    assert "Content-Length" not in response and "Accept-Encoding" in response["Vary"]
+    pieces = list(response.streaming_content)
+    assert len(pieces) > 2  # streamed block by block, never the whole file at once
+    compressed = b"".join(pieces)
+    assert gzip_module.decompress(compressed) == b"".join(line + b"\n" for line in lines)
+    assert len(compressed) * 4 <= output.size
+    plain = api.get(f"/fhir/bulkfiles/{output.id}")
+    assert "Content-Encoding" not in plain and int(plain["Content-Length"]) == output.size

@@ -3,7 +3,8 @@ committed atomically by the storage backend, and described as OutputFile rows fo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 from uuid import UUID
 
@@ -126,3 +127,38 @@ def write_output_file(*, partner: Partner, job_id: UUID | str, resource_type: st
         out.ensure_part()
     [output] = record(out.files)
     return OutputFile.objects.get(storage_key=output.storage_key)
+
+
+# gzip at level 1: ~10× fewer bytes for FHIR NDJSON at ~250 MB/s a core, so compressing keeps up with the wire.
+GZIP_LEVEL = 1
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether an Accept-Encoding header lets us answer gzip (RFC 9110 §12.5.3: `gzip`, or `*`, with q > 0)."""
+    weights: dict[str, float] = {}
+    for item in (accept_encoding or "").split(","):
+        coding, _, params = item.strip().partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if coding:
+            weights[coding.strip().lower()] = q
+    return weights.get("gzip", weights.get("x-gzip", weights.get("*", 0.0))) > 0
+
+
+def gzipped(blocks: Iterable[bytes], level: int = GZIP_LEVEL) -> Iterator[bytes]:
+    """A gzip stream of `blocks`, compressed as they come: memory is one block, whatever the file's size.
+
+    zlib's own streaming compressor (gzip wrapper, wbits=31) rather than Django's GZipMiddleware, which would
+    compress every response of the API at level 6; only NDJSON files are worth it, at a level that keeps up.
+    """
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
+    for block in blocks:
+        if data := compressor.compress(block):
+            yield data
+    yield compressor.flush()

@@ -9,7 +9,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 from rest_framework.negotiation import BaseContentNegotiation
 
 from pdex.fhir import FHIR_NDJSON, FhirView, NotFound, PublicFhirView, json_media_type, operation_outcome, outcome_issue
-from pdex.jobs import asyncstatus, signing
+from pdex.jobs import asyncstatus, outputs, signing
 from pdex.jobs.models import OutputFile
 
 
@@ -34,9 +34,16 @@ def json_response(status: int, body: dict | None, headers: dict[str, str], conte
     return response
 
 
-def file_response(output: OutputFile, content: Iterator[bytes], size: int) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(content, content_type=FHIR_NDJSON)
-    response["Content-Length"] = str(size)
+def file_response(request, output: OutputFile, content: Iterator[bytes], size: int) -> StreamingHttpResponse:
+    """The file streamed as stored, or gzip-compressed on the fly when the client accepts it (no length then:
+    it is known only at the end, and nothing is buffered to learn it)."""
+    if outputs.accepts_gzip(request.headers.get("Accept-Encoding")):
+        response = StreamingHttpResponse(outputs.gzipped(content), content_type=FHIR_NDJSON)
+        response["Content-Encoding"] = "gzip"
+    else:
+        response = StreamingHttpResponse(content, content_type=FHIR_NDJSON)
+        response["Content-Length"] = str(size)
+    response["Vary"] = "Accept-Encoding"
     name = f"{output.kind}-{output.resource_type}-{output.sequence:05d}.ndjson"
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     response["Cache-Control"] = "no-store"
@@ -68,8 +75,8 @@ class BulkFileView(FhirView):
     audit_action, audit_entity = "bulk-download", "OutputFile/{file_id}"
 
     def get(self, request, file_id):
-        return file_response(*asyncstatus.download(file_id, partner=request.partner, granted=granted_scopes(request),
-                                                   request=request))
+        return file_response(request, *asyncstatus.download(file_id, partner=request.partner,
+                                                            granted=granted_scopes(request), request=request))
 
 
 class SignedBulkFileView(PublicFhirView):
@@ -81,4 +88,4 @@ class SignedBulkFileView(PublicFhirView):
     def get(self, request, file_id):
         if not signing.verify(file_id, request.GET.get("expires"), request.GET.get("signature")):
             raise NotFound(f"No bulk file {file_id}.")
-        return file_response(*asyncstatus.download(file_id, partner=None, request=request, signed=True))
+        return file_response(request, *asyncstatus.download(file_id, partner=None, request=request, signed=True))
