@@ -58,7 +58,7 @@ def test_running_export_answers_202_with_progress_and_retry_after(api, partner):
     response = api.get(status_path(job))
     assert response.status_code == 202
     assert response["X-Progress"] == "chunks 45/100"
-    assert response["Retry-After"] == "37"  # 30 s for 45 chunks: 55 more take about 37 s
+    assert response["Retry-After"] == "19"  # 30 s for 45 chunks: 55 more take about 37 s; half of it
     job.refresh_from_db()
     assert job.last_polled_at is not None
 
@@ -96,6 +96,9 @@ def test_retry_after_is_the_estimated_time_left_between_1_s_and_the_cap(partner)
     slow = make_export(partner, status=AsyncJob.Status.RUNNING, progress_done=1, progress_total=100,
                        started_at=now - timedelta(seconds=10))
     assert asyncstatus.retry_after(slow, now=now) == 60
+    halfway = make_export(partner, status=AsyncJob.Status.RUNNING, progress_done=5, progress_total=10,
+                          started_at=now - timedelta(seconds=8))
+    assert asyncstatus.retry_after(halfway, now=now) == 4  # 8 s left at this pace: poll at half of it
 
 
 def test_the_kick_off_tells_a_young_job_to_poll_after_1_s(partner):

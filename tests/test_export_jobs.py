@@ -354,3 +354,4 @@ def test_admin_rerun_action(admin_client, partner, world, planner_nudges):
     job.refresh_from_db()
     assert job.status == ExportJob.Status.QUEUED and planner_nudges == [str(job.id)]
     assert not OutputFile.objects.filter(job_id=job.id).exists()
+

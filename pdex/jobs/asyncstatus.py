@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, BinaryIO
 from uuid import UUID
 
 from django.conf import settings
@@ -149,8 +149,10 @@ def retry_after(job: AsyncJob, *, now: datetime) -> int:
     """How long the client should wait before its next poll: the estimated time left, in whole seconds, between
     1 and STATUS_RETRY_AFTER_SECONDS.
 
-    From the job's own pace once some of it is done (elapsed × left / done); before that, 1 s while the job is
-    younger than the cap (a small export is done within a second or two), the cap after.
+    From the job's own pace once some of it is done: half of elapsed × left / done, so the polls close in on the
+    end instead of overshooting it when the last units go faster than the first (units differ in size, and the
+    first wait on the workers); before that, 1 s while the job is younger than the cap (a small export is done
+    within a second or two), the cap after.
     """
     cap = settings.STATUS_RETRY_AFTER_SECONDS
     if cap <= 1:
@@ -158,7 +160,7 @@ def retry_after(job: AsyncJob, *, now: datetime) -> int:
     if job.progress_done and job.started_at and job.progress_total > job.progress_done:
         elapsed = (now - job.started_at).total_seconds()
         left = elapsed * (job.progress_total - job.progress_done) / job.progress_done
-        return int(min(max(math.ceil(left), 1), cap))
+        return int(min(max(math.ceil(left / 2), 1), cap))
     young = job.created_at is None or (now - job.created_at).total_seconds() < cap
     return 1 if young else cap
 
@@ -380,8 +382,9 @@ def downloadable_file(file_id: UUID | str, *, partner: Partner | None, granted: 
     return output
 
 
-def open_file(output: OutputFile) -> tuple[Iterator[bytes], int]:
-    """The file's bytes and size, looked up now so a missing object is a 404 before streaming starts."""
+def open_file(output: OutputFile) -> tuple[Iterator[bytes] | BinaryIO, int]:
+    """The file's bytes (the open file itself on file storage, for sendfile) and size, looked up now so a
+    missing object is a 404 before streaming starts."""
     storage = get_storage()
     try:
         present = storage.exists(output.storage_key)
@@ -392,11 +395,12 @@ def open_file(output: OutputFile) -> tuple[Iterator[bytes], int]:
         raise
     if not present:
         raise NotFound(f"No bulk file {output.id}.")
-    return storage.read(output.storage_key), size
+    local = storage.open_local(output.storage_key)
+    return (local if local is not None else storage.read(output.storage_key)), size
 
 
 def download(file_id: UUID | str, *, partner: Partner | None, granted: Iterable[str] | None = None, request=None,
-             signed: bool = False) -> tuple[OutputFile, Iterator[bytes], int]:
+             signed: bool = False) -> tuple[OutputFile, Iterator[bytes] | BinaryIO, int]:
     """A manifest file for `partner` (None: a signed URL already vouched for it): the row, its bytes, its size.
 
     A download is audited here with the file's partner and job; a refusal (403, 404) by the FHIR edge.

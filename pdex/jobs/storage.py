@@ -28,6 +28,7 @@ class Storage(Protocol):
     def writer(self, key: str) -> contextmanager: ...
     def join(self, keys: list[str], key: str) -> int: ...
     def read(self, key: str) -> Iterator[bytes]: ...
+    def open_local(self, key: str) -> BinaryIO | None: ...
     def size(self, key: str) -> int: ...
     def exists(self, key: str) -> bool: ...
     def delete_prefix(self, prefix: str) -> None: ...
@@ -70,6 +71,10 @@ class FileStorage:
                     _copy_range(handle, out)
             out.flush()
             return out.tell()
+
+    def open_local(self, key: str) -> BinaryIO | None:
+        """The file itself, open for reading: the web server can hand it to the kernel (sendfile)."""
+        return open(self._path(key), "rb")  # the response closes it
 
     def read(self, key: str) -> Iterator[bytes]:
         with open(self._path(key), "rb") as handle:
@@ -171,6 +176,9 @@ class S3Storage:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=target, UploadId=upload)
             raise
         return total
+
+    def open_local(self, key: str) -> BinaryIO | None:
+        return None  # not on this machine: streamed through `read`
 
     def read(self, key: str) -> Iterator[bytes]:
         body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import BinaryIO
 
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import FileResponse, HttpResponse, StreamingHttpResponse
 from rest_framework.negotiation import BaseContentNegotiation
 
 from pdex.fhir import FHIR_NDJSON, FhirView, NotFound, PublicFhirView, json_media_type, operation_outcome, outcome_issue
 from pdex.jobs import asyncstatus, outputs, signing
 from pdex.jobs.models import OutputFile
+from pdex.jobs.storage import READ_BLOCK
 
 
 class AnyAccept(BaseContentNegotiation):
@@ -34,12 +36,25 @@ def json_response(status: int, body: dict | None, headers: dict[str, str], conte
     return response
 
 
-def file_response(request, output: OutputFile, content: Iterator[bytes], size: int) -> StreamingHttpResponse:
-    """The file streamed as stored, or gzip-compressed on the fly when the client accepts it (no length then:
-    it is known only at the end, and nothing is buffered to learn it)."""
+def file_blocks(handle: BinaryIO) -> Iterator[bytes]:
+    """A file's blocks; closed when the response is (a generator's close runs its finally)."""
+    try:
+        while block := handle.read(READ_BLOCK):
+            yield block
+    finally:
+        handle.close()
+
+
+def file_response(request, output: OutputFile, content: Iterator[bytes] | BinaryIO, size: int) -> StreamingHttpResponse:
+    """The file streamed as stored (a local file through the web server's sendfile), or gzip-compressed on the
+    fly when the client accepts it (no length then: it is known only at the end, and nothing is buffered)."""
     if outputs.accepts_gzip(request.headers.get("Accept-Encoding")):
-        response = StreamingHttpResponse(outputs.gzipped(content), content_type=FHIR_NDJSON)
+        blocks = file_blocks(content) if hasattr(content, "read") else content
+        response = StreamingHttpResponse(outputs.gzipped(blocks), content_type=FHIR_NDJSON)
         response["Content-Encoding"] = "gzip"
+    elif hasattr(content, "read"):
+        response = FileResponse(content, content_type=FHIR_NDJSON)
+        response["Content-Length"] = str(size)
     else:
         response = StreamingHttpResponse(content, content_type=FHIR_NDJSON)
         response["Content-Length"] = str(size)
