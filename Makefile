@@ -45,10 +45,10 @@ test-hostile: venv  ## ≥5,000 generated hostile requests against a live gunico
 bench-ingest: migrate
 	$(PY) scripts/bench_ingest.py
 
-bench-match: migrate  ## 10,000 MemberBundles through bulk-member-match and a real worker: members/s
+bench-match: venv  ## 10,000 MemberBundles through bulk-member-match over HTTP and a real worker (own database): members/s
 	$(PY) scripts/bench_match.py
 
-bench-export: migrate  ## $davinci-data-export of every member (×1, ×10) through a real worker vs raw COPY: resources/s, MB/s, peak memory, ratio
+bench-export: venv  ## $davinci-data-export of every member (×1, ×10, ×100) over HTTP (gunicorn + a real worker) vs a true raw COPY: res/s, MB/s, gzip, files, peak RSS, goals
 	$(PY) scripts/bench_export.py
 
 bench-everything: migrate  ## Patient/$everything paged through the largest member (×1, ×10): resources/s, peak memory
@@ -57,7 +57,7 @@ bench-everything: migrate  ## Patient/$everything paged through the largest memb
 bench-pull: migrate  ## a pull of every member of the shared data ×10 between two payers: members/s, resources/s, puller peak memory
 	$(PY) scripts/bench_pull.py
 
-bench-token: migrate  ## token endpoint: signed assertions in, bearer tokens out, per second
+bench-token: venv  ## token endpoint (own database): signed assertions in, bearer tokens out, per second
 	$(PY) scripts/bench_token.py
 
 CONFORMANCE_ARGS ?= --with-jwks-url
