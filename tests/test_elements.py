@@ -87,6 +87,7 @@ def test_an_export_with_elements_writes_subsets_of_every_line(partner, member_an
                                    transaction_time=timezone.now())
     states = [jobs.run_chunk(chunk_id) for chunk_id in jobs.plan(job.id)]
     assert states and all(s.state in ("done", "last") for s in states), states
+    assert jobs.finalize(job.id)  # the chunks' segments are published as files at the end
     lines = [json.loads(line) for line in exported_lines(job)]
     assert {r["resourceType"] for r in lines} == {"Patient", "Observation"}
     for resource in lines:
