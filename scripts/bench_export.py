@@ -384,8 +384,9 @@ def main() -> None:
     env = {**os.environ, "DATABASE_URL": database_url(), "REDIS_URL": settings.REDIS_URL, "CELERY_QUEUE": QUEUE,
            "CACHE_KEY_PREFIX": QUEUE, "FHIR_BASE_URL": base, "EXPORT_STORAGE_URL": f"file://{storage}",
            "LOG_LEVEL": "WARNING", "DEBUG": "0", "SECRET_KEY": secrets.token_urlsafe(50)}
-    web = Process([sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{args.port}",
-                   "--workers", "2", "--threads", "4", "--timeout", "600", "--keep-alive", "30"], env, "export-web")
+    web = Process([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "config.wsgi",
+                   "--bind", f"127.0.0.1:{args.port}",
+                   "--workers", "2", "--threads", "4", "--timeout", "600"], env, "export-web")
     print(f"database {settings.DATABASES['default']['NAME']}; web gunicorn :{args.port} (2 × 4 threads); "
           f"{args.concurrency} worker process(es); {os.cpu_count()} CPU(s); chunks of {settings.EXPORT_CHUNK_ROWS:,} "
           f"rows; files up to {settings.EXPORT_FILE_MAX_BYTES / 2**20:.0f} MiB; storage file://{storage}", flush=True)

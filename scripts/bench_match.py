@@ -192,7 +192,8 @@ def start_services(queue: str, port: int) -> tuple[Process, Process]:
     env = {**os.environ, "CELERY_QUEUE": queue, "CACHE_KEY_PREFIX": queue, "DATABASE_URL": database_url(),
            "REDIS_URL": settings.REDIS_URL, "FHIR_BASE_URL": f"http://127.0.0.1:{port}/fhir", "DEBUG": "0",
            "SECRET_KEY": secrets.token_urlsafe(50), "LOG_LEVEL": "WARNING"}
-    web = Process([sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+    web = Process([sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "config.wsgi",
+                   "--bind", f"127.0.0.1:{port}", "--workers", "2",
                    "--threads", "4", "--timeout", "600"], env, "match-web")
     worker = Process([sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues.worker_queues(queue),
                       "-c", str(WORKERS), "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info",
