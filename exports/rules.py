@@ -22,7 +22,7 @@ from typing import Any
 from dateutil.relativedelta import relativedelta
 from django.conf import settings
 
-from pdex.extract import SHARED_TYPES
+from pdex.extract import PA_TYPES, SHARED_TYPES
 from pdex.fhir import outcome_issue
 
 CAP, FLOOR = "cap", "floor"
@@ -31,23 +31,26 @@ TABLE = "pdex_resource"
 
 # §5.7 rule 2: which member-owned types get the date-of-service window.
 WINDOWED_TYPES = frozenset({
-    "Claim", "Encounter", "Procedure", "Observation", "Immunization", "DiagnosticReport",
-    "MedicationRequest", "MedicationDispense", "ImagingStudy", "CarePlan", "CareTeam", "Goal",
+    "Encounter", "Procedure", "Observation", "Immunization", "DiagnosticReport", "MedicationRequest",
+    "MedicationDispense", "MedicationStatement", "ImagingStudy", "CarePlan", "CareTeam", "Goal", "Task",
 })
 ACTIVE_OR_WINDOW_TYPES = frozenset({"Condition", "AllergyIntolerance"})
 ACTIVE_CLINICAL_STATUSES = ("active", "recurrence", "relapse")
 UNWINDOWED_MEMBER_TYPES = frozenset({"Patient", "Coverage", "Device"})
-PA_OR_WINDOW_TYPES = frozenset({"ExplanationOfBenefit", "DocumentReference"})
+# Prior authorizations (EOB, and PAS's Claim and ClaimResponse, use=preauthorization) get the PA rule, the others
+# of these types the window; a DocumentReference a PA cites goes with its PA.
+PA_OR_WINDOW_TYPES = PA_TYPES | {"DocumentReference"}
 PROVENANCE = "Provenance"
 # Claims whose financial elements are removed in SQL (pdex_nonfinancial, exports migration 0002).
-NONFINANCIAL_TYPES = frozenset({"ExplanationOfBenefit", "Claim"})
+NONFINANCIAL_TYPES = frozenset({"ExplanationOfBenefit", "Claim", "ClaimResponse"})
 
 MEMBER_TYPES = WINDOWED_TYPES | ACTIVE_OR_WINDOW_TYPES | UNWINDOWED_MEMBER_TYPES | PA_OR_WINDOW_TYPES | {PROVENANCE}
 # The order of output files and of $everything pages: the member first, shared resources last.
 EXPORT_TYPES: tuple[str, ...] = (
-    "Patient", "Coverage", "AllergyIntolerance", "CarePlan", "CareTeam", "Claim", "Condition", "Device",
-    "DiagnosticReport", "DocumentReference", "Encounter", "ExplanationOfBenefit", "Goal", "ImagingStudy",
-    "Immunization", "MedicationDispense", "MedicationRequest", "Observation", "Procedure", "Provenance",
+    "Patient", "Coverage", "AllergyIntolerance", "CarePlan", "CareTeam", "Claim", "ClaimResponse", "Condition",
+    "Device", "DiagnosticReport", "DocumentReference", "Encounter", "ExplanationOfBenefit", "Goal",
+    "ImagingStudy", "Immunization", "MedicationDispense", "MedicationRequest", "MedicationStatement",
+    "Observation", "Procedure", "Task", "Provenance",
     "Location", "Medication", "Organization", "Practitioner", "PractitionerRole",
 )
 assert set(EXPORT_TYPES) == MEMBER_TYPES | SHARED_TYPES
@@ -60,6 +63,7 @@ MANDATORY_ELEMENTS: dict[str, tuple[str, ...]] = {
     "AllergyIntolerance": ("patient",),
     "CarePlan": ("status", "intent", "subject"),
     "Claim": ("status", "type", "use", "patient", "created", "provider", "priority", "insurance"),
+    "ClaimResponse": ("status", "type", "use", "patient", "created", "insurer", "outcome"),
     "Condition": ("subject",),
     "DiagnosticReport": ("status", "code"),
     "DocumentReference": ("status", "content"),
@@ -71,15 +75,18 @@ MANDATORY_ELEMENTS: dict[str, tuple[str, ...]] = {
     "Immunization": ("status", "vaccineCode", "patient"),
     "MedicationDispense": ("status",),
     "MedicationRequest": ("status", "intent", "subject"),
+    "MedicationStatement": ("status", "subject"),
     "Observation": ("status", "code"),
     "Procedure": ("status", "subject"),
     "Provenance": ("target", "recorded", "agent"),
+    "Task": ("status", "intent"),
 }
 # Mandatory choice elements (`occurrence[x]`): every key with this prefix is kept.
 MANDATORY_CHOICES: dict[str, tuple[str, ...]] = {
     "Immunization": ("occurrence",),
     "MedicationDispense": ("medication",),
     "MedicationRequest": ("medication",),
+    "MedicationStatement": ("medication", "effective"),
 }
 # The tag of a resource with elements left out: exactly system and code (the Bulk Data tester compares it whole).
 SUBSETTED_TAG = '{"system":"http://terminology.hl7.org/CodeSystem/v3-ObservationValue","code":"SUBSETTED"}'
@@ -295,17 +302,18 @@ def _pa_sql(context: ExportContext, alias: str) -> str:
 
 
 def _attached_to_pa_sql(context: ExportContext, alias: str, *, included_only: bool) -> str:
-    """A DocumentReference cited by a PA's supportingInfo (any PA, or one the PA rule includes).
+    """A DocumentReference cited by a PA's supportingInfo — a PDex PA EOB's or a PAS Claim's (any PA, or one
+    the PA rule includes).
 
-    The citations are stored on the PA row when it is written (`pa_documents`, exports migration 0011), so
-    this is an array test on the few PAs of the member that cite a document (a partial index), not a JSON
-    path over every PA per document.
+    The citations are stored on the PA row when it is written (`pa_documents`, exports migrations 0011 and
+    0013), so this is an array test on the few PAs of the member that cite a document (a partial index), not a
+    JSON path over every PA per document.
     """
     pa = f"{alias}_pa"
     condition = _pa_sql(context, pa) if included_only else f"{pa}.eob_use = 'preauthorization'"
     return (
         f"EXISTS (SELECT 1 FROM {TABLE} {pa} WHERE {pa}.member_id = {alias}.member_id"
-        f" AND {pa}.resource_type = 'ExplanationOfBenefit' AND {pa}.eob_use = 'preauthorization'"
+        f" AND {pa}.resource_type IN ('ExplanationOfBenefit', 'Claim') AND {pa}.eob_use = 'preauthorization'"
         f" AND {pa}.pa_documents <> '{{}}' AND {condition}"
         f" AND ('DocumentReference/' || {alias}.fhir_id) = ANY({pa}.pa_documents))"
     )
@@ -326,7 +334,7 @@ def rule_sql(resource_type: str, context: ExportContext, alias: str = "r") -> st
     elif resource_type in ACTIVE_OR_WINDOW_TYPES:
         statuses = ", ".join(f"'{s}'" for s in ACTIVE_CLINICAL_STATUSES)
         rule = f"({alias}.clinical_status IN ({statuses}) OR {window})"
-    elif resource_type == "ExplanationOfBenefit":
+    elif resource_type in PA_TYPES:
         rule = f"({_pa_sql(context, alias)} OR ({alias}.eob_use <> 'preauthorization' AND {window}))"
     elif resource_type == "DocumentReference":
         rule = (f"(CASE WHEN {_attached_to_pa_sql(context, alias, included_only=False)}"
@@ -422,7 +430,7 @@ def _json_sql(resource_type: str, alias: str) -> str:
     """A row's JSON as exported (jsonb): the stored body; claims through the non-financial view."""
     if resource_type == "Claim":
         return f"pdex_nonfinancial({alias}.body)"
-    if resource_type == "ExplanationOfBenefit":
+    if resource_type in ("ExplanationOfBenefit", "ClaimResponse"):
         return (f"(CASE WHEN {alias}.eob_use = 'preauthorization' THEN {alias}.body"
                 f" ELSE pdex_nonfinancial({alias}.body) END)")
     return f"{alias}.body"
@@ -497,8 +505,8 @@ def keyed_query(resource_type: str, member_ids: Sequence[int], context: ExportCo
 def any_body_sql(alias: str = "r", elements: Iterable[str] = ()) -> str:
     """`body_sql` for rows of mixed types (a page of $everything)."""
     elements = tuple(elements)
-    whole = (f"(CASE WHEN {alias}.resource_type = 'Claim' OR ({alias}.resource_type = 'ExplanationOfBenefit'"
-             f" AND {alias}.eob_use <> 'preauthorization') THEN pdex_nonfinancial({alias}.body)"
+    whole = (f"(CASE WHEN {alias}.resource_type = 'Claim' OR ({alias}.resource_type IN ('ExplanationOfBenefit',"
+             f" 'ClaimResponse') AND {alias}.eob_use <> 'preauthorization') THEN pdex_nonfinancial({alias}.body)"
              f" ELSE {alias}.body END)")
     if not elements:
         return stored_text_sql(whole, alias)

@@ -28,6 +28,23 @@ UNDATED_LAST_UPDATED = datetime(1970, 1, 1, tzinfo=UTC)
 PA_PROFILE = "http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/pdex-priorauthorization"
 REVIEW_ACTION_URL = "http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/extension-reviewAction"
 REVIEW_ACTION_CODE_URL = "http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/extension-reviewActionCode"
+# The same decision as Da Vinci PAS records it on a ClaimResponse.
+PAS_REVIEW_ACTION_URL = "http://hl7.org/fhir/us/davinci-pas/StructureDefinition/extension-reviewAction"
+PAS_REVIEW_ACTION_CODE_URL = "http://hl7.org/fhir/us/davinci-pas/StructureDefinition/extension-reviewActionCode"
+# Types that record a prior authorization when `use` = preauthorization: the PDex PA EOB, and PAS's request
+# (Claim) and decision (ClaimResponse). One PA rule applies to all three (exports.rules).
+PA_TYPES = frozenset({"ExplanationOfBenefit", "Claim", "ClaimResponse"})
+# PDex ProvenancePayerDataSource: what a payer's FHIR record was made from (loaders may say; exports name it in
+# the transmitter Provenance's entity, extension ProvenanceSourceFrom).
+PAYER_DATA_SOURCE = "http://hl7.org/fhir/us/davinci-pdex/CodeSystem/ProvenancePayerDataSource"
+SOURCE_FORMATS = {
+    "hl7v2other": "HL7 v2", "hl7v2oru": "HL7 v2 ORU", "hl7v2adt": "HL7 v2 ADT", "hl7v2r01": "HL7 v2 R01",
+    "hl7v2rsp": "HL7 v2 RSP", "hl7v2orm": "HL7 v2 ORM", "hl7v2mdm": "HL7 v2 MDM", "hl7v2vxu": "HL7 v2 VXU",
+    "hl7v3": "HL7 v3", "hl7ccda": "HL7 C-CDA", "hl7cda": "HL7 CDA", "hl7cdaqrda": "HL7 CDA QRDA",
+    "hl7fhirdstu2": "FHIR DSTU2", "hl7fhirdstu3": "FHIR STU3", "hl7fhirr4": "FHIR R4", "x12837": "837 claim",
+    "x12278": "278", "x12275": "275", "x12other": "X12", "ncpdp": "NCPDP", "capture": "Direct Capture",
+    "customtx": "Trading Partner Format", "image": "Image", "other": "Other",
+}
 WHEN_ADJUDICATED_URL = "http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/base-ext-when-adjudicated"
 # X12 306 action codes (PAS reviewAction) → our PA status.
 REVIEW_ACTION_STATUS = {
@@ -176,6 +193,12 @@ def service_period(resource: dict) -> tuple[datetime | None, datetime | None]:
         return _period(resource.get("period"))
     if kind in ("ExplanationOfBenefit", "Claim"):
         return _first(_period(resource.get("billablePeriod")), _items_served(resource))
+    if kind == "ClaimResponse":
+        return _moment(resource.get("created"))
+    if kind == "Task":
+        return _first(_period(resource.get("executionPeriod")), _moment(resource.get("authoredOn")))
+    if kind == "MedicationStatement":
+        return _first(_choice(resource, "effective"), _moment(resource.get("dateAsserted")))
     if kind in ("Observation", "DiagnosticReport"):
         return _first(_choice(resource, "effective"), _moment(resource.get("issued")))
     if kind == "Procedure":
@@ -264,7 +287,8 @@ def is_sensitive(resource: dict, *, security_codes: frozenset[str] | set[str], c
 # --- prior authorizations -------------------------------------------------------------------------
 
 def is_prior_authorization(resource: dict) -> bool:
-    return resource.get("resourceType") == "ExplanationOfBenefit" and resource.get("use") == "preauthorization"
+    """A PDex PA EOB, or a PAS Claim / ClaimResponse: `use` = preauthorization."""
+    return resource.get("resourceType") in PA_TYPES and resource.get("use") == "preauthorization"
 
 
 def _adjudications(resource: dict) -> list[dict]:
@@ -279,10 +303,10 @@ def _adjudications(resource: dict) -> list[dict]:
 def _review_action_codes(adjudication: dict) -> list[str]:
     codes = []
     for ext in adjudication.get("extension") or []:
-        if ext.get("url") != REVIEW_ACTION_URL:
+        if ext.get("url") not in (REVIEW_ACTION_URL, PAS_REVIEW_ACTION_URL):
             continue
         for sub in ext.get("extension") or []:
-            if sub.get("url") in (REVIEW_ACTION_CODE_URL, "code"):
+            if sub.get("url") in (REVIEW_ACTION_CODE_URL, PAS_REVIEW_ACTION_CODE_URL, "code"):
                 codes += [c.get("code") for c in (sub.get("valueCodeableConcept") or {}).get("coding") or []]
     return [c for c in codes if c]
 
@@ -326,8 +350,10 @@ def pa_status_changed(resource: dict) -> datetime | None:
 
 
 def pa_period_end(resource: dict) -> datetime | None:
-    """The latest end of preAuthRefPeriod (the end of the authorization's validity)."""
-    ends = [_period(p)[1] for p in resource.get("preAuthRefPeriod") or []]
+    """The latest end of preAuthRefPeriod (EOB) or preAuthPeriod (ClaimResponse): the end of the authorization's
+    validity."""
+    periods = [*(resource.get("preAuthRefPeriod") or []), resource.get("preAuthPeriod")]
+    ends = [_period(p)[1] for p in periods if p]
     ends = [e for e in ends if e]
     return max(ends) if ends else None
 
@@ -398,7 +424,7 @@ def extract(resource: dict, *, security_codes: frozenset[str] | set[str], codes_
         service_end=service[1],
         sensitive=is_sensitive(resource, security_codes=security_codes, codes_file=codes_file),
         clinical_status=clinical_status(resource),
-        eob_use=resource.get("use", "") if kind == "ExplanationOfBenefit" else "",
+        eob_use=str(resource.get("use") or "")[:32] if kind in PA_TYPES else "",
         pa_status=pa_status(resource) if prior_auth else "",
         pa_status_changed=pa_status_changed(resource) if prior_auth else None,
         pa_period_end=pa_period_end(resource) if prior_auth else None,
@@ -411,6 +437,19 @@ def extract_configured(resource: dict) -> Extracted:
     """extract() with the security codes and code list from settings."""
     return extract(resource, security_codes=frozenset(settings.SENSITIVE_SECURITY_CODES),
                    codes_file=str(settings.SENSITIVE_CODES_FILE))
+
+
+def absolute_binary_urls(resource: dict, base_url: str) -> dict:
+    """A DocumentReference's relative `Binary/{id}` attachment URLs made absolute under our FHIR base, so the
+    exported resource points where the partner downloads it with its token (Bulk Data: absolute URLs)."""
+    if resource.get("resourceType") != "DocumentReference":
+        return resource
+    for content in resource.get("content") or []:
+        attachment = content.get("attachment") if isinstance(content, dict) else None
+        url = attachment.get("url") if isinstance(attachment, dict) else None
+        if isinstance(url, str) and url.startswith("Binary/"):
+            attachment["url"] = f"{base_url.rstrip('/')}/{url}"
+    return resource
 
 
 def format_instant(moment: datetime) -> str:

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from tqdm import tqdm
 
-from pdex.extract import SHARED_TYPES, extract, format_instant, normalize_name
+from pdex.extract import SHARED_TYPES, absolute_binary_urls, extract, format_instant, normalize_name
 from pdex.identity import refresh_member_identity
 
 BATCH_LINES = 2000
@@ -115,6 +115,17 @@ class ParseConfig:
     validate: bool
     security_codes: frozenset[str]
     codes_file: str
+    # Our FHIR base: a DocumentReference's relative `Binary/{id}` attachment URL is made absolute with it.
+    base_url: str = ""
+    # What the data was made from, when the loader knows (PDex ProvenancePayerDataSource code).
+    source_format: str = ""
+
+
+def parse_config(*, validate: bool = True, source_format: str = "") -> ParseConfig:
+    """The parse settings of one load, from the settings (sensitive codes, our base URL)."""
+    return ParseConfig(validate=validate, security_codes=frozenset(settings.SENSITIVE_SECURITY_CODES),
+                       codes_file=str(settings.SENSITIVE_CODES_FILE), base_url=settings.FHIR_BASE_URL,
+                       source_format=source_format)
 
 
 def member_columns(patient: dict) -> dict:
@@ -172,6 +183,8 @@ def validation_problem(text: str, kind: str) -> str | None:
 
 def resource_row(resource: dict, config: ParseConfig) -> tuple:
     """The staging row of one resource; meta.lastUpdated is filled in when absent (we own it, as a server)."""
+    if config.base_url:
+        absolute_binary_urls(resource, config.base_url)
     columns = extract(resource, security_codes=config.security_codes, codes_file=config.codes_file)
     if not columns.last_updated_from_meta:
         resource.setdefault("meta", {})["lastUpdated"] = format_instant(columns.last_updated)
@@ -180,7 +193,7 @@ def resource_row(resource: dict, config: ParseConfig) -> tuple:
         json.dumps(resource, separators=(",", ":"), ensure_ascii=False),
         columns.last_updated, columns.service_start, columns.service_end, columns.sensitive,
         columns.clinical_status, columns.eob_use, columns.pa_status, columns.pa_status_changed,
-        columns.pa_period_end, columns.pa_drug, columns.refs,
+        columns.pa_period_end, columns.pa_drug, columns.refs, config.source_format,
     )
 
 
@@ -213,14 +226,15 @@ def _parse_chunk(chunk: list[tuple[str, int, str]]) -> list[tuple[str, int, tupl
 
 STAGE_COLUMNS = ("seq", "resource_type", "fhir_id", "patient_id", "body", "last_updated", "service_start",
                  "service_end", "sensitive", "clinical_status", "eob_use", "pa_status", "pa_status_changed",
-                 "pa_period_end", "pa_drug", "refs")
+                 "pa_period_end", "pa_drug", "refs", "source_format")
 MEMBER_COLUMNS = ("fhir_id", "umb", "family", "given", "birth_date", "gender", "postal_code")
 
 _CREATE_STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS pdex_stage_resource (
     seq bigint, resource_type text, fhir_id text, patient_id text, body text, last_updated timestamptz,
     service_start timestamptz, service_end timestamptz, sensitive boolean, clinical_status text, eob_use text,
-    pa_status text, pa_status_changed timestamptz, pa_period_end timestamptz, pa_drug boolean, refs text[]
+    pa_status text, pa_status_changed timestamptz, pa_period_end timestamptz, pa_drug boolean, refs text[],
+    source_format text
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS pdex_stage_member (
     fhir_id text, umb text, family text, given text, birth_date date, gender text, postal_code text
@@ -250,10 +264,10 @@ WITH staged AS (
 ), merged AS (
     INSERT INTO pdex_resource (resource_type, fhir_id, member_id, body, last_updated, service_start, service_end,
                                sensitive, clinical_status, eob_use, pa_status, pa_status_changed, pa_period_end,
-                               pa_drug, refs, ingested_at)
+                               pa_drug, refs, source_format, ingested_at)
     SELECT s.resource_type, s.fhir_id, m.id, s.body::jsonb, s.last_updated, s.service_start, s.service_end,
            s.sensitive, s.clinical_status, s.eob_use, s.pa_status, s.pa_status_changed, s.pa_period_end,
-           s.pa_drug, s.refs, now()
+           s.pa_drug, s.refs, COALESCE(s.source_format, ''), now()
     FROM staged s LEFT JOIN pdex_member m ON m.fhir_id = s.patient_id
     ON CONFLICT (resource_type, fhir_id) DO UPDATE SET
         member_id = COALESCE(EXCLUDED.member_id, pdex_resource.member_id), body = EXCLUDED.body,
@@ -261,16 +275,17 @@ WITH staged AS (
         service_end = EXCLUDED.service_end, sensitive = EXCLUDED.sensitive,
         clinical_status = EXCLUDED.clinical_status, eob_use = EXCLUDED.eob_use, pa_status = EXCLUDED.pa_status,
         pa_status_changed = EXCLUDED.pa_status_changed, pa_period_end = EXCLUDED.pa_period_end,
-        pa_drug = EXCLUDED.pa_drug, refs = EXCLUDED.refs, ingested_at = now()
+        pa_drug = EXCLUDED.pa_drug, refs = EXCLUDED.refs, source_format = EXCLUDED.source_format,
+        ingested_at = now()
     WHERE (pdex_resource.body, pdex_resource.member_id, pdex_resource.last_updated, pdex_resource.service_start,
            pdex_resource.service_end, pdex_resource.sensitive, pdex_resource.clinical_status,
            pdex_resource.eob_use, pdex_resource.pa_status, pdex_resource.pa_status_changed,
-           pdex_resource.pa_period_end, pdex_resource.pa_drug, pdex_resource.refs)
+           pdex_resource.pa_period_end, pdex_resource.pa_drug, pdex_resource.refs, pdex_resource.source_format)
           IS DISTINCT FROM
           (EXCLUDED.body, COALESCE(EXCLUDED.member_id, pdex_resource.member_id), EXCLUDED.last_updated,
            EXCLUDED.service_start, EXCLUDED.service_end, EXCLUDED.sensitive, EXCLUDED.clinical_status,
            EXCLUDED.eob_use, EXCLUDED.pa_status, EXCLUDED.pa_status_changed, EXCLUDED.pa_period_end,
-           EXCLUDED.pa_drug, EXCLUDED.refs)
+           EXCLUDED.pa_drug, EXCLUDED.refs, EXCLUDED.source_format)
     RETURNING resource_type, (xmax = 0) AS inserted
 )
 SELECT resource_type, count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted)
@@ -328,13 +343,48 @@ WHERE p.id = owner.id
 """
 
 
+# Da Vinci PAS records a prior authorization as a Claim (use=preauthorization, the request) answered by
+# ClaimResponses (the decision). The Claim takes the decision of the latest ClaimResponse answering it — so one
+# PA rule judges both — unless the Claim itself was cancelled; a ClaimResponse to a drug PA is a drug PA.
+RESOLVE_PAS_DECISIONS = """
+UPDATE pdex_resource c SET pa_status = d.pa_status, pa_status_changed = d.pa_status_changed,
+                           pa_period_end = d.pa_period_end
+FROM (
+    SELECT DISTINCT ON (split_part(cr.body -> 'request' ->> 'reference', '/', 2))
+           split_part(cr.body -> 'request' ->> 'reference', '/', 2) AS claim_id, cr.member_id, cr.pa_status,
+           cr.pa_status_changed, cr.pa_period_end
+    FROM pdex_resource cr
+    WHERE cr.resource_type = 'ClaimResponse' AND cr.eob_use = 'preauthorization'
+      AND split_part(cr.body -> 'request' ->> 'reference', '/', 1) = 'Claim'
+    ORDER BY split_part(cr.body -> 'request' ->> 'reference', '/', 2), cr.pa_status_changed DESC NULLS LAST,
+             cr.last_updated DESC
+) d
+WHERE c.resource_type = 'Claim' AND c.fhir_id = d.claim_id AND c.eob_use = 'preauthorization'
+  AND c.member_id IS NOT DISTINCT FROM d.member_id AND c.pa_status <> 'cancelled'
+  AND (c.pa_status, c.pa_status_changed, c.pa_period_end)
+      IS DISTINCT FROM (d.pa_status, d.pa_status_changed, d.pa_period_end)
+"""
+RESOLVE_PAS_DRUG = """
+UPDATE pdex_resource cr SET pa_drug = TRUE
+FROM pdex_resource c
+WHERE cr.resource_type = 'ClaimResponse' AND cr.eob_use = 'preauthorization' AND NOT cr.pa_drug
+  AND c.resource_type = 'Claim' AND c.pa_drug
+  AND c.fhir_id = split_part(cr.body -> 'request' ->> 'reference', '/', 2)
+  AND split_part(cr.body -> 'request' ->> 'reference', '/', 1) = 'Claim'
+"""
+
+
 def resolve_members() -> int:
-    """Attach resources whose Patient arrived after them, then Provenance to its targets' member."""
+    """Attach resources whose Patient arrived after them, then Provenance to its targets' member; then give PAS
+    Claims their ClaimResponse's decision."""
     with connection.cursor() as cursor:
         cursor.execute(RESOLVE_MEMBERS, [sorted(SHARED_TYPES)])
         attached = cursor.rowcount
         cursor.execute(RESOLVE_PROVENANCE)
-        return attached + cursor.rowcount
+        attached += cursor.rowcount
+        cursor.execute(RESOLVE_PAS_DECISIONS)
+        cursor.execute(RESOLVE_PAS_DRUG)
+        return attached
 
 
 def store_counts() -> dict[str, int]:
@@ -375,11 +425,10 @@ def _parsed(lines: Iterator[tuple[str, int, str]], config: ParseConfig, workers:
 
 
 def load_lines(lines: Iterable[tuple[str, int, str]], *, validate: bool = True, workers: int = 1,
-               progress: bool = False, report: LoadReport | None = None) -> LoadReport:
+               progress: bool = False, report: LoadReport | None = None, source_format: str = "") -> LoadReport:
     """Load (path, line number, text) triples; bad lines go to report.bad, everything else is stored."""
     report = report or LoadReport()
-    config = ParseConfig(validate=validate, security_codes=frozenset(settings.SENSITIVE_SECURITY_CODES),
-                         codes_file=str(settings.SENSITIVE_CODES_FILE))
+    config = parse_config(validate=validate, source_format=source_format)
     bar = _progress_bar(progress)
     rows: list[tuple] = []
     members: list[dict] = []
@@ -408,12 +457,12 @@ def load_lines(lines: Iterable[tuple[str, int, str]], *, validate: bool = True, 
 
 
 def load_paths(paths: Iterable[str | Path], *, validate: bool = True, workers: int | None = None,
-               progress: bool | None = None) -> LoadReport:
+               progress: bool | None = None, source_format: str = "") -> LoadReport:
     """Load every NDJSON(.gz) file named or found under the given folders."""
     files = ndjson_files(paths)
     lines = (line for path in files for line in read_lines(path))
     return load_lines(lines, validate=validate, workers=default_workers() if workers is None else workers,
-                      progress=sys.stderr.isatty() if progress is None else progress)
+                      progress=sys.stderr.isatty() if progress is None else progress, source_format=source_format)
 
 
 def load_resources(resources: Iterable[dict], *, source: str = "generated", validate: bool = True) -> LoadReport:
@@ -515,8 +564,7 @@ def store_received(received: list[Received], *, received_at, fresh_since=None,
             outcome.unchanged += 1
     if not outcome.stored:
         return outcome
-    config = ParseConfig(validate=False, security_codes=frozenset(settings.SENSITIVE_SECURITY_CODES),
-                         codes_file=str(settings.SENSITIVE_CODES_FILE))
+    config = parse_config(validate=False)
     instant = format_instant(received_at)
     rows = []
     for item in outcome.stored:

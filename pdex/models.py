@@ -63,6 +63,9 @@ class Resource(models.Model):
     pa_drug = models.BooleanField(default=False, help_text="prescription-drug prior authorization")
     refs = ArrayField(models.CharField(max_length=160), default=list, blank=True,
                       help_text="references to shared resources, as Type/id")
+    source_format = models.CharField(max_length=32, blank=True, default="", db_default="",
+                                     help_text="PDex ProvenancePayerDataSource code of what it was made from, "
+                                               "when ingest knew it")
     ingested_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -76,6 +79,62 @@ class Resource(models.Model):
 
     def __str__(self) -> str:
         return f"{self.resource_type}/{self.fhir_id}"
+
+
+class Tombstone(models.Model):
+    """A resource deleted from the store: what `_since` exports list in the manifest's `deleted` array.
+
+    It keeps the row's rule columns (not the body) as they were at deletion, so an export can tell whether the
+    partner would have been allowed to receive the resource (exports.deleted); expired by the maintenance sweep
+    after TOMBSTONE_RETENTION_DAYS (docs/data-store.md, "Deletions").
+    """
+
+    resource_type = models.CharField(max_length=64)
+    fhir_id = models.CharField(max_length=64)
+    member = models.ForeignKey(Member, null=True, blank=True, on_delete=models.CASCADE, related_name="tombstones")
+    deleted_at = models.DateTimeField(default=timezone.now)
+    deleted_by = models.CharField(max_length=200, blank=True, help_text="the internal client that deleted it")
+    last_updated = models.DateTimeField(null=True, blank=True)
+    service_start = models.DateTimeField(null=True, blank=True)
+    service_end = models.DateTimeField(null=True, blank=True)
+    sensitive = models.BooleanField(default=False)
+    clinical_status = models.CharField(max_length=32, blank=True)
+    eob_use = models.CharField(max_length=32, blank=True)
+    pa_status = models.CharField(max_length=32, blank=True)
+    pa_status_changed = models.DateTimeField(null=True, blank=True)
+    pa_period_end = models.DateTimeField(null=True, blank=True)
+    pa_drug = models.BooleanField(default=False)
+    was_pa_attachment = models.BooleanField(default=False, help_text="a DocumentReference a PA cited")
+
+    class Meta:
+        indexes = [models.Index(fields=["member", "deleted_at"], name="tombstone_member_deleted"),
+                   models.Index(fields=["deleted_at"], name="tombstone_deleted")]
+
+    def __str__(self) -> str:
+        return f"{self.resource_type}/{self.fhir_id} deleted {self.deleted_at:%Y-%m-%d}"
+
+
+class InternalClient(models.Model):
+    """One of our own systems (claims, clinical, prior authorization) that writes into the store.
+
+    Registered by an admin, never by dynamic registration, and never a Partner: its OAuth application has no
+    partner, and the write endpoints refuse every partner's token whatever its scopes (pdex.write.access).
+    """
+
+    name = models.CharField(max_length=200, unique=True)
+    application = models.OneToOneField(settings.OAUTH2_PROVIDER_APPLICATION_MODEL, on_delete=models.PROTECT,
+                                       related_name="internal_client")
+    allowed_scopes = models.TextField(default="system/*.write",
+                                      help_text="space-separated write scopes, e.g. system/*.write or "
+                                                "system/Claim.cud system/ClaimResponse.cud")
+    active = models.BooleanField(default=True)
+    source_format = models.CharField(max_length=32, blank=True,
+                                     help_text="what this system's data was made from (PDex ProvenancePayerDataSource "
+                                               "code: x12837, hl7v2adt, hl7ccda, ncpdp, unstructured, …)")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class Partner(models.Model):
