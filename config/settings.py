@@ -257,6 +257,10 @@ EXPORT_EXCLUDE_DENIED_PA = env.bool("EXPORT_EXCLUDE_DENIED_PA", default=True)
 EXPORT_EXCLUDE_DRUG_PA = env.bool("EXPORT_EXCLUDE_DRUG_PA", default=True)
 EXPORT_CHUNK_ROWS = env.int("EXPORT_CHUNK_ROWS", default=20_000)  # a chunk's size: estimated rows it writes
 EXPORT_CHUNK_MEMBERS = env.int("EXPORT_CHUNK_MEMBERS", default=2_000)  # and at most this many members
+# Writes from our own systems (pdex.write): their bearer tokens' lifetime; how long a deleted resource's
+# tombstone is kept for `_since` exports (the maintenance sweep expires older ones).
+INTERNAL_TOKEN_DAYS = env.int("INTERNAL_TOKEN_DAYS", default=30)
+TOMBSTONE_RETENTION_DAYS = env.int("TOMBSTONE_RETENTION_DAYS", default=400)
 EXPORT_FILE_MAX_BYTES = env.int("EXPORT_FILE_MAX_BYTES", default=256 * 1024 * 1024)
 EXPORT_MAX_RUNNING_JOBS = env.int("EXPORT_MAX_RUNNING_JOBS", default=4)
 EXPORT_OUTPUT_TTL_SECONDS = env.int("EXPORT_OUTPUT_TTL_SECONDS", default=24 * 3600)

@@ -11,6 +11,7 @@ urlpatterns = [
     path("metrics", metrics_view, name="metrics"),
     path("fhir/metadata", views.MetadataView.as_view(), name="fhir-metadata"),
     path("", include("pdex.urls")),
+    path("", include("pdex.write.urls")),
     path("", include("requesting.urls")),
     path("fhir/", include("pdex.jobs.urls")),
     path("fhir/", include("consent.urls")),

@@ -321,6 +321,9 @@ def write_batch(rows: list[tuple], members: list[dict], report: LoadReport) -> N
         for kind, inserted, updated in cursor.fetchall():
             report.inserted[kind] += inserted
             report.updated[kind] += updated
+        # Written again: no longer deleted (forget_tombstones, for this batch).
+        cursor.execute("DELETE FROM pdex_tombstone t USING pdex_stage_resource s"
+                       " WHERE t.resource_type = s.resource_type AND t.fhir_id = s.fhir_id")
 
 
 # A Provenance names no patient: it belongs to the member whose resources it targets. One whose targets
@@ -587,3 +590,54 @@ def stored_members(keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str
                        " AS k(resource_type, fhir_id) JOIN pdex_resource r USING (resource_type, fhir_id)"
                        " LEFT JOIN pdex_member m ON m.id = r.member_id", [list(types), list(ids)])
         return {(row[0], row[1]): row[2] for row in cursor.fetchall()}
+
+
+# --- deletions -------------------------------------------------------------------------------------
+# A delete removes the row and keeps a tombstone with the row's rule columns, so a `_since` export can list it
+# in its manifest's `deleted` array for exactly the partners who could have received it (exports.deleted).
+
+_DELETE_WITH_TOMBSTONES = """
+WITH gone AS (
+    DELETE FROM pdex_resource r USING unnest(%s::text[], %s::text[]) AS k(resource_type, fhir_id)
+    WHERE r.resource_type = k.resource_type AND r.fhir_id = k.fhir_id
+    RETURNING r.*
+)
+INSERT INTO pdex_tombstone (resource_type, fhir_id, member_id, deleted_at, deleted_by, last_updated, service_start,
+                            service_end, sensitive, clinical_status, eob_use, pa_status, pa_status_changed,
+                            pa_period_end, pa_drug)
+SELECT resource_type, fhir_id, member_id, %s, %s, last_updated, service_start, service_end, sensitive,
+       clinical_status, eob_use, pa_status, pa_status_changed, pa_period_end, pa_drug
+FROM gone
+RETURNING resource_type, fhir_id
+"""
+
+
+def delete_resources(keys: Iterable[tuple[str, str]], *, deleted_by: str, now) -> set[tuple[str, str]]:
+    """Delete these (type, id) from the store, each leaving a tombstone; returns those that were there."""
+    keys = list(dict.fromkeys(keys))
+    if not keys:
+        return set()
+    types, ids = zip(*keys, strict=True)
+    with connection.cursor() as cursor:
+        cursor.execute(_DELETE_WITH_TOMBSTONES, [list(types), list(ids), now, deleted_by[:200]])
+        return {(row[0], row[1]) for row in cursor.fetchall()}
+
+
+def forget_tombstones(keys: Iterable[tuple[str, str]]) -> None:
+    """A resource written again is no longer deleted: its tombstones go (a `deleted` entry must never name a
+    resource the same export sends)."""
+    keys = list(dict.fromkeys(keys))
+    if not keys:
+        return
+    types, ids = zip(*keys, strict=True)
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM pdex_tombstone t USING unnest(%s::text[], %s::text[]) AS k(resource_type, fhir_id)"
+                       " WHERE t.resource_type = k.resource_type AND t.fhir_id = k.fhir_id", [list(types), list(ids)])
+
+
+def expire_tombstones(*, now, retention_days: int) -> int:
+    """Delete tombstones older than the retention (the maintenance sweep calls it); returns how many."""
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM pdex_tombstone WHERE deleted_at < %s - make_interval(days => %s)",
+                       [now, retention_days])
+        return cursor.rowcount

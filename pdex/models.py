@@ -104,11 +104,11 @@ class Tombstone(models.Model):
     pa_status_changed = models.DateTimeField(null=True, blank=True)
     pa_period_end = models.DateTimeField(null=True, blank=True)
     pa_drug = models.BooleanField(default=False)
-    was_pa_attachment = models.BooleanField(default=False, help_text="a DocumentReference a PA cited")
 
     class Meta:
         indexes = [models.Index(fields=["member", "deleted_at"], name="tombstone_member_deleted"),
-                   models.Index(fields=["deleted_at"], name="tombstone_deleted")]
+                   models.Index(fields=["deleted_at"], name="tombstone_deleted"),
+                   models.Index(fields=["resource_type", "fhir_id"], name="tombstone_type_id")]
 
     def __str__(self) -> str:
         return f"{self.resource_type}/{self.fhir_id} deleted {self.deleted_at:%Y-%m-%d}"

@@ -23,9 +23,12 @@ def new_application(name: str) -> Application:
 
 
 def clean_scopes(scope: str) -> str:
-    """The known scopes of a space-separated list, in order, without duplicates."""
+    """The known scopes of a space-separated list, in order, without duplicates; never a write scope (a partner
+    only reads: writing is for our own systems, pdex.write.access)."""
     kept: list[str] = []
     for item in scope.split():
+        if scopes.is_write(item):
+            item = scopes.read_part(item) or ""
         if scopes.is_known(item) and item not in kept:
             kept.append(item)
     return " ".join(kept)

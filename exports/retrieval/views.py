@@ -6,13 +6,16 @@ the partner may not see, so ids reveal nothing).
 
 from __future__ import annotations
 
+import json
+
 from django.http import HttpResponse
 
 from exports.jobs.start import start_export
 from exports.models import ExportJob
 from exports.operations.kickoff import accepted
-from exports.retrieval import everything, search
-from pdex.fhir import FHIR_JSON, FhirView
+from exports.retrieval import binary, everything, search
+from exports.rules import EXPORT_TYPES
+from pdex.fhir import FHIR_JSON, FhirView, outcome_response, simple_outcome
 
 PATIENT_EVERYTHING = "http://hl7.org/fhir/OperationDefinition/Patient-everything"
 
@@ -85,3 +88,32 @@ class ReadView(FhirView):
 
     def get(self, request, resource_type: str, fhir_id: str):
         return _json(search.read_resource(request.partner, resource_type, fhir_id, request=request))
+
+
+class BinaryView(FhirView):
+    """GET /fhir/Binary/{id}: the attachment's bytes (its own media type), or the Binary resource when FHIR JSON
+    is asked for; under the access rule of the DocumentReference pointing at it."""
+
+    required_scopes = (("system/Binary.r", "system/DocumentReference.r"),)
+    audit_action, audit_entity = "read", "Binary/{fhir_id}"
+
+    def get(self, request, resource_type: str, fhir_id: str):
+        found = binary.read_binary(request.partner, fhir_id, request=request)
+        accept = request.headers.get("Accept", "")
+        if FHIR_JSON in accept or "application/json" in accept:
+            return _json(json.dumps(found.resource))
+        return HttpResponse(found.data, content_type=found.content_type)
+
+
+_read = ReadView.as_view()
+_binary = BinaryView.as_view()
+
+
+def read_any(request, resource_type: str, fhir_id: str):
+    """GET of `{Type}/{id}`: the types we serve, and Binary; anything else is an unknown URL (404)."""
+    if resource_type == "Binary":
+        return _binary(request, resource_type=resource_type, fhir_id=fhir_id)
+    if resource_type in EXPORT_TYPES:
+        return _read(request, resource_type=resource_type, fhir_id=fhir_id)
+    return outcome_response(404, simple_outcome("error", "not-found", f"{resource_type} is not served here."),
+                            request=request)

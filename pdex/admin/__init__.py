@@ -3,7 +3,7 @@
 from django.contrib import admin
 from oauth2_provider.models import Grant, IDToken, RefreshToken
 
-from pdex.admin import dashboard, jobs, members, partners  # noqa: F401 - registers the ModelAdmins and panels
+from pdex.admin import dashboard, jobs, members, partners, writers  # noqa: F401 - registers the ModelAdmins and panels
 
 # Authorization-code grants, OpenID Connect ID tokens and refresh tokens never exist here (SMART Backend
 # Services: client credentials only, no refresh): their pages would only ever be empty.

@@ -107,6 +107,21 @@ def names_unknown_resource_type(scope: str) -> bool:
     return bool(match and match.group(2) != "*" and match.group(2) not in R4_RESOURCE_TYPES)
 
 
+def is_write(scope: str) -> bool:
+    """A SMART scope that allows creating, updating or deleting (`system/*.write`, `system/Claim.cud`, …)."""
+    parsed = parse(scope)
+    return parsed is not None and bool(parsed.permissions & {"c", "u", "d"})
+
+
+def read_part(scope: str) -> str | None:
+    """What a scope allows of reading and searching, as a v2 scope (`system/*.*` → `system/*.rs`); None if
+    nothing."""
+    parsed = parse(scope)
+    if parsed is None or not parsed.permissions & {"r", "s"}:
+        return None
+    return render(SmartScope(parsed.context, parsed.resource_type, parsed.permissions & {"r", "s"}, parsed.query))
+
+
 def is_known(scope: str) -> bool:
     """A scope this server understands and could grant."""
     return normalize(scope) in OPERATION_SCOPES or parse(scope) is not None

@@ -1,0 +1,1 @@
+"""Writes into the member data store by our own systems (never partners): pdex.write.access, .bundle, .views."""
