@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from consent.services import decisions_for_members
-from exports import planning, rules
+from exports import deleted, planning, rules
 from exports.kind import EXPORT
 from exports.models import ExportChunk, ExportJob
 from exports.params import JobParams
@@ -134,6 +134,7 @@ def plan(job_id: uuid.UUID | str, *, now: datetime | None = None) -> list[int]:
         job.progress_done = 0
         job.member_count = allowed
         job.planning_messages = issues
+        deleted.write_deleted_file(job, include_sensitive, params)  # `_since` only: the manifest's `deleted`
         if not created:
             job.finalize_started_at = now
             engine.nudge_on_commit(EXPORT.finish_task, str(job.id))
