@@ -14,7 +14,19 @@ from pdex.models import Tombstone
 from pdex.write import access, bundle
 from tests.builders import consent_for, days_ago, encounter, make_member, match_group, observation, store, years_ago
 from tests.conftest import issue_token
-from tests.test_export_e2e import WORKER_ENV, Client, file_storage, fhir_base  # noqa: F401 - fixtures
+from tests.test_export_e2e import WORKER_ENV, Client
+
+
+@pytest.fixture
+def fhir_base(live_server, settings):
+    settings.FHIR_BASE_URL = f"{live_server.url}/fhir"
+    settings.STATUS_RETRY_AFTER_SECONDS = 1
+    return settings.FHIR_BASE_URL
+
+
+@pytest.fixture
+def file_storage(settings, tmp_path):
+    settings.EXPORT_STORAGE_URL = f"file://{tmp_path}/exports"
 
 
 def writer(db) -> access.Writer:
