@@ -20,7 +20,7 @@ from django.conf import settings
 
 SHARED_TYPES = frozenset({"Organization", "Practitioner", "PractitionerRole", "Location", "Medication"})
 # Where each member-owned type points at its member, in the order we look.
-MEMBER_FIELDS = ("patient", "subject", "beneficiary")
+MEMBER_FIELDS = ("patient", "subject", "beneficiary", "for")  # `for`: a Task's beneficiary
 # Undated resources without meta.lastUpdated: "unchanged since the epoch", so no incremental export
 # picks them up unless they change (docs/data-store.md).
 UNDATED_LAST_UPDATED = datetime(1970, 1, 1, tzinfo=UTC)
@@ -126,7 +126,7 @@ def reference_target(reference: Any) -> tuple[str | None, str] | None:
 
 
 def member_reference(resource: dict) -> str | None:
-    """The Patient id a resource belongs to: Patient itself, else patient / subject / beneficiary.
+    """The Patient id a resource belongs to: Patient itself, else patient / subject / beneficiary / for.
 
     `urn:uuid:x` resolves to `x`: Synthea (and most transaction bundles) use the Patient's id as its uuid.
     """

@@ -299,7 +299,7 @@ FROM pdex_member m
 WHERE r.member_id IS NULL AND r.resource_type <> ALL(%s)
   AND m.fhir_id = substring(
         COALESCE(r.body->'patient'->>'reference', r.body->'subject'->>'reference',
-                 r.body->'beneficiary'->>'reference',
+                 r.body->'beneficiary'->>'reference', r.body->'for'->>'reference',
                  CASE WHEN r.resource_type = 'Patient' THEN 'Patient/' || r.fhir_id END)
         FROM '^(?:.*/)?(?:Patient/|urn:uuid:)([^/]+)(?:/_history/.*)?$')
 """

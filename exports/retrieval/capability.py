@@ -22,6 +22,7 @@ def register() -> None:
         else:
             capability.register_interactions(resource_type, "read")
     capability.register_operation("Patient", "everything", PATIENT_EVERYTHING)
+    capability.register_interactions("Binary", "read")  # an attachment, under its DocumentReference's rule
 
 
 register()
