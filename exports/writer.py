@@ -188,7 +188,8 @@ def write_transmitter_provenance(job: ExportJob, chunk: ExportChunk | None, chun
     """
     provenance_id = str(uuid.uuid5(PROVENANCE_NAMESPACE, f"{job.id}/{chunk_sequence}"))
     line = provenance.transmitter_provenance_line(targets, recorded=job.transaction_time,
-                                                  provenance_id=provenance_id)
+                                                  provenance_id=provenance_id,
+                                                  source_formats=provenance.source_formats_of(targets))
     with part_writer(job, PROVENANCE_TYPE, chunk_sequence, first_part) as parts:
         parts.write(line)
     return segments(parts, job, chunk)

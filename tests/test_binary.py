@@ -8,7 +8,9 @@ import json
 
 import pytest
 import requests
+from fhir.resources.R4B import get_fhir_model_class
 
+from exports.provenance import SOURCE_FROM
 from pdex.write import access, bundle
 from tests.builders import consent_for, days_ago, document, make_member, match_group
 from tests.conftest import issue_token
@@ -31,7 +33,7 @@ def file_storage(settings, tmp_path):
 
 def write(*resources: dict) -> None:
     client = access.register_internal_client("document system", source_format="image")
-    writer = access.Writer(name=client.name, granted=("system/*.write",))
+    writer = access.Writer(name=client.name, granted=("system/*.write",), source_format=client.source_format)
     entries = [{"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
                for r in resources]
     result = bundle.apply_bundle({"resourceType": "Bundle", "type": "transaction", "entry": entries}, writer)
@@ -66,8 +68,15 @@ def test_a_document_pointing_at_a_binary_is_exported_with_a_url_the_partners_tok
     assert done.status_code == 200, done.text
     manifest = done.json()
     assert not [item for item in manifest["output"] if item["type"] == "Binary"]  # travels inside its document
-    documents = {json.loads(line)["id"]: json.loads(line) for line in client.download(manifest)
-                 if json.loads(line)["resourceType"] == "DocumentReference"}
+    exported = [json.loads(line) for line in client.download(manifest)]
+    documents = {r["id"]: r for r in exported if r["resourceType"] == "DocumentReference"}
+    # The transmitter Provenance says what the documents were made from: the writer's source format.
+    [transmitter] = [r for r in exported if r["resourceType"] == "Provenance"
+                     and {"reference": "DocumentReference/doc-letter"} in r["target"]]
+    [entity] = transmitter["entity"]
+    assert entity["extension"][0]["url"] == SOURCE_FROM
+    assert entity["extension"][0]["valueCodeableConcept"]["coding"][0]["code"] == "image"
+    get_fhir_model_class("Provenance").model_validate(transmitter)
     url = documents["doc-letter"]["content"][0]["attachment"]["url"]
     assert url == f"{fhir_base}/Binary/bin-letter"
 

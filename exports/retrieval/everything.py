@@ -23,7 +23,7 @@ from consent.decision import Decision
 from consent.services import decision_for, decisions_for_members
 from exports import rules
 from exports.params import JobParams, parse_elements, parse_instant, parse_prefer
-from exports.provenance import payer_organization, transmitter_provenance
+from exports.provenance import payer_organization, source_formats_of, transmitter_provenance
 from exports.typefilter import date_range
 from pdex import audit
 from pdex.auth.scopes import satisfies
@@ -233,7 +233,8 @@ def transmitter_for(matches: Sequence[Row], request_time: datetime) -> list[dict
     """The transmitter Provenance of a page and our Organization it names (spec §5.7 rule 8)."""
     if not matches:
         return []
-    return [transmitter_provenance([row.reference for row in matches], recorded=request_time),
+    references = [row.reference for row in matches]
+    return [transmitter_provenance(references, recorded=request_time, source_formats=source_formats_of(references)),
             payer_organization()]
 
 
