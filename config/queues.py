@@ -21,6 +21,7 @@ TASK_KINDS = {
     "exports.run_chunk": "export",
     "matching.match_batch": "match",
     "requesting.run_pull_unit": "pull",
+    "pdex.run_import_file": "pull",  # our own systems' bulk import: ingest, like a pull's files
     "requesting.schedule_pulls": "maintenance",
     "requesting.advance_signing_keys": "maintenance",
 }

@@ -261,6 +261,8 @@ EXPORT_CHUNK_MEMBERS = env.int("EXPORT_CHUNK_MEMBERS", default=2_000)  # and at 
 # tombstone is kept for `_since` exports (the maintenance sweep expires older ones).
 INTERNAL_TOKEN_DAYS = env.int("INTERNAL_TOKEN_DAYS", default=30)
 TOMBSTONE_RETENTION_DAYS = env.int("TOMBSTONE_RETENTION_DAYS", default=400)
+# Where `$import` may read input files from: storage URLs (file://folder, s3://bucket/prefix); nothing else opens.
+IMPORT_SOURCES = env.list("IMPORT_SOURCES", default=[f"file://{VAR_DIR / 'imports'}"])
 EXPORT_FILE_MAX_BYTES = env.int("EXPORT_FILE_MAX_BYTES", default=256 * 1024 * 1024)
 EXPORT_MAX_RUNNING_JOBS = env.int("EXPORT_MAX_RUNNING_JOBS", default=4)
 EXPORT_OUTPUT_TTL_SECONDS = env.int("EXPORT_OUTPUT_TTL_SECONDS", default=24 * 3600)

@@ -3,6 +3,8 @@ from django.contrib.admin import apps as admin_apps
 
 from pdex import capability
 from pdex.auth.discovery import capability_security
+from pdex.jobs import kinds
+from pdex.write.kind import IMPORT
 
 
 class PdexConfig(AppConfig):
@@ -11,6 +13,7 @@ class PdexConfig(AppConfig):
 
     def ready(self) -> None:
         capability.register_security(capability_security)
+        kinds.register(IMPORT)  # our own systems' bulk import runs on the job engine (never at the status URL)
 
 
 class PdexAdminConfig(admin_apps.AdminConfig):

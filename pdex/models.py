@@ -216,4 +216,4 @@ class AuditEvent(models.Model):
 
 
 # The asynchronous-job models live in pdex.jobs; importing them here registers them with the app.
-from pdex.jobs.models import AsyncJob, OutputFile  # noqa: E402, F401
+from pdex.jobs.models import AsyncJob, ImportFile, ImportJob, OutputFile  # noqa: E402, F401

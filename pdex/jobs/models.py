@@ -14,7 +14,7 @@ from django.db import models
 from django.utils import timezone
 
 from pdex import logcontext
-from pdex.models import Partner
+from pdex.models import InternalClient, Partner
 
 
 def default_deadline() -> datetime:
@@ -150,3 +150,35 @@ class OutputFile(models.Model):
 
     def __str__(self) -> str:
         return self.storage_key
+
+
+class ImportJob(JobState):
+    """A bulk import by one of our own systems: NDJSON files named by URL, each loaded through the ingest path
+    (pdex.write.bulkimport). Not partner-facing: its client polls `$import-status/{id}`."""
+
+    client = models.ForeignKey(InternalClient, on_delete=models.CASCADE, related_name="imports")
+    request_url = models.TextField()
+    validate = models.BooleanField(default=True, help_text="validate every line with the R4B models")
+    counts = models.JSONField(default=dict, blank=True, help_text="resources stored per type")
+
+    def __str__(self) -> str:
+        return f"import {self.id}"
+
+
+class ImportFile(WorkUnit):
+    """One input file of an import, loaded by one worker at a time (a rerun stores the same rows again)."""
+
+    job = models.ForeignKey(ImportJob, on_delete=models.CASCADE, related_name="files")
+    url = models.TextField()
+    resource_type = models.CharField(max_length=64, blank=True, help_text="the type the request named")
+    read = models.PositiveIntegerField(default=0)
+    stored = models.PositiveIntegerField(default=0, help_text="inserted or changed")
+    bad = models.PositiveIntegerField(default=0)
+    counts = models.JSONField(default=dict, blank=True)
+    notes = models.JSONField(default=list, blank=True, help_text="why lines were skipped (never their content)")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "sequence"], name="importfile_job_seq_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} #{self.sequence}"

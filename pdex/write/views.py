@@ -13,8 +13,16 @@ from django.views.decorators.csrf import csrf_exempt
 
 from pdex import audit
 from pdex.extract import format_instant
-from pdex.fhir import FHIR_JSON, FhirView, fhir_json_response, outcome_response, simple_outcome
-from pdex.write import bundle
+from pdex.fhir import (
+    FHIR_JSON,
+    BadRequest,
+    FhirView,
+    fhir_json_response,
+    outcome_response,
+    parse_prefer,
+    simple_outcome,
+)
+from pdex.write import bulkimport, bundle
 from pdex.write.access import InternalClientOnly, writer_for
 
 
@@ -71,3 +79,36 @@ def by_method(**handlers: Callable) -> Callable:
         return handler(request, *args, **kwargs)
 
     return dispatch
+
+
+class ImportKickoffView(FhirView):
+    """POST /fhir/$import (Prefer: respond-async): load NDJSON files named by URL, asynchronously."""
+
+    permission_classes = [InternalClientOnly]
+    audit_action, audit_entity = "bulk-import-kickoff", "$import"
+
+    def post(self, request):
+        if "respond-async" not in parse_prefer(request.headers.get("Prefer")):
+            raise BadRequest("$import runs asynchronously: send Prefer: respond-async.", code="required")
+        writer = writer_for(request.auth)
+        inputs = bulkimport.parse_import_request(request.data, writer)
+        job = bulkimport.start_import(request.auth.application.internal_client, inputs,
+                                      request_url=request.build_absolute_uri(), request=request)
+        response = HttpResponse(status=202)
+        response["Content-Location"] = request.build_absolute_uri(f"/fhir/$import-status/{job.id}")
+        return response
+
+
+class ImportStatusView(FhirView):
+    """GET /fhir/$import-status/{id}: 202 with X-Progress while it runs, then 200 with the counts."""
+
+    permission_classes = [InternalClientOnly]
+    audit_action, audit_entity = "bulk-import-status", "importjob/{job_id}"
+
+    def get(self, request, job_id):
+        answer = bulkimport.status(job_id, request.auth.application.internal_client)
+        response = fhir_json_response(answer.body, status=answer.http_status, headers=answer.headers,
+                                      request=request) if answer.body is not None else HttpResponse(status=202)
+        for name, value in answer.headers.items():
+            response[name] = value
+        return response
