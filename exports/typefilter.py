@@ -48,6 +48,8 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
     "CareTeam": {"status": SearchParam(CODE, "status"), "date": _DATE},
     "Claim": {"status": SearchParam(CODE, "status"), "use": SearchParam(CODE, "use"), "created": _DATE,
               "service-date": _DATE},
+    "ClaimResponse": {"status": SearchParam(CODE, "status"), "use": SearchParam(CODE, "use"), "created": _DATE,
+                      "outcome": SearchParam(CODE, "outcome")},
     "Condition": {"clinical-status": SearchParam(TOKEN, "clinicalStatus"), "onset-date": _DATE,
                   "category": SearchParam(TOKEN, "category", True), "code": SearchParam(TOKEN, "code")},
     "Coverage": {"status": SearchParam(CODE, "status"), "type": SearchParam(TOKEN, "type")},
@@ -66,11 +68,15 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
     "MedicationDispense": {"status": SearchParam(CODE, "status"), "whenhandedover": _DATE},
     "MedicationRequest": {"status": SearchParam(CODE, "status"), "intent": SearchParam(CODE, "intent"),
                           "authoredon": _DATE, "code": SearchParam(TOKEN, "medicationCodeableConcept")},
+    "MedicationStatement": {"status": SearchParam(CODE, "status"), "effective": _DATE,
+                            "code": SearchParam(TOKEN, "medicationCodeableConcept")},
     "Observation": {"category": SearchParam(TOKEN, "category", True), "code": SearchParam(TOKEN, "code"),
                     "date": _DATE, "status": SearchParam(CODE, "status")},
     "Patient": {},
     "Procedure": {"date": _DATE, "code": SearchParam(TOKEN, "code"), "status": SearchParam(CODE, "status")},
     "Provenance": {},
+    "Task": {"status": SearchParam(CODE, "status"), "intent": SearchParam(CODE, "intent"),
+             "authored-on": _DATE, "code": SearchParam(TOKEN, "code")},
 }
 for _params in SEARCH_PARAMS.values():
     _params.update(_COMMON)
