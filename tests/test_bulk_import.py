@@ -80,6 +80,10 @@ def test_an_input_outside_our_import_sources_or_a_partners_token_is_refused(db, 
     writer = APIClient()
     writer.credentials(HTTP_AUTHORIZATION=f"Bearer {access.issue_token(client).token}")
     assert kick_off(writer, ("Patient", "file:///etc/passwd")).status_code == 400
+    typed_oddly = {"resourceType": "Parameters", "parameter": [{"name": "input", "part": [
+        {"name": "type", "valueCoding": {"code": "Patient"}}, {"name": "url", "valueUri": "file:///x"}]}]}
+    assert writer.post("/fhir/$import", data=json.dumps(typed_oddly), content_type=FHIR,
+                       HTTP_PREFER="respond-async").status_code == 400
     assert kick_off(writer, ("Patient", f"file://{tmp_path}/imports/../secrets.ndjson")).status_code == 400
     assert kick_off(writer, ("Patient", f"file://{tmp_path}/imports/Patient.ndjson")).status_code == 202
     no_prefer = writer.post("/fhir/$import", data=json.dumps({"resourceType": "Parameters"}), content_type=FHIR)

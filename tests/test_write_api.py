@@ -172,6 +172,8 @@ def test_an_unknown_type_or_method_is_refused_cleanly(writer):
     assert writer.patch("/fhir/Patient/1", data="{}", content_type=FHIR).status_code == 405
     assert writer.post("/fhir", data=json.dumps({"resourceType": "Patient"}), content_type=FHIR).status_code == 400
     assert writer.post("/fhir", data="not json", content_type=FHIR).status_code == 400
+    nul = {"request": {"method": "DELETE", "url": "Patient?identifier=a|\u0000"}}
+    assert post_bundle(writer, "transaction", nul).status_code == 400
 
 
 def test_internal_client_command_registers_and_issues_a_token(db):

@@ -68,6 +68,8 @@ def parse_import_request(body: Any, writer: Writer) -> list[ImportInput]:
             continue
         parts = {part.name: part.value for part in parameter.parts}
         url, resource_type = parts.get("url"), parts.get("type") or ""
+        if not isinstance(resource_type, str):
+            raise BadRequest(f"input #{parameter.index + 1}: type must be a string.", code="structure")
         if not isinstance(url, str) or not url:
             raise BadRequest(f"input #{parameter.index + 1} has no url.", code="required")
         if source_of(url) is None:

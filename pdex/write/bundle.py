@@ -146,6 +146,8 @@ def _target(index: int, url: Any) -> tuple[str, str | None, tuple[str, str] | No
     """(type, id, identifier condition) of a request.url: `Type`, `Type/id` or `Type?identifier=system|value`."""
     if not isinstance(url, str) or not url:
         raise EntryRefused(index, "request.url is required.")
+    if "\x00" in url:
+        raise EntryRefused(index, "request.url holds U+0000.")
     path, _, query = url.partition("?")
     parts = path.strip("/").split("/")
     resource_type = parts[0]
