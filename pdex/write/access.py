@@ -85,6 +85,24 @@ def writer_for(token: AccessToken) -> Writer:
     return Writer(name=client.name, granted=tuple(token.scope.split()), source_format=client.source_format)
 
 
+def internal_client_of(token: AccessToken | None) -> InternalClient | None:
+    """The active internal client a token belongs to; None for a partner's token or anything else."""
+    if token is None or not token.application_id or getattr(token.application, "partner", None) is not None:
+        return None
+    client = getattr(token.application, "internal_client", None)
+    return client if client is not None and client.active else None
+
+
+class AnyToken(BasePermission):
+    """401 without a valid token; what the token may see is the view's business (a status URL answers 404 to
+    anyone but the job's client, so it tells nobody else that the job exists)."""
+
+    def has_permission(self, request, view) -> bool:
+        if request.auth is None:
+            raise exceptions.NotAuthenticated("A valid bearer token is required.")
+        return True
+
+
 class InternalClientOnly(BasePermission):
     """401 without a valid token; 403 for a partner's token, an inactive client, or a token with no write scope."""
 

@@ -211,7 +211,7 @@ def status(job_id: UUID | str, client: InternalClient) -> ImportStatus:
     """What `$import-status/{id}` answers its client (anyone else: 404), as the export status URL does."""
     job = ImportJob.objects.filter(pk=job_id, client=client).first()
     if job is None:
-        raise NotFound(f"No import {job_id} of this client.")
+        raise NotFound(f"No import {job_id} of this client.", audit_reason="no such import of this client")
     if job.status in (JobState.Status.QUEUED, JobState.Status.RUNNING):
         return ImportStatus(202, None, {"X-Progress": f"{job.progress_done} of {job.progress_total} files",
                                         "Retry-After": str(settings.STATUS_RETRY_AFTER_SECONDS)})

@@ -17,7 +17,6 @@ own and answers each with its status or OperationOutcome. Supported: POST (creat
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from django.utils import timezone
 
 from pdex.auth.scopes import R4_RESOURCE_TYPES
 from pdex.extract import format_instant
-from pdex.fhir import BadRequest, FhirError, outcome_issue
+from pdex.fhir import BadRequest, FhirError, outcome_issue, valid_fhir_id
 from pdex.identity import refresh_member_identity
 from pdex.ingest import (
     LoadReport,
@@ -43,7 +42,6 @@ from pdex.ingest import (
 )
 from pdex.write.access import CREATE, DELETE, UPDATE, Writer
 
-ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 METHODS = ("POST", "PUT", "DELETE")
 # FHIR's order of processing a transaction: deletes, then creates, then updates.
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2}
@@ -166,7 +164,7 @@ def _target(index: int, url: Any) -> tuple[str, str | None, tuple[str, str] | No
         return resource_type, None, (system, value)
     if len(parts) == 1:
         return resource_type, None, None
-    if len(parts) == 2 and ID.match(parts[1]):
+    if len(parts) == 2 and valid_fhir_id(parts[1]):
         return resource_type, parts[1], None
     raise EntryRefused(index, "request.url must be Type, Type/id or Type?identifier=system|value.")
 
