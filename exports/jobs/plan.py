@@ -112,10 +112,12 @@ def plan(job_id: uuid.UUID | str, *, now: datetime | None = None) -> list[int]:
                             regular_member_ids=list(c.regular_member_ids)) for c in chunks])
             created.extend(row.id for row in rows)
 
+        planned: dict[int, bool] = {}  # every member let in, and whether with sensitive data (the `deleted` file)
         for start in range(0, len(member_ids), PLAN_BATCH):
             batch = member_ids[start:start + PLAN_BATCH]
             decisions = decisions_for_members(job.partner, batch, now=now)
             include_sensitive = {m: d.include_sensitive for m, d in decisions.items() if d.allowed}
+            planned.update(include_sensitive)
             excluded.update(str(d.reason) for d in decisions.values() if not d.allowed)
             allowed += len(include_sensitive)
             cut: list[planning.PlannedChunk] = []
@@ -134,7 +136,7 @@ def plan(job_id: uuid.UUID | str, *, now: datetime | None = None) -> list[int]:
         job.progress_done = 0
         job.member_count = allowed
         job.planning_messages = issues
-        deleted.write_deleted_file(job, include_sensitive, params)  # `_since` only: the manifest's `deleted`
+        deleted.write_deleted_file(job, planned, params)  # `_since` only: the manifest's `deleted`
         if not created:
             job.finalize_started_at = now
             engine.nudge_on_commit(EXPORT.finish_task, str(job.id))
