@@ -237,6 +237,8 @@ SENSITIVE_SECURITY_CODES = env.list(
 SENSITIVE_CODES_FILE = env.path("SENSITIVE_CODES_FILE", default=str(BASE_DIR / "pdex" / "sensitive_codes.json"))
 # Our capability to segment sensitive data; the consent decision needs it to honour a #regular consent.
 CONSENT_CAN_SEGMENT_SENSITIVE = env.bool("CONSENT_CAN_SEGMENT_SENSITIVE", default=True)
+# A data-sharing agreement in force is always required for an export kick-off; this asks it for member match too.
+AGREEMENT_REQUIRED_FOR_MATCH = env.bool("AGREEMENT_REQUIRED_FOR_MATCH", default=False)
 
 # --- Member match (docs/matching.md) ------------------------------------------------------------
 MEMBER_UMB_SYSTEM = env.str("MEMBER_UMB_SYSTEM", default="https://old-plan.example.org/fhir/umb")

@@ -20,6 +20,11 @@ SENSITIVE_POLICY_URI = "http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
 SOURCE_ROLE = ("http://terminology.hl7.org/CodeSystem/provenance-participant-type", "performer")
 RECIPIENT_ROLE = ("http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "IRCP")
+ROLE_CODE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
+# The roles under which someone other than the member may consent for them (spec §3.4: a SecurityRoleType role
+# "such as" HPOWATT or DPOWATT): the powers of attorney and a legal guardian.
+REPRESENTATIVE_ROLES = frozenset({(ROLE_CODE_SYSTEM, code) for code in ("HPOWATT", "DPOWATT", "POWATT", "SPOWATT",
+                                                                        "GUARD")})
 REFERENCE_SYSTEM = "reference"  # an actor named by a literal reference ("Organization/x") rather than an identifier
 
 POLICY_BY_URI = {REGULAR_POLICY_URI: "regular", SENSITIVE_POLICY_URI: "sensitive"}
@@ -43,6 +48,8 @@ class Reason(StrEnum):
     REVOKED = "revoked"
     REJECTED = "rejected"
     CANNOT_SEGMENT = "segmentation unavailable for #regular"
+    BLOCKED = "member blocked sharing"
+    REPRESENTATIVE_ROLE = "representative without an allowed role"
 
 
 @dataclass(frozen=True)
@@ -70,14 +77,41 @@ class ConsentFacts:
     status: str = "active"  # active, revoked, rejected
     sources: frozenset[ActorId] = field(default_factory=frozenset)
     recipients: frozenset[ActorId] = field(default_factory=frozenset)
+    representative: Representative | None = None  # someone other than the member signed
+
+
+@dataclass(frozen=True)
+class Representative:
+    """Who signed for the member (Consent.performer, not the member) and the roles its provision.actor gives it."""
+
+    reference: str
+    name: str = ""
+    roles: frozenset[tuple[str, str]] = field(default_factory=frozenset)
+
+    @property
+    def allowed_role(self) -> str:
+        """The first allowed role code it holds ("" when none: the consent cannot be used)."""
+        return next((code for system, code in sorted(self.roles) if (system, code) in REPRESENTATIVE_ROLES), "")
+
+    @property
+    def role_text(self) -> str:
+        return self.allowed_role or ", ".join(code for _, code in sorted(self.roles))
 
 
 NO_CONSENT = Decision(DecisionKind.CANNOT_COMPLY, Reason.NO_CONSENT)
 
 
+BLOCKED = Decision(DecisionKind.CANNOT_COMPLY, Reason.BLOCKED)
+
+
 def decide(facts: ConsentFacts | None, *, requester: Iterable[ActorId], us: Iterable[ActorId],
-           can_segment: bool, now: datetime | date) -> Decision:
-    """Comply with everything, with non-sensitive data only, or not at all — and why."""
+           can_segment: bool, now: datetime | date, blocked: bool = False) -> Decision:
+    """Comply with everything, with non-sensitive data only, or not at all — and why.
+
+    `blocked`: the member told us not to share with this requester; it wins over any consent.
+    """
+    if blocked:
+        return BLOCKED
     if facts is None:
         return NO_CONSENT
     today = now.date() if isinstance(now, datetime) else now
@@ -95,6 +129,8 @@ def decide(facts: ConsentFacts | None, *, requester: Iterable[ActorId], us: Iter
         return refuse(Reason.NOT_SOURCE)
     if not facts.recipients & set(requester):
         return refuse(Reason.NOT_RECIPIENT)
+    if facts.representative is not None and not facts.representative.allowed_role:
+        return refuse(Reason.REPRESENTATIVE_ROLE)
     if facts.policy == "sensitive":
         return Decision(DecisionKind.COMPLY_ALL, Reason.COMPLIES)
     if not can_segment:
@@ -127,6 +163,34 @@ def actor_ids(reference: Any, contained: Mapping[str, Mapping[str, Any]]) -> set
         else:
             ids.add((REFERENCE_SYSTEM, "/".join(literal.rstrip("/").split("/")[-2:])))
     return ids
+
+
+def _name_of(resource: Mapping[str, Any]) -> str:
+    names = [n for n in resource.get("name") or [] if isinstance(n, dict)]
+    if not names:
+        return ""
+    name = names[0]
+    return name.get("text") or " ".join([*(name.get("given") or []), name.get("family") or ""]).strip()
+
+
+def representative_of(resource: Mapping[str, Any], contained: Mapping[str, Mapping[str, Any]],
+                      actors: Iterable[Mapping[str, Any]]) -> Representative | None:
+    """The authorized representative (spec §3.4): a performer that is not the member, with the roles of the
+    provision.actor that references it. None when the member signed (or no performer is named)."""
+    patient = (resource.get("patient") or {}).get("reference") if isinstance(resource.get("patient"), dict) else None
+    for performer in resource.get("performer") or []:
+        reference = performer.get("reference") if isinstance(performer, dict) else None
+        if not isinstance(reference, str) or not reference or reference == patient:
+            continue
+        roles: set[tuple[str, str]] = set()
+        for actor in actors:
+            if isinstance(actor, dict) and (actor.get("reference") or {}).get("reference") == reference:
+                roles |= {(c.get("system") or "", c.get("code") or "")
+                          for c in (actor.get("role") or {}).get("coding") or [] if isinstance(c, dict)}
+        target = contained.get(reference[1:], {}) if reference.startswith("#") else {}
+        name = _name_of(target) or (performer.get("display") or "")
+        return Representative(reference=reference, name=name, roles=frozenset(roles))
+    return None
 
 
 def policy_of(resource: Mapping[str, Any]) -> tuple[str, str]:
@@ -166,9 +230,11 @@ def facts_from_resource(resource: Mapping[str, Any] | None) -> ConsentFacts | No
             if _has_role(actor, RECIPIENT_ROLE):
                 recipients |= actor_ids(actor.get("reference"), contained)
     policy, _ = policy_of(resource)
+    actors = [a for a in provision.get("actor") or [] if isinstance(a, dict)]
     return ConsentFacts(
         policy=policy, period_start=parse_fhir_date(period.get("start")), period_end=parse_fhir_date(period.get("end")),
         status=status_of(resource), sources=frozenset(sources), recipients=frozenset(recipients),
+        representative=representative_of(resource, contained, actors),
     )
 
 

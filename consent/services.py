@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import psycopg
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from consent.decision import (
+    BLOCKED,
     NO_CONSENT,
     ActorId,
     ConsentFacts,
@@ -23,9 +28,26 @@ from consent.decision import (
     policy_of,
     status_of,
 )
-from consent.models import Consent
+from consent.models import Consent, ConsentDocument, ConsentEvent, MemberBlock
+from consent.signals import sharing_ended
+from consent.staff import StaffConsent, build_resource
 from pdex import audit
 from pdex.models import Member, Partner
+
+
+class ConsentRefused(Exception):
+    """A consent staff tried to record that the decision would not comply with; `decision.reason` says why."""
+
+    def __init__(self, decision: Decision):
+        super().__init__(str(decision.reason))
+        self.decision = decision
+
+
+@dataclass(frozen=True)
+class UploadedDocument:
+    filename: str
+    content_type: str
+    data: bytes
 
 
 def our_ids() -> frozenset[ActorId]:
@@ -36,10 +58,56 @@ def partner_ids(partner: Partner) -> frozenset[ActorId]:
     return organization_ids(npi=partner.npi)
 
 
-def decide_for_partner(facts: ConsentFacts | None, partner: Partner, now: datetime | None = None) -> Decision:
+def decide_for_partner(facts: ConsentFacts | None, partner: Partner, now: datetime | None = None, *,
+                       blocked: bool = False) -> Decision:
     """decide() with our identity, the partner's and our segmentation capability filled in."""
     return decide(facts, requester=partner_ids(partner), us=our_ids(),
-                  can_segment=settings.CONSENT_CAN_SEGMENT_SENSITIVE, now=now or timezone.now())
+                  can_segment=settings.CONSENT_CAN_SEGMENT_SENSITIVE, now=now or timezone.now(), blocked=blocked)
+
+
+# --- member-level blocks ---------------------------------------------------------------------------
+
+def active_blocks(partner: Partner) -> QuerySet[MemberBlock]:
+    """The blocks in force against this partner: those for every payer and those for it."""
+    return MemberBlock.objects.filter(lifted_at__isnull=True).filter(Q(partner__isnull=True) | Q(partner=partner))
+
+
+def blocked_members(partner: Partner, member_ids: Iterable[int]) -> set[int]:
+    return set(active_blocks(partner).filter(member_id__in=list(member_ids)).values_list("member_id", flat=True))
+
+
+def block_member(member: Member, partner: Partner | None, reason: str, *, actor: str, request=None) -> MemberBlock:
+    """The member asked us not to share with `partner` (None: any payer): in force at once, audited; what was
+    already written for the partners it covers is withdrawn (exports listen to `sharing_ended`)."""
+    with transaction.atomic():
+        block = MemberBlock.objects.create(member=member, partner=partner, reason=reason, created_by=actor)
+        audit.record("member-block", audit.SUCCESS, partner=partner, request=request, entity=f"MemberBlock/{block.pk}",
+                     reason=f"blocked by {actor}", detail={"member": member.pk, "scope": str(partner or "every payer"),
+                                                           "why": reason[:500]})
+        transaction.on_commit(lambda: sharing_ended.send(
+            MemberBlock, member_ids=[member.pk], partner_id=partner.pk if partner else None))
+    return block
+
+
+def lift_block(block: MemberBlock, reason: str, *, actor: str, request=None) -> bool:
+    """End a block (kept, with who lifted it and why); False when it was already lifted."""
+    lifted = MemberBlock.objects.filter(pk=block.pk, lifted_at__isnull=True).update(
+        lifted_at=timezone.now(), lifted_by=actor, lifted_reason=reason)
+    if lifted:
+        audit.record("member-unblock", audit.SUCCESS, partner=block.partner, request=request,
+                     entity=f"MemberBlock/{block.pk}", reason=f"lifted by {actor}",
+                     detail={"member": block.member_id, "why": reason[:500]})
+    return bool(lifted)
+
+
+# --- a consent's history ---------------------------------------------------------------------------
+
+def record_event(consent: Consent, action: str, actor: str, detail: str = "") -> ConsentEvent:
+    return ConsentEvent.objects.create(consent=consent, action=action, actor=actor[:150], detail=detail)
+
+
+def decision_text(decision: Decision) -> str:
+    return f"{decision.kind} ({decision.reason})"
 
 
 def facts_of(consent: Consent) -> ConsentFacts:
@@ -50,27 +118,78 @@ def facts_of(consent: Consent) -> ConsentFacts:
         status=consent.status,
         sources=submitted.sources if submitted else frozenset(),
         recipients=submitted.recipients if submitted else frozenset(),
+        representative=submitted.representative if submitted else None,
     )
 
 
-def record_consent(member: Member, partner: Partner, consent_resource: Mapping[str, Any], via: str) -> Consent:
-    """Store (or replace) the member's consent for this partner. An admin revocation stays in force."""
+def record_consent(member: Member, partner: Partner, consent_resource: Mapping[str, Any], via: str, *,
+                   recorded_by: str = "", document=None) -> Consent:
+    """Store (or replace) the member's consent for this partner, with its history (received, decided).
+
+    A revocation stays in force against a partner's resubmission; a consent staff record (`recorded_by`, from
+    the member's own signed form) replaces it.
+    """
     facts = facts_from_resource(consent_resource)
     policy, uri = policy_of(consent_resource)
+    representative = facts.representative if facts else None
     fields = {
         "policy": policy, "policy_uri": uri,
         "period_start": facts.period_start if facts else None, "period_end": facts.period_end if facts else None,
         "resource": dict(consent_resource), "submitted_via": via,
+        "representative": (representative.name or representative.reference) if representative else "",
+        "representative_role": representative.role_text[:64] if representative else "",
     }
-    existing = Consent.objects.filter(member=member, partner=partner).first()
-    if existing is None:
-        return Consent.objects.create(member=member, partner=partner, status=status_of(consent_resource), **fields)
-    if existing.status != Consent.Status.REVOKED:
-        fields["status"] = status_of(consent_resource)
-    for name, value in fields.items():
-        setattr(existing, name, value)
-    existing.save()
-    return existing
+    if recorded_by:
+        fields.update(recorded_by=recorded_by, document=document)
+    with transaction.atomic():
+        existing = Consent.objects.select_for_update().filter(member=member, partner=partner).first()
+        if existing is None:
+            consent = Consent.objects.create(member=member, partner=partner, status=status_of(consent_resource),
+                                             **fields)
+        else:
+            if existing.status != Consent.Status.REVOKED or recorded_by:
+                fields["status"] = status_of(consent_resource)
+            if recorded_by and existing.status == Consent.Status.REVOKED:
+                fields.update(revoked_at=None, revoked_reason="", revoked_by="")
+            for name, value in fields.items():
+                setattr(existing, name, value)
+            existing.save()
+            consent = existing
+        if recorded_by:
+            record_event(consent, ConsentEvent.Action.RECORDED, recorded_by,
+                         f"recorded by staff; document: {document or consent_resource.get('sourceReference', {})}")
+        else:
+            record_event(consent, ConsentEvent.Action.RECEIVED, str(partner), f"received via {via}")
+        record_event(consent, ConsentEvent.Action.DECIDED, "service", decision_text(
+            decide_for_partner(facts_of(consent), partner, blocked=bool(blocked_members(partner, [member.pk])))))
+    return consent
+
+
+def record_staff_consent(member: Member, partner: Partner, staff: StaffConsent, *, actor: str,
+                         document: UploadedDocument | None = None, request=None) -> Consent:
+    """A consent received out of band, judged like one that comes with a match: ConsentRefused (with the
+    decision's reason) when it could not be complied with today. The document it came on is kept."""
+    attachment = None
+    if document is not None:
+        attachment = {"contentType": document.content_type, "title": document.filename, "size": len(document.data),
+                      "hash": base64.b64encode(hashlib.sha1(document.data).digest()).decode()}  # noqa: S324 (FHIR's hash)
+    resource = build_resource(replace(staff, attachment=attachment), us=sorted(our_ids())[0])
+    blocked = bool(blocked_members(partner, [member.pk]))
+    decision = decide_for_partner(facts_from_resource(resource), partner, blocked=blocked)
+    if not decision.allowed:
+        raise ConsentRefused(decision)
+    with transaction.atomic():
+        stored = None
+        if document is not None:
+            stored = ConsentDocument.objects.create(
+                filename=document.filename[:255], content_type=document.content_type[:100], data=document.data,
+                size=len(document.data), sha1=hashlib.sha1(document.data).hexdigest(),  # noqa: S324
+                uploaded_by=actor[:150])
+        consent = record_consent(member, partner, resource, "staff", recorded_by=actor, document=stored)
+        audit.record("consent-record", audit.SUCCESS, partner=partner, request=request, entity=f"Consent/{consent.pk}",
+                     reason=f"recorded by {actor}", detail={"member": member.pk, "policy": staff.policy,
+                                                            "representative": bool(staff.representative_name)})
+    return consent
 
 
 def record_consents(partner: Partner, consents: Iterable[tuple[int, Mapping[str, Any] | None]], via: str) -> int:
@@ -85,6 +204,9 @@ def record_consents(partner: Partner, consents: Iterable[tuple[int, Mapping[str,
                            facts.period_end if facts else None, status_of(resource), json.dumps(resource))
     if not rows:
         return 0
+    now = timezone.now()
+    decided = {member_id: decision_text(decide_for_partner(facts_from_resource(resource), partner, now))
+               for member_id, resource in consents if resource is not None}
     members, policies, uris, starts, ends, statuses, resources = (list(c) for c in zip(*rows.values(), strict=True))
     connection.ensure_connection()
     with psycopg.Cursor(connection.connection) as cursor:  # server-side binding: arrays, no client quoting
@@ -101,25 +223,47 @@ def record_consents(partner: Partner, consents: Iterable[tuple[int, Mapping[str,
                    period_end = EXCLUDED.period_end, status = EXCLUDED.status, resource = EXCLUDED.resource,
                    submitted_via = EXCLUDED.submitted_via, updated_at = now()
              WHERE consent_consent.status <> 'revoked'
+            RETURNING id, member_id
             """,
             (partner.pk, via, members, policies, uris, starts, ends, statuses, resources))
-        return cursor.rowcount
+        stored = cursor.fetchall()
+    ConsentEvent.objects.bulk_create([
+        event for consent_id, member_id in stored for event in (
+            ConsentEvent(consent_id=consent_id, action=ConsentEvent.Action.RECEIVED, actor=str(partner)[:150],
+                         detail=f"received via {via}"),
+            ConsentEvent(consent_id=consent_id, action=ConsentEvent.Action.DECIDED, actor="service",
+                         detail=decided.get(member_id, "")))])
+    return len(stored)
 
 
-def revoke(consent: Consent, reason: str, *, actor: str = "admin") -> Consent:
-    """Revoke: effective on the next match, token or export (each re-runs the decision)."""
-    consent.status = Consent.Status.REVOKED
-    consent.revoked_at = timezone.now()
-    consent.revoked_reason = reason
-    consent.save(update_fields=["status", "revoked_at", "revoked_reason", "updated_at"])
-    audit.record("consent-revoke", audit.SUCCESS, partner=consent.partner, reason=f"revoked by {actor}",
-                 entity=f"Consent/{consent.pk}", detail={"member": consent.member_id})
+def revoke(consent: Consent, reason: str, *, actor: str = "admin", request=None) -> Consent:
+    """Revoke: in force at once for every match, retrieval and chunk that starts after it; what was already
+    written for the partner is withdrawn (exports listen to `sharing_ended`, docs/consent.md)."""
+    with transaction.atomic():
+        consent.status = Consent.Status.REVOKED
+        consent.revoked_at = timezone.now()
+        consent.revoked_reason = reason
+        consent.revoked_by = actor[:150]
+        consent.save(update_fields=["status", "revoked_at", "revoked_reason", "revoked_by", "updated_at"])
+        record_event(consent, ConsentEvent.Action.REVOKED, actor, reason)
+        audit.record("consent-revoke", audit.SUCCESS, partner=consent.partner, reason=f"revoked by {actor}",
+                     entity=f"Consent/{consent.pk}", detail={"member": consent.member_id, "why": reason[:500]},
+                     request=request)
+        transaction.on_commit(lambda: sharing_ended.send(
+            Consent, member_ids=[consent.member_id], partner_id=consent.partner_id))
     return consent
 
 
+def _with_block(consents: QuerySet[Consent], partner: Partner) -> QuerySet[Consent]:
+    return consents.annotate(blocked=Exists(active_blocks(partner).filter(member_id=OuterRef("member_id"))))
+
+
 def decision_for(member: Member, partner: Partner, now: datetime | None = None) -> Decision:
-    consent = Consent.objects.filter(member=member, partner=partner).first()
-    return decide_for_partner(facts_of(consent), partner, now) if consent else NO_CONSENT
+    """The decision for one member now, an active block included (one query)."""
+    consent = _with_block(Consent.objects.filter(member=member, partner=partner), partner).first()
+    if consent is None:
+        return BLOCKED if blocked_members(partner, [member.pk]) else NO_CONSENT
+    return decide_for_partner(facts_of(consent), partner, now, blocked=consent.blocked)
 
 
 def decisions_for_members(partner: Partner, member_ids: Iterable[int],
@@ -128,6 +272,6 @@ def decisions_for_members(partner: Partner, member_ids: Iterable[int],
     member_ids = list(member_ids)
     now = now or timezone.now()
     decisions = dict.fromkeys(member_ids, NO_CONSENT)
-    for consent in Consent.objects.filter(partner=partner, member_id__in=member_ids):
-        decisions[consent.member_id] = decide_for_partner(facts_of(consent), partner, now)
+    for consent in _with_block(Consent.objects.filter(partner=partner, member_id__in=member_ids), partner):
+        decisions[consent.member_id] = decide_for_partner(facts_of(consent), partner, now, blocked=consent.blocked)
     return decisions

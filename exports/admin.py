@@ -20,7 +20,7 @@ from pdex import audit
 from pdex.admin import charts
 from pdex.admin.charts import human_bytes
 from pdex.admin.common import fhir_json, seconds, streaming_csv
-from pdex.admin.jobs import DeadlineFilter, JobAdminMixin, make_urgent
+from pdex.admin.jobs import DeadlineFilter, JobAdminMixin, cancel_jobs, make_urgent
 from pdex.adminsite import Panel, register
 from pdex.jobs import asyncstatus
 from pdex.models import Partner
@@ -44,13 +44,6 @@ class ExportChunkInline(admin.TabularInline):
         return False
 
 
-@admin.action(description="Cancel the selected jobs and delete their files")
-def cancel_jobs(modeladmin, request, queryset: QuerySet) -> None:
-    cancelled = sum(asyncstatus.cancel_job(job, request, reason=f"cancelled by admin {request.user}")
-                    for job in queryset)
-    modeladmin.message_user(request, f"{cancelled} job(s) cancelled.", messages.SUCCESS)
-
-
 @admin.action(description="Re-run the selected failed or completed jobs (same status URL)")
 def rerun_jobs(modeladmin, request, queryset: QuerySet) -> None:
     rerun = sum(jobs.rerun(job.pk, request=request) for job in queryset)
@@ -72,7 +65,7 @@ class ExportJobAdmin(JobAdminMixin, admin.ModelAdmin):
     actions = [cancel_jobs, rerun_jobs, make_urgent]
     fieldsets = [
         (None, {"fields": ("id", "kind", "partner", "group", "status", "priority", "job_progress", "member_count",
-                           "type_counts", "files")}),
+                           "withdrawn_members", "type_counts", "files")}),
         ("Service level", {"fields": ("requested", "deadline", "deadline_state", "took", "started_at", "finished_at",
                                       "expires_at", "last_polled_at")}),
         ("Request", {"fields": ("request_url", "request_id", "transaction_time", "status_link", "params_json")}),

@@ -30,6 +30,8 @@ class ExportJob(AsyncJob):
                                 help_text="OperationOutcome issues of the kick-off for the error file (warnings)")
     planning_messages = models.JSONField(default=list, blank=True,
                                          help_text="OperationOutcome issues of the last planning (exclusions)")
+    withdrawn_members = models.PositiveIntegerField(
+        default=0, help_text="members whose consent ended after their data was written: the job re-ran without them")
 
     class Meta:
         indexes = [models.Index(fields=["partner", "status"], name="exportjob_partner_status")]
@@ -49,6 +51,9 @@ class ExportChunk(WorkUnit):
     member_ids = ArrayField(models.BigIntegerField(), default=list)
     regular_member_ids = ArrayField(models.BigIntegerField(), default=list, blank=True,
                                     help_text="members whose consent is #regular: their sensitive data is withheld")
+    withdrawn_member_ids = ArrayField(
+        models.BigIntegerField(), default=list, blank=True,
+        help_text="members whose consent had ended when the chunk started: nothing of theirs was written")
     refs = ArrayField(models.CharField(max_length=160), default=list, blank=True,
                       help_text="shared resources the written rows reference, as Type/id")
     parts = models.PositiveSmallIntegerField(default=0, help_text="files written")

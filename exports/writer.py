@@ -52,6 +52,7 @@ class ChunkResult:
     parts: int = 0
     refs: set[str] = field(default_factory=set)
     files: list[ExportFilePart] = field(default_factory=list)  # the segments written (unsaved rows)
+    withdrawn: list[int] = field(default_factory=list)  # members left out: consent ended since planning
 
 
 _stream: dict[str, Any] = {}
@@ -141,21 +142,25 @@ def segments(parts: NdjsonWriter, job: ExportJob, chunk: ExportChunk | None) -> 
 
 
 def write_chunk(chunk: ExportChunk, context: rules.ExportContext, *,
-                heartbeat: Callable[[], None] = lambda: None) -> ChunkResult:
+                heartbeat: Callable[[], None] = lambda: None, member_ids: Sequence[int] | None = None
+                ) -> ChunkResult:
     """Write one chunk's rows, type by type, and its transmitter Provenance to segments; a rerun overwrites
     the same keys.
+
+    `member_ids`: the chunk's members still allowed when it started (default: all of them).
 
     `heartbeat` is called every few blocks and at least every third of the lease; it raises when the
     lease was lost, which abandons the half-written segment (storage writers only commit on success).
     """
     job = chunk.job
+    members = chunk.member_ids if member_ids is None else list(member_ids)
     result = ChunkResult()
     targets: list[str] = []
     interval = max(settings.JOB_LEASE_SECONDS / 3, 0.5)
     last_beat = time.monotonic()
     n = 0
     for resource_type in chunk.types:
-        sql, params = chunk_sql(resource_type, chunk.member_ids, context)
+        sql, params = chunk_sql(resource_type, members, context)
         prefix = f"{resource_type}/"
         with part_writer(job, resource_type, chunk.sequence, result.parts) as parts:
             for ids, refs, lines in blocks(sql, params):

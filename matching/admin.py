@@ -14,7 +14,7 @@ from django.utils.html import format_html
 from matching.models import GroupMember, MatchEntry, MatchJob, MemberMatchGroup
 from pdex.admin import charts, dashboard
 from pdex.admin.common import fhir_json, seconds, short_id
-from pdex.admin.jobs import DeadlineFilter, JobAdminMixin, make_urgent
+from pdex.admin.jobs import DeadlineFilter, JobAdminMixin, cancel_jobs, make_urgent
 from pdex.adminsite import Panel, register
 
 
@@ -40,6 +40,9 @@ class MatchEntryAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # the record of a match and of the Groups a partner holds: never deleted in admin
+
 
 @admin.register(MatchJob)
 class MatchJobAdmin(JobAdminMixin, admin.ModelAdmin):
@@ -49,7 +52,7 @@ class MatchJobAdmin(JobAdminMixin, admin.ModelAdmin):
     search_fields = ("id", "partner__name", "request_id")
     ordering = ("-created_at",)
     list_select_related = ("partner",)
-    actions = [make_urgent]
+    actions = [cancel_jobs, make_urgent]
     fieldsets = [
         (None, {"fields": ("id", "partner", "status", "priority", "job_progress", "matched", "no_match",
                            "consent_constrained")}),
@@ -71,6 +74,9 @@ class GroupMemberAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # the record of a match and of the Groups a partner holds: never deleted in admin
 
 
 @admin.register(MemberMatchGroup)
@@ -110,6 +116,9 @@ class MemberMatchGroupAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # the record of a match and of the Groups a partner holds: never deleted in admin
 
 
 @register

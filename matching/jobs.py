@@ -21,6 +21,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from consent import services as consent_services
+from consent.agreements import require_agreement_for_match
 from matching import budget, groups, store
 from matching.kind import MATCH
 from matching.models import MatchBatch, MatchEntry, MatchJob, MemberMatchGroup
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 def start_bulk_match(*, partner: Partner, body: Any, request_url: str, request=None) -> MatchJob:
     """Validate the whole request now (4xx on structure), then queue a job of one entry per MemberBundle."""
+    require_agreement_for_match(partner, entity="Patient/$bulk-member-match")
     bundles = parse_bulk(body)
     # Every submitted member may be a guess: the whole request is reserved from the failure budget before any
     # member is evaluated (429 when it does not fit); `record` gives back the members that match.

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from consent import services as consent_services
+from consent.agreements import require_agreement_for_match
 from consent.decision import NPI_SYSTEM, Decision, DecisionKind, Reason, actor_ids, facts_from_resource
 from consent.models import Consent
 from matching import budget, store
@@ -102,13 +103,14 @@ class Evaluation:
         return "; ".join(parts)
 
 
-def evaluate(request: MatchRequest, result: MatchResult, partner: Partner, *, revoked: set[int],
+def evaluate(request: MatchRequest, result: MatchResult, partner: Partner, *, revoked: Mapping[int, Reason],
              now: datetime) -> Evaluation:
-    """The consent decision for a matched member (spec §3.5); a missing Consent cannot be complied with."""
+    """The consent decision for a matched member (spec §3.5); a missing Consent cannot be complied with, and
+    our own restrictions (`revoked`: a member block, a revocation) win over the consent that came."""
     if result.outcome is not Outcome.MATCH:
         return Evaluation(MatchEntry.Outcome.NO_MATCH, None, result)
     if result.member_id in revoked:
-        decision = Decision(DecisionKind.CANNOT_COMPLY, Reason.REVOKED)
+        decision = Decision(DecisionKind.CANNOT_COMPLY, revoked[result.member_id])
     else:
         decision = consent_services.decide_for_partner(facts_from_resource(request.consent), partner, now)
     if decision.allowed and link_names_someone_else(request.coverage_to_link, partner):
@@ -129,13 +131,16 @@ def link_names_someone_else(coverage_to_link: Mapping[str, Any] | None, partner:
     return bool(named) and not named & consent_services.partner_ids(partner)
 
 
-def revoked_members(partner: Partner, member_ids: Iterable[int | None]) -> set[int]:
-    """Members whose consent for this partner an admin revoked: that block outlives any resubmission."""
+def revoked_members(partner: Partner, member_ids: Iterable[int | None]) -> dict[int, Reason]:
+    """Members we must refuse whatever consent comes: a member-level block (for every payer or this one), or a
+    consent for this partner an admin revoked (that outlives any resubmission). The block wins."""
     ids = [i for i in member_ids if i is not None]
     if not ids:
-        return set()
-    return set(Consent.objects.filter(partner=partner, member_id__in=ids, status=Consent.Status.REVOKED)
-               .values_list("member_id", flat=True))
+        return {}
+    refused = dict.fromkeys(Consent.objects.filter(partner=partner, member_id__in=ids, status=Consent.Status.REVOKED)
+                            .values_list("member_id", flat=True), Reason.REVOKED)
+    refused.update(dict.fromkeys(consent_services.blocked_members(partner, ids), Reason.BLOCKED))
+    return refused
 
 
 # --- $member-match -------------------------------------------------------------------------------
@@ -153,6 +158,7 @@ def spend_budget(partner: Partner, members: int) -> budget.Reservation:
 def member_match(*, partner: Partner, body: Any, request=None, now: datetime | None = None) -> Member:
     """$member-match: the one member, with the consent stored; Unprocessable (one generic text) otherwise."""
     now = now or timezone.now()
+    require_agreement_for_match(partner, entity="Patient/$member-match")
     started = time.time()
     spend_budget(partner, 1)
     try:

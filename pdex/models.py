@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
@@ -153,6 +155,8 @@ class Partner(models.Model):
     jwks = models.JSONField(null=True, blank=True, help_text="public keys by value (a JWK Set)")
     jwks_url = models.URLField(max_length=500, blank=True, help_text="public keys by reference (preferred)")
     agreement_date = models.DateField(null=True, blank=True, help_text="date of the data sharing agreement")
+    agreement_end = models.DateField(null=True, blank=True,
+                                     help_text="last day the data sharing agreement is in force (empty: open-ended)")
     contact_name = models.CharField(max_length=200, blank=True)
     contact_email = models.EmailField(blank=True)
     application = models.OneToOneField(settings.OAUTH2_PROVIDER_APPLICATION_MODEL, null=True, blank=True,
@@ -164,6 +168,12 @@ class Partner(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def has_agreement(self, today: date | None = None) -> bool:
+        """A data-sharing agreement is on file and in force today (signed, not ended)."""
+        today = today or timezone.localdate()
+        return (self.agreement_date is not None and self.agreement_date <= today
+                and (self.agreement_end is None or today <= self.agreement_end))
 
     @property
     def client_id(self) -> str:

@@ -15,13 +15,13 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from exports import files, planning, writer
+from exports import files, planning, withdrawal, writer
 from exports.jobs.plan import job_params
 from exports.jobs.run import delete_objects
 from exports.kind import EXPORT
 from exports.models import ExportChunk, ExportFilePart, ExportJob
 from pdex import audit
-from pdex.fhir import operation_outcome
+from pdex.fhir import operation_outcome, outcome_issue
 from pdex.jobs import asyncstatus, engine
 from pdex.jobs.models import OutputFile
 from pdex.jobs.outputs import write_output_file
@@ -38,6 +38,8 @@ def finalize(job_id: uuid.UUID | str, *, now: datetime | None = None) -> bool:
     job = ExportJob.objects.select_related("partner").get(pk=job_id)
     if job.status != ExportJob.Status.RUNNING or job.progress_done < job.progress_total:
         return False
+    if withdrawal.withdraw(job.id, now=now, trigger="finalize"):
+        return False  # a member's consent ended while the chunks ran: the job runs again without them
     refs: set[str] = set()
     for chunk_refs in job.chunks.filter(status=ExportChunk.Status.DONE).values_list("refs", flat=True).iterator():
         refs.update(chunk_refs)
@@ -74,6 +76,8 @@ def finalize(job_id: uuid.UUID | str, *, now: datetime | None = None) -> bool:
 def write_error_file(job: ExportJob) -> OutputFile | None:
     """The manifest's `error` file: one OperationOutcome per message (warnings, exclusions, rewrites)."""
     messages = [*job.messages, *job.planning_messages]
+    if job.withdrawn_members:
+        messages.append(outcome_issue("warning", "suppressed", withdrawal.error_issue_text(job)))
     if not messages:
         return None
     lines = (json.dumps(operation_outcome(issue), separators=(",", ":")).encode() for issue in messages)
@@ -98,7 +102,8 @@ def rerun(job_id: uuid.UUID | str, *, request=None, now: datetime | None = None)
         ExportJob.objects.filter(pk=job.pk).update(
             status=ExportJob.Status.QUEUED, transaction_time=now, params=job_params(job).again_at(now).to_json(),
             progress_done=0, progress_total=0, error=None, started_at=None, finished_at=None, expires_at=None,
-            last_polled_at=None, finalize_started_at=None, member_count=0, counts={}, sizes={}, planning_messages=[])
+            last_polled_at=None, finalize_started_at=None, member_count=0, counts={}, sizes={}, planning_messages=[],
+            withdrawn_members=0)
 
         def restart() -> None:
             # Files first, then the nudge: the new chunks write to the same deterministic keys.

@@ -10,7 +10,7 @@ from datetime import datetime
 
 from django.utils import timezone
 
-from exports import files, planning, writer
+from exports import files, planning, withdrawal, writer
 from exports.jobs.plan import job_params
 from exports.kind import EXPORT
 from exports.models import ExportChunk
@@ -31,8 +31,12 @@ def heartbeat(chunk_id: int, owner: str, *, now: datetime | None = None) -> None
 
 
 def write(chunk: ExportChunk, beat) -> writer.ChunkResult:
-    context = job_params(chunk.job).context(regular_member_ids=chunk.regular_member_ids)
-    return writer.write_chunk(chunk, context, heartbeat=beat)
+    """Re-check the chunk's members' consent as it starts (one query), then write only those still allowed."""
+    live = withdrawal.live_members(chunk.job.partner, chunk.member_ids, chunk.regular_member_ids)
+    context = job_params(chunk.job).context(regular_member_ids=live.regular_member_ids)
+    result = writer.write_chunk(chunk, context, heartbeat=beat, member_ids=live.member_ids)
+    result.withdrawn = live.withdrawn
+    return result
 
 
 def finish_chunk(chunk: ExportChunk, owner: str, result: writer.ChunkResult, *,
@@ -49,7 +53,8 @@ def _finish(chunk: ExportChunk, owner: str, result: writer.ChunkResult, *, now: 
         stale_keys.extend(files.record_parts(chunk.job_id, result.files, low, high))
 
     finished = engine.finish(EXPORT, chunk, owner, record=record, now=now or timezone.now(), count=result.count,
-                             size=result.size, parts=result.parts, refs=sorted(result.refs))
+                             size=result.size, parts=result.parts, refs=sorted(result.refs),
+                             withdrawn_member_ids=sorted(result.withdrawn))
     delete_objects(stale_keys)
     if not finished.job_running:
         # Cancelled (or failed) while we wrote: what we just wrote must not outlive the job.

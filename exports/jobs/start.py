@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from consent.agreements import require_agreement
 from exports.kind import EXPORT
 from exports.models import ExportJob
 from exports.params import JobParams
@@ -28,12 +29,14 @@ BUSY_RETRY_AFTER_SECONDS = 30
 def start_export(*, partner: Partner, kind: str, params: JobParams, request_url: str,
                  group: MemberMatchGroup | None = None, messages: Iterable[dict[str, Any]] = (),
                  request=None, now: datetime | None = None) -> ExportJob:
-    """Record a queued export and nudge the planner; 429 when the partner already runs enough jobs.
+    """Record a queued export and nudge the planner; 403 without a data-sharing agreement in force, 429 when
+    the partner already runs enough jobs.
 
     The partner row is locked while counting, so two kick-offs at once cannot both slip under the limit.
     The job's transaction time is its window's request time: the two never disagree.
     """
     entity = f"Group/{group.pk}" if group else "$export" if kind == ExportJob.Kind.SYSTEM else "Patient"
+    require_agreement(partner, entity=entity)
     with transaction.atomic():
         Partner.objects.select_for_update().filter(pk=partner.pk).first()
         running = ExportJob.objects.filter(partner=partner, status__in=ACTIVE).count()

@@ -11,6 +11,7 @@ from django.utils.html import format_html
 from pdex import audit
 from pdex.admin.charts import duration
 from pdex.admin.common import fhir_json, seconds, short_id
+from pdex.admin.confirm import confirmed_action
 from pdex.jobs import asyncstatus, servicelevels
 from pdex.jobs.models import AsyncJob, OutputFile
 
@@ -114,8 +115,21 @@ class JobAdminMixin:
     def has_add_permission(self, request) -> bool:
         return False
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        """A job is cancelled, never deleted: its row is the record of what was asked and sent."""
+        return False
+
     def save_model(self, request, job, form, change: bool) -> None:
         super().save_model(request, job, form, change)
         if "priority" in form.changed_data:
             audit.record("job-priority", audit.SUCCESS, partner=job.partner, entity=f"{job._meta.model_name}/{job.pk}",
                          reason=f"set to {job.get_priority_display()} by {request.user}", request=request)
+
+
+def _cancel(request, queryset: QuerySet, reason: str) -> int:
+    return sum(asyncstatus.cancel_job(job, request, reason=f"cancelled by admin {request.user}: {reason}")
+               for job in queryset)
+
+
+cancel_jobs = confirmed_action(description="Cancel the selected jobs and delete their files", verb="cancelled",
+                               perform=_cancel)

@@ -379,6 +379,8 @@ def downloadable_file(file_id: UUID | str, *, partner: Partner | None, granted: 
     if job.status != AsyncJob.Status.COMPLETED:
         raise NotFound(f"No bulk file {file_id}.")
     require_access(job, granted, output)
+    with job_store():
+        kinds.kind_of(job).check_download(job, output)
     return output
 
 

@@ -36,6 +36,9 @@ class JobKind:
     # ask of the token. Bulk Data: status and files "SHALL be protected the same way the Bulk Data Kick-off
     # Request, including an access token with scopes that cover all resources being exported".
     access_scopes: str = ""
+    # Dotted path of `f(job, output_file) -> None`, called before a file is served: it raises (a FhirError) when
+    # the file may no longer go out (exports: a member in it whose consent has ended since it was written).
+    download_check: str = ""
     # A partner's asynchronous request (an AsyncJob, served at the status URL); False for the jobs we run for
     # ourselves (JobState without a partner: the requesting side's pulls), which the engine runs all the same.
     partner_facing: bool = True
@@ -48,6 +51,10 @@ class JobKind:
             return ()
         rule: Callable[..., Requirements] = import_string(self.access_scopes)
         return rule(job, output)
+
+    def check_download(self, job: AsyncJob, output: OutputFile) -> None:
+        if self.download_check:
+            import_string(self.download_check)(job, output)
 
     @property
     def jobs(self) -> type[AsyncJob] | type[JobState]:
