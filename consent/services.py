@@ -200,32 +200,39 @@ def record_consents(partner: Partner, consents: Iterable[tuple[int, Mapping[str,
             continue
         facts = facts_from_resource(resource)
         policy, uri = policy_of(resource)
+        representative = facts.representative if facts else None
         rows[member_id] = (member_id, policy, uri, facts.period_start if facts else None,
-                           facts.period_end if facts else None, status_of(resource), json.dumps(resource))
+                           facts.period_end if facts else None, status_of(resource), json.dumps(resource),
+                           (representative.name or representative.reference)[:200] if representative else "",
+                           representative.role_text[:64] if representative else "")
     if not rows:
         return 0
     now = timezone.now()
     decided = {member_id: decision_text(decide_for_partner(facts_from_resource(resource), partner, now))
                for member_id, resource in consents if resource is not None}
-    members, policies, uris, starts, ends, statuses, resources = (list(c) for c in zip(*rows.values(), strict=True))
+    members, policies, uris, starts, ends, statuses, resources, representatives, roles = (
+        list(c) for c in zip(*rows.values(), strict=True))
     connection.ensure_connection()
     with psycopg.Cursor(connection.connection) as cursor:  # server-side binding: arrays, no client quoting
         cursor.execute(
             """
             INSERT INTO consent_consent (member_id, partner_id, policy, policy_uri, period_start, period_end, status,
-                                         resource, submitted_via, submitted_at, updated_at, revoked_reason)
+                                         resource, submitted_via, submitted_at, updated_at, revoked_reason,
+                                         revoked_by, recorded_by, representative, representative_role)
             SELECT v.member_id, %s, v.policy, v.uri, v.period_start, v.period_end, v.status, v.resource::jsonb, %s,
-                   now(), now(), ''
-              FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::date[], %b::date[], %b::text[], %b::text[])
-                   AS v(member_id, policy, uri, period_start, period_end, status, resource)
+                   now(), now(), '', '', '', v.representative, v.role
+              FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::date[], %b::date[], %b::text[], %b::text[],
+                          %b::text[], %b::text[])
+                   AS v(member_id, policy, uri, period_start, period_end, status, resource, representative, role)
             ON CONFLICT (member_id, partner_id) DO UPDATE
                SET policy = EXCLUDED.policy, policy_uri = EXCLUDED.policy_uri, period_start = EXCLUDED.period_start,
                    period_end = EXCLUDED.period_end, status = EXCLUDED.status, resource = EXCLUDED.resource,
-                   submitted_via = EXCLUDED.submitted_via, updated_at = now()
+                   submitted_via = EXCLUDED.submitted_via, representative = EXCLUDED.representative,
+                   representative_role = EXCLUDED.representative_role, updated_at = now()
              WHERE consent_consent.status <> 'revoked'
             RETURNING id, member_id
             """,
-            (partner.pk, via, members, policies, uris, starts, ends, statuses, resources))
+            (partner.pk, via, members, policies, uris, starts, ends, statuses, resources, representatives, roles))
         stored = cursor.fetchall()
     ConsentEvent.objects.bulk_create([
         event for consent_id, member_id in stored for event in (

@@ -318,6 +318,12 @@ def expired_period() -> dict[str, str]:
     return {"start": day(days_ago(400)), "end": day(days_ago(300))}
 
 
+def agreement_signed() -> date:
+    """The date of a partner's data-sharing agreement in force: signed a year ago, open-ended. Every partner the
+    tests make has one (an export kick-off needs it); tests of the agreement rule take it away."""
+    return days_ago(365).date()
+
+
 def consent_resource(patient_id: str, recipient_npi: str, *, policy: str = "sensitive", start: When | None = None,
                      end: When | None = None) -> dict:
     """An HRex Consent of Patient/`patient_id`: we (settings.PAYER_NPI) may disclose to the plan with

@@ -26,7 +26,7 @@ from config import queues
 from config.celery import app as celery_app
 from config.embedded import settings_database_url
 from pdex.models import Partner
-from tests.builders import EXAMPLE_PARTNER_NAME, EXAMPLE_PARTNER_NPI
+from tests.builders import EXAMPLE_PARTNER_NAME, EXAMPLE_PARTNER_NPI, agreement_signed
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUE = f"pdex-test-{uuid.uuid4().hex[:8]}"
@@ -57,12 +57,14 @@ def _own_celery_queues():
 
 @pytest.fixture
 def make_partner(db):
-    """Create an active partner with a DOT application; `make_partner(name=…, scopes=…, npi=…)`."""
+    """Create an active partner with a DOT application and a data-sharing agreement in force;
+    `make_partner(name=…, scopes=…, npi=…, agreement_date=None)`."""
     counter = {"n": 0}
 
     def make(name: str | None = None, *, scopes: str = ALL_SCOPES, npi: str = "", status: str = "active",
              **fields) -> Partner:
         counter["n"] += 1
+        fields.setdefault("agreement_date", agreement_signed())
         name = name or f"Partner {counter['n']} {uuid.uuid4().hex[:6]}"
         application = Application.objects.create(
             name=name, client_type=Application.CLIENT_CONFIDENTIAL,

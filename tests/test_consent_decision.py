@@ -207,13 +207,22 @@ def test_admin_lists_consents_with_filters_and_revokes(admin_client, member, mak
     for query in ("", "?status__exact=active", "?policy__exact=regular", f"?partner__id__exact={partner.pk}",
                   "?period=current", "?period=expired"):
         assert admin_client.get(f"/admin/consent/consent/{query}").status_code == 200
-    response = admin_client.post("/admin/consent/consent/", {"action": "revoke_selected",
+    asked = admin_client.post("/admin/consent/consent/", {"action": "revoke_selected",
+                                                          "_selected_action": [consent.pk]})
+    assert asked.status_code == 200 and b"Yes, revoked them" in asked.content  # asks first, with a reason
+    consent.refresh_from_db()
+    assert consent.status == Consent.Status.ACTIVE
+    response = admin_client.post("/admin/consent/consent/", {"action": "revoke_selected", "confirmed": "yes",
+                                                             "reason": "member phoned to withdraw",
                                                              "_selected_action": [consent.pk]})
     assert response.status_code == 302
     consent.refresh_from_db()
-    assert consent.status == Consent.Status.REVOKED and consent.revoked_reason.startswith("revoked in admin")
+    assert consent.status == Consent.Status.REVOKED and consent.revoked_reason == "member phoned to withdraw"
+    assert consent.revoked_by == "admin"
     event = AuditEvent.objects.get(action="consent-revoke")
-    assert event.entity == f"Consent/{consent.pk}"
+    assert event.entity == f"Consent/{consent.pk}" and event.reason == "revoked by admin"
+    history = admin_client.get(f"/admin/consent/consent/{consent.pk}/change/").content.decode()
+    assert "received via member-match" in history and "member phoned to withdraw" in history
 
 
 def test_admin_match_pages(admin_client, make_partner):

@@ -22,7 +22,7 @@ class ReasonForm(forms.Form):
                              help_text="Recorded with your name in the audit trail.")
 
 
-def confirmed_action(*, description: str, verb: str,
+def confirmed_action(*, name: str, description: str, verb: str,
                      perform: Callable[[HttpRequest, QuerySet, str], int]) -> Callable:
     """An admin action: first a confirmation page asking why, then `perform(request, queryset, reason)`, which
     returns how many rows it changed."""
@@ -43,5 +43,5 @@ def confirmed_action(*, description: str, verb: str,
         }
         return TemplateResponse(request, "admin/pdex/confirm_action.html", context)
 
-    action.__name__ = f"{verb.replace(' ', '_')}_confirmed"
+    action.__name__ = name
     return admin.action(description=description)(action)
