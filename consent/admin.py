@@ -140,7 +140,8 @@ class ConsentAdmin(admin.ModelAdmin):
                        "resource_json")
     exclude = ("resource", "document")
     inlines = [ConsentEventInline]
-    actions = [confirmed_action(name="revoke_selected", description="Revoke the selected consents", verb="revoked", perform=_revoke)]
+    actions = [confirmed_action(name="revoke_selected", description="Revoke the selected consents", verb="revoked",
+                                perform=_revoke)]
     add_fieldsets = [
         (None, {"fields": ("member_ref", "partner_ref", "policy_choice", "start", "end")}),
         ("Signed by a representative", {"fields": ("representative_name", "representative_relationship",
@@ -265,7 +266,8 @@ class MemberBlockAdmin(admin.ModelAdmin):
     list_select_related = ("member", "partner")
     readonly_fields = ("member", "partner", "reason", "created_by", "created_at", "lifted_at", "lifted_by",
                        "lifted_reason")
-    actions = [confirmed_action(name="lift_selected", description="Lift the selected blocks", verb="lifted", perform=_lift)]
+    actions = [confirmed_action(name="lift_selected", description="Lift the selected blocks", verb="lifted",
+                                perform=_lift)]
 
     @admin.display(description="with", ordering="partner__name")
     def scope(self, block: MemberBlock) -> str:

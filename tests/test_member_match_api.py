@@ -223,3 +223,36 @@ def test_candidate_lookup_uses_indexes_only(db):
         cursor.execute("EXPLAIN " + store.CANDIDATE_SQL, (["DH1"], ["S1"], ["U1"], [date(1974, 12, 25)]))
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "Seq Scan" not in plan and "Index" in plan
+
+
+def test_a_representative_without_an_allowed_role_is_consent_constrained(api, patricia, partner):
+    """HRex (spec §3.4): a consent signed by someone other than the member names them in a provision.actor with
+    a power-of-attorney or guardian role; a friend's signature cannot be used, and the reason is recorded."""
+    for role, allowed in (("FRND", False), ("HPOWATT", True)):
+        body = with_consent(example("member-match-request.json"))
+        consent = next(p for p in body["parameter"] if p["name"] == "Consent")["resource"]
+        consent["contained"] = [{"resourceType": "RelatedPerson", "id": "rp1",
+                                 "patient": {"reference": "Patient/1"}, "name": [{"text": "Jennifer Person"}]}]
+        consent["performer"] = [{"reference": "#rp1"}]
+        consent["provision"]["actor"].append({"role": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": role}]},
+            "reference": {"reference": "#rp1"}})
+        response = post(api, body)
+        if allowed:
+            assert response.status_code == 200, response.content
+            stored = Consent.objects.get(member=patricia, partner=partner)
+            assert (stored.representative, stored.representative_role) == ("Jennifer Person", "HPOWATT")
+        else:
+            refused(response)
+            event = AuditEvent.objects.filter(action="member-match").latest("id")
+            assert "representative without an allowed role" in event.detail["reasons"]
+            assert not Consent.objects.filter(member=patricia).exists()
+
+
+def test_a_member_block_wins_over_the_consent(api, patricia, partner):
+    from consent.services import block_member
+
+    block_member(patricia, None, "member called: share with nobody", actor="member line")
+    refused(post(api, with_consent(example("member-match-request.json"))))
+    event = AuditEvent.objects.filter(action="member-match").latest("id")
+    assert "member blocked sharing" in event.detail["reasons"]

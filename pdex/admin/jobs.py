@@ -131,5 +131,5 @@ def _cancel(request, queryset: QuerySet, reason: str) -> int:
                for job in queryset)
 
 
-cancel_jobs = confirmed_action(name="cancel_jobs", description="Cancel the selected jobs and delete their files", verb="cancelled",
-                               perform=_cancel)
+cancel_jobs = confirmed_action(name="cancel_jobs", description="Cancel the selected jobs and delete their files",
+                               verb="cancelled", perform=_cancel)
