@@ -119,12 +119,13 @@ def test_consent_ending_after_the_export_withdraws_its_files(fhir_base, file_sto
                                                               celery_worker_process):
     world = members_world(partner, ("expires", "kept", "revokes"))
     expires, revokes = world.members["expires"], world.members["revokes"]
-    celery_worker_process(extra_env=WORKER_ENV)
+    worker = celery_worker_process(extra_env=WORKER_ENV)
     client = Client(fhir_base, issue_token(partner))
     response = client.kick_off(f"Group/{world.group.pk}/$davinci-data-export")
     status_url = response.headers["Content-Location"]
     manifest = client.wait(status_url).json()
     job = ExportJob.objects.get(pk=status_url.rsplit("/", 1)[1])
+    worker.stop()  # so the client is sure to see the re-run (202) before a worker finishes it
 
     # The consent's period ends (nothing announces it): the download of a file holding the member is refused,
     # naming nobody, and the job runs again.
@@ -136,7 +137,9 @@ def test_consent_ending_after_the_export_withdraws_its_files(fhir_base, file_sto
     refused = client.session.get(holding["url"], timeout=30)
     assert refused.status_code == 410 and refused.json()["resourceType"] == "OperationOutcome"
     assert_nothing_of([refused.content], *traces(expires, "expires", partner))
+    worker = celery_worker_process(extra_env=WORKER_ENV)
     manifest = wait_seeing_202(client, status_url)
+    worker.stop()
     assert_nothing_of(client.download(manifest), *traces(expires, "expires", partner))
 
     # A revocation withdraws at once: the files go before anyone asks for them (presigned URLs never reach us).
@@ -147,6 +150,7 @@ def test_consent_ending_after_the_export_withdraws_its_files(fhir_base, file_sto
     old = manifest["output"][0]["url"]
     assert client.session.get(old, timeout=30).status_code == 404
     time.sleep(1)  # Retry-After
+    celery_worker_process(extra_env=WORKER_ENV)
     manifest = wait_seeing_202(client, status_url)
     lines = client.download(manifest)
     assert_nothing_of(lines, *traces(expires, "expires", partner), *traces(revokes, "revokes", partner))
