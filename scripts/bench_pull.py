@@ -200,7 +200,8 @@ def main() -> None:
             payer = registry.add_previous_payer(name=OLD["PAYER_NAME"], npi=OLD["PAYER_NPI"],
                                                 fhir_base_url=env_a["FHIR_BASE_URL"])
             registry.register_dynamically(payer, actor="bench")
-            _sql(env_a["DATABASE_URL"], "UPDATE pdex_partner SET status = 'active'")  # A's admin approves B
+            # A's admin approves B and files its data-sharing agreement
+            _sql(env_a["DATABASE_URL"], "UPDATE pdex_partner SET status = 'active', agreement_date = current_date")
             assert registry.check_connection(payer) == "ok"
             members = enroll(env_a["DATABASE_URL"])
             print(f"payer B: {members} new members enrolled with a consent for A; pulling …", flush=True)

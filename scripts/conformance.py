@@ -68,6 +68,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 FLOOR_FILE = ROOT / "scripts" / "conformance-floor.txt"
 DEFAULT_BDT = ROOT.parent / "shared" / "tools" / "bdt"
 REQUESTER_NPI = "1999999999"
+AGREEMENT_DATE = date.today().isoformat()  # the tester's partner has its data-sharing agreement on file
 READY_TIMEOUT = 90
 MATCH_TIMEOUT = 180
 STATUSES = ("succeeded", "failed", "not-supported", "skipped", "not-implemented", "aborted", "not-run")
@@ -236,7 +237,8 @@ def register(label: str, key_dir: Path, *, jwks_url: str = "") -> Client:
     call("make_client_keys", "--alg", "ES384", "--out", str(key_dir))
     private_jwk = json.loads((key_dir / "private_jwk.json").read_text())
     keys = ["--jwks-url", jwks_url] if jwks_url else ["--jwks", str(key_dir / "jwks.json")]
-    printed = call("create_partner", "--name", f"BDT conformance client ({label})", "--npi", REQUESTER_NPI, *keys)
+    printed = call("create_partner", "--name", f"BDT conformance client ({label})", "--npi", REQUESTER_NPI,
+                   "--agreement-date", AGREEMENT_DATE, *keys)
     client_id = printed.strip().splitlines()[-1].strip()
     return Client(label=label, client_id=client_id, private_jwk=private_jwk, jwks_url=jwks_url)
 
@@ -543,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
             jwks_server.body = json.dumps(public_jwks(private)).encode()
             (key_dir / "private_jwk.json").write_text(json.dumps(private))
             printed = call("create_partner", "--name", "BDT conformance client (jwks url)", "--npi",
-                           REQUESTER_NPI, "--jwks-url", jwks_server.url)
+                           REQUESTER_NPI, "--agreement-date", AGREEMENT_DATE, "--jwks-url", jwks_server.url)
             clients.append(Client(label="jwks url", client_id=printed.strip().splitlines()[-1].strip(),
                                   private_jwk=private, jwks_url=jwks_server.url))
 

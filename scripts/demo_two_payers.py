@@ -150,6 +150,18 @@ def old_plan_records(database_url: str) -> list[tuple]:
              WHERE m.member_number IS NOT NULL ORDER BY m.fhir_id""").fetchall()
 
 
+def file_agreement(database_url: str, client_id: str) -> None:
+    """What A's admin does once B signs the data-sharing agreement: files its date (exports need one)."""
+    import psycopg
+
+    url = database_url.replace("postgres://", "postgresql://", 1)
+    with psycopg.connect(url) as conn:
+        conn.execute("""
+            UPDATE pdex_partner SET agreement_date = coalesce(agreement_date, current_date)
+             WHERE application_id = (SELECT id FROM oauth2_provider_application WHERE client_id = %s)""",
+                     [client_id])
+
+
 def new_card(patient_id: str, member_number: str, start) -> dict:
     """B's own Coverage of a new member (hrex-coverage): B's member id, B as payor, from today."""
     from django.conf import settings
@@ -248,8 +260,9 @@ def play_new_plan(env_a: dict[str, str], env_b: dict[str, str]) -> str:
         payer.software_statement = software_statement(env_b["FHIR_BASE_URL"])
         payer.save(update_fields=["software_statement"])
         registry.register_dynamically(payer, actor="demo")
+    file_agreement(env_a["DATABASE_URL"], payer.client_id)
     print(f"B registered with A by dynamic registration: client id {payer.client_id}; "
-          f"token: {registry.check_connection(payer)}", flush=True)
+          f"token: {registry.check_connection(payer)}; A filed B's data-sharing agreement", flush=True)
     chosen = enroll(old_plan_records(env_a["DATABASE_URL"]))
     print("B's new members:", ", ".join(f"{m} {c}" for m, c in chosen), flush=True)
     started = PullJob.objects.count()

@@ -119,7 +119,9 @@ def register(base: str) -> Partner:
     })
     response.raise_for_status()
     client_id = response.json()["client_id"]
-    partners.approve(PartnerRecord.objects.get(application__client_id=client_id), actor="demo admin")
+    record = PartnerRecord.objects.get(application__client_id=client_id)
+    partners.approve(record, actor="demo admin")
+    PartnerRecord.objects.filter(pk=record.pk).update(agreement_date=date.today())  # and files the agreement
     return Partner(base=base, client_id=client_id, private_jwk=private_jwk,
                    token_url=configuration["token_endpoint"])
 

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
 
 import requests
@@ -99,7 +100,8 @@ def play(play_module) -> None:
                                           ("Prairie Mutual", 12, False, True)):
         private = generate_private_jwk("ES384")
         record = partners.create_partner(name=name, jwks=public_jwks(private), npi=play_module.REQUESTER_NPI,
-                                         status="active", registered_via="command", scope=play_module.SCOPES)
+                                         status="active", registered_via="command", scope=play_module.SCOPES,
+                                         agreement_date=date.today())
         partner = play_module.Partner(base=BASE, client_id=record.client_id, private_jwk=private,
                                       token_url=f"{BASE}/oauth/token")
         request, _ = play_module.members_request(members)

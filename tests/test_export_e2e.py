@@ -22,6 +22,7 @@ from matching.models import MemberMatchGroup
 from tests.builders import (
     EXAMPLE_PARTNER_NPI,
     EXAMPLE_PAYER_NPI,
+    agreement_signed,
     bulk_match_request,
     consent_for,
     example_members,
@@ -99,6 +100,7 @@ def smart_partner(name: str, npi: str = "1999999991"):
 
     private, public = new_client_key("ES384")
     partner = partners.create_partner(name=name, jwks=public, npi=npi, status="active", registered_via="command",
+                                      agreement_date=agreement_signed(),
                                       scope="system/*.read http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/"
                                             "BulkMemberMatch")
     return partner, private

@@ -141,8 +141,10 @@ class OldPayer:
             return cursor.fetchall() if cursor.description else []
 
     def approve_partners(self) -> int:
-        """What A's admin does for a registration without a trusted software statement: approve it."""
-        return len(self.sql("UPDATE pdex_partner SET status = 'active' WHERE status = 'pending' RETURNING id"))
+        """What A's admin does for a registration without a trusted software statement: approve it, with the
+        data-sharing agreement on file."""
+        return len(self.sql("UPDATE pdex_partner SET status = 'active', agreement_date = current_date"
+                            " WHERE status = 'pending' RETURNING id"))
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -28,6 +29,8 @@ class Command(BaseCommand):
         parser.add_argument("--npi", default="")
         parser.add_argument("--payer-id", default="")
         parser.add_argument("--pending", action="store_true", help="create it pending admin approval")
+        parser.add_argument("--agreement-date", type=date.fromisoformat, default=None,
+                            help="date the data-sharing agreement was signed (YYYY-MM-DD); exports need one")
 
     def handle(self, *args, **options) -> None:
         jwks = None
@@ -41,6 +44,7 @@ class Command(BaseCommand):
                 name=options["name"], jwks=jwks, jwks_url=options["jwks_url"], scope=" ".join(options["scope"]),
                 npi=options["npi"], payer_id=options["payer_id"], registered_via="command",
                 status=Partner.Status.PENDING if options["pending"] else Partner.Status.ACTIVE,
+                agreement_date=options["agreement_date"],
             )
         except InvalidKeySet as exc:
             raise CommandError(str(exc)) from exc
