@@ -50,7 +50,7 @@ class PartnerForm(KeySetForm):
     class Meta:
         model = Partner
         fields = ["name", "npi", "payer_id", "allowed_scopes", "jwks", "jwks_url", "agreement_date",
-                  "contact_name", "contact_email"]
+                  "agreement_end", "contact_name", "contact_email"]
 
     def clean_allowed_scopes(self):
         scope = self.cleaned_data.get("allowed_scopes") or ""
@@ -69,15 +69,15 @@ class PartnerForm(KeySetForm):
 @admin.register(Partner)
 class PartnerAdmin(admin.ModelAdmin):
     form = PartnerForm
-    list_display = ["name", "status", "client_id", "npi", "registered_via", "agreement_date", "created_at",
-                    "received_link"]
+    list_display = ["name", "status", "client_id", "npi", "registered_via", "agreement_date", "agreement_end",
+                    "created_at", "received_link"]
     list_filter = ["status", "registered_via"]
     search_fields = ["name", "npi", "payer_id", "application__client_id"]
     readonly_fields = ["status", "client_id", "registered_via", "software_statement", "created_at", "updated_at",
                        "history", "received_link"]
     actions = ["approve_partners", "suspend_partners"]
     fieldsets = [
-        (None, {"fields": ["name", "status", "client_id", "npi", "payer_id", "agreement_date"]}),
+        (None, {"fields": ["name", "status", "client_id", "npi", "payer_id", "agreement_date", "agreement_end"]}),
         ("Access", {"fields": ["allowed_scopes", "jwks", "jwks_url"]}),
         ("Contact", {"fields": ["contact_name", "contact_email"]}),
         ("Registration", {"fields": ["registered_via", "software_statement", "created_at", "updated_at"]}),
