@@ -18,6 +18,7 @@ TASK_KINDS = {
     "pdex.sweep_stale_work": "maintenance",
     "pdex.expire_outputs": "maintenance",
     "pdex.clear_expired_tokens": "maintenance",
+    "exports.withdraw_ended": "maintenance",
     "exports.run_chunk": "export",
     "matching.match_batch": "match",
     "requesting.run_pull_unit": "pull",

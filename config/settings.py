@@ -395,6 +395,10 @@ CELERY_BEAT_SCHEDULE = {
     # Units of work whose worker died keep an expired lease, and jobs whose messages were lost stop moving:
     # the sweep sends them again (pdex.jobs.engine.sweep).
     "sweep-stale-work": {"task": "pdex.sweep_stale_work", "schedule": JOB_SWEEP_SECONDS},
+    # Consents that expired (no event says so): withdraw the completed exports holding their members, so a
+    # presigned URL handed out before the expiry dies with its file (docs/consent.md, "The guarantee").
+    "withdraw-ended-consents": {"task": "exports.withdraw_ended",
+                                "schedule": env.int("CONSENT_WITHDRAW_SWEEP_SECONDS", default=300)},
     "clear-expired-tokens": {"task": "pdex.clear_expired_tokens",
                              "schedule": env.int("TOKEN_CLEANUP_SECONDS", default=3600)},
     # The requesting side: follow-up pulls that are due, and the steps of a signing-key roll-over.

@@ -148,6 +148,18 @@ def withdraw(job_id: uuid.UUID | str, *, now: datetime | None = None, trigger: s
     return len(ended)
 
 
+def withdraw_ended(*, now: datetime | None = None) -> list[uuid.UUID]:
+    """The sweep for consents that ended without an event (their period ran out): every completed export
+    still served whose members include one who may no longer receive it is withdrawn; returns those jobs."""
+    now = now or timezone.now()
+    withdrawn = []
+    live = ExportJob.objects.filter(status=ExportJob.Status.COMPLETED, expires_at__gt=now)
+    for job_id in list(live.values_list("id", flat=True)):
+        if withdraw(job_id, now=now, trigger="expiry sweep"):
+            withdrawn.append(job_id)
+    return withdrawn
+
+
 def check_download(job: ExportJob, output: OutputFile) -> None:
     """The download gate (pdex.jobs.kinds `download_check`): a file holding a member whose consent has ended
     is not served — 410, naming nobody — and its job is withdrawn and re-run."""

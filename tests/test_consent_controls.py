@@ -14,10 +14,11 @@ from django.test import RequestFactory
 from consent import services
 from consent.decision import ROLE_CODE_SYSTEM, DecisionKind, Reason
 from consent.models import Consent, ConsentEvent, MemberBlock
-from exports import jobs
+from exports import jobs, withdrawal
 from exports.models import ExportChunk, ExportJob
 from matching import jobs as match_jobs
 from matching.models import GroupMember, MatchEntry, MatchJob, MemberMatchGroup
+from pdex.jobs.models import OutputFile
 from pdex.models import AuditEvent
 from tests.builders import (
     bulk_match_request,
@@ -127,6 +128,27 @@ def test_block_wins_in_a_running_export_and_at_everything(admin_client, api, par
     assert refused.status_code == 404 and blocked.umb not in refused.content.decode()
     assert api.get(f"/fhir/Observation?patient=Patient/{blocked.fhir_id}").json().get("total", 0) == 0
     assert services.decision_for(blocked, partner).reason is Reason.BLOCKED
+
+
+def test_the_sweep_withdraws_exports_whose_members_consent_expired(api, partner, file_storage):
+    """A consent that runs out sends no event: the maintenance sweep finds the completed exports holding the
+    member and withdraws them, so no presigned URL outlives it by more than the sweep's period."""
+    lapsing, staying = member_with_data("pt-lapsing"), member_with_data("pt-staying")
+    for member in (lapsing, staying):
+        consent_for(member, partner)
+    job = run_export(kick_off_export(api, match_group(partner, [lapsing, staying]))["Content-Location"]
+                     .rsplit("/", 1)[1])
+    assert job.status == ExportJob.Status.COMPLETED and OutputFile.objects.filter(job_id=job.pk).exists()
+    assert withdrawal.withdraw_ended() == []  # nothing ended yet
+    Consent.objects.filter(member=lapsing).update(period_end=days_ago(1).date())
+    assert withdrawal.withdraw_ended() == [job.pk]
+    job.refresh_from_db()
+    assert job.status == ExportJob.Status.QUEUED and job.withdrawn_members == 1
+    assert not OutputFile.objects.filter(job_id=job.pk).exists()
+    job = run_export(job.pk)
+    lines = exported_lines(job)
+    assert not any(lapsing.fhir_id in line.decode() for line in lines)
+    assert any(staying.fhir_id in line.decode() for line in lines)
 
 
 # --- consents recorded by staff --------------------------------------------------------------------

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from exports import jobs
+from exports import jobs, withdrawal
 from exports.kind import EXPORT
 from pdex.jobs import engine
 
-__all__ = ["finalize_export_task", "plan_export_task", "run_chunk_task"]
+__all__ = ["finalize_export_task", "plan_export_task", "run_chunk_task", "withdraw_ended_task"]
 
 
 @shared_task(name=EXPORT.plan_task, acks_late=True)
@@ -34,3 +34,9 @@ def run_chunk_task(self, chunk_id: int | None = None) -> str:
 @shared_task(name=EXPORT.finish_task, acks_late=True)
 def finalize_export_task(job_id: str) -> bool:
     return jobs.finalize(job_id)
+
+
+@shared_task(name="exports.withdraw_ended", acks_late=True)
+def withdraw_ended_task() -> int:
+    """Withdraw completed exports holding a member whose consent has expired since (maintenance queue)."""
+    return len(withdrawal.withdraw_ended())
