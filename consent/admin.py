@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.http import HttpResponseRedirect
 from django.utils import timezone
 from django.utils.html import format_html
@@ -171,15 +171,24 @@ class ConsentAdmin(admin.ModelAdmin):
     def policy_code(self, consent: Consent) -> str:
         return f"#{consent.policy}" if consent.policy != Consent.Policy.UNKNOWN else "unknown"
 
+    def get_queryset(self, request):
+        """Each row knows whether a block is in force against it, so "decision today" costs no query a row."""
+        blocks = MemberBlock.objects.filter(member_id=OuterRef("member_id"), lifted_at__isnull=True).filter(
+            Q(partner__isnull=True) | Q(partner_id=OuterRef("partner_id")))
+        return super().get_queryset(request).annotate(blocked_now=Exists(blocks))
+
+    def _decision(self, consent: Consent):
+        return services.decide_for_partner(services.facts_of(consent), consent.partner,
+                                           blocked=getattr(consent, "blocked_now", False))
+
     @admin.display(description="decision today")
     def decision_now(self, consent: Consent) -> str:
-        decision = services.decision_for(consent.member, consent.partner)
+        decision = self._decision(consent)
         return format_html('<span title="{}">{}</span>', decision.reason, decision.kind)
 
     @admin.display(description="decision today")
     def decision_today(self, consent: Consent) -> str:
-        decision = services.decision_for(consent.member, consent.partner)
-        return f"{decision.kind} ({decision.reason})"
+        return services.decision_text(self._decision(consent))
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         if obj is None:

@@ -128,6 +128,7 @@ def test_block_wins_in_a_running_export_and_at_everything(admin_client, api, par
     assert refused.status_code == 404 and blocked.umb not in refused.content.decode()
     assert api.get(f"/fhir/Observation?patient=Patient/{blocked.fhir_id}").json().get("total", 0) == 0
     assert services.decision_for(blocked, partner).reason is Reason.BLOCKED
+    assert "member blocked sharing" in admin_client.get("/admin/consent/consent/").content.decode()
 
 
 def test_the_sweep_withdraws_exports_whose_members_consent_expired(api, partner, file_storage):
