@@ -339,13 +339,19 @@ def test_admin_shows_export_job_with_progress_counts_and_files(admin_client, par
 
 def test_admin_cancel_action_cancels_and_audits(admin_client, partner):
     job = complete(make_export(partner, status=AsyncJob.Status.RUNNING))
-    response = admin_client.post("/admin/exports/exportjob/",
-                                 {"action": "cancel_jobs", "_selected_action": [str(job.pk)]})
+    asked = admin_client.post("/admin/exports/exportjob/",
+                              {"action": "cancel_jobs", "_selected_action": [str(job.pk)]})
+    assert asked.status_code == 200  # a confirmation page first, asking why
+    job.refresh_from_db()
+    assert job.status == AsyncJob.Status.COMPLETED
+    response = admin_client.post("/admin/exports/exportjob/", {
+        "action": "cancel_jobs", "confirmed": "yes", "reason": "sent to the wrong plan",
+        "_selected_action": [str(job.pk)]})
     assert response.status_code == 302
     job.refresh_from_db()
     assert job.status == AsyncJob.Status.CANCELLED
     assert not OutputFile.objects.filter(job_id=job.id).exists()
-    assert AuditEvent.objects.get(action="bulk-cancel").reason.startswith("cancelled by admin")
+    assert AuditEvent.objects.get(action="bulk-cancel").reason == "cancelled by admin admin: sent to the wrong plan"
 
 
 def test_database_failure_while_polling_is_503_transient(api, partner, monkeypatch):
