@@ -62,10 +62,13 @@ def assert_nothing_of(lines: list[bytes], *needles: str) -> None:
         assert not any(needle in text for needle in needles), text[:300]
 
 
-def wait_seeing_202(client: Client, status_url: str) -> dict:
-    """Poll until done, asserting the status URL said 202 at least once on the way (the re-run is visible)."""
-    first = client.session.get(status_url, headers={"Accept": "application/json"}, timeout=30)
-    assert first.status_code in (202, 429), first.text
+def assert_running_again(client: Client, status_url: str) -> None:
+    """The status URL says 202 again: the job is being produced anew (asked while no worker runs)."""
+    again = client.session.get(status_url, headers={"Accept": "application/json"}, timeout=30)
+    assert again.status_code == 202, again.text
+
+
+def wait_done(client: Client, status_url: str) -> dict:
     done = client.wait(status_url)
     assert done.status_code == 200, done.text
     return done.json()
@@ -96,7 +99,7 @@ def test_consent_revoked_while_the_export_runs(fhir_base, file_storage, partner,
     # A worker does the rest: the finalize finds the member in a chunk written before, withdraws the job and it
     # runs again without them, under the same status URL.
     celery_worker_process(extra_env=WORKER_ENV)
-    manifest = wait_seeing_202(client, status_url)
+    manifest = wait_done(client, status_url)
     job.refresh_from_db()
     assert job.status == ExportJob.Status.COMPLETED and job.withdrawn_members == 1 and job.member_count == 1
     for chunk in job.chunks.all():
@@ -133,8 +136,9 @@ def test_consent_ending_after_the_export_withdraws_its_files(fhir_base, file_sto
     refused = client.session.get(holding["url"], timeout=30)
     assert refused.status_code == 410 and refused.json()["resourceType"] == "OperationOutcome"
     assert_nothing_of([refused.content], *traces(expires, "expires", partner))
+    assert_running_again(client, status_url)
     worker = celery_worker_process(extra_env=WORKER_ENV)
-    manifest = wait_seeing_202(client, status_url)
+    manifest = wait_done(client, status_url)
     worker.stop()
     assert_nothing_of(client.download(manifest), *traces(expires, "expires", partner))
 
@@ -146,8 +150,9 @@ def test_consent_ending_after_the_export_withdraws_its_files(fhir_base, file_sto
     old = manifest["output"][0]["url"]
     assert client.session.get(old, timeout=30).status_code == 404
     time.sleep(1)  # Retry-After
+    assert_running_again(client, status_url)
     celery_worker_process(extra_env=WORKER_ENV)
-    manifest = wait_seeing_202(client, status_url)
+    manifest = wait_done(client, status_url)
     lines = client.download(manifest)
     assert_nothing_of(lines, *traces(expires, "expires", partner), *traces(revokes, "revokes", partner))
     assert any(world.members["kept"].fhir_id in line.decode() for line in lines)
