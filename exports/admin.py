@@ -28,8 +28,8 @@ from pdex.models import Partner
 
 class ExportChunkInline(admin.TabularInline):
     model = ExportChunk
-    fields = ("sequence", "resource_type", "members", "status", "attempts", "count", "size", "lease_owner",
-              "lease_expires", "error")
+    fields = ("sequence", "resource_type", "members", "withdrawn", "status", "attempts", "count", "size",
+              "lease_owner", "lease_expires", "error")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -39,6 +39,10 @@ class ExportChunkInline(admin.TabularInline):
     @admin.display(description="members")
     def members(self, chunk: ExportChunk) -> int:
         return len(chunk.member_ids)
+
+    @admin.display(description="left out (consent ended)")
+    def withdrawn(self, chunk: ExportChunk) -> int:
+        return len(chunk.withdrawn_member_ids)
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
