@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('consent', '0001_initial'),
-        ('pdex', '0003_member_identity_from_coverage'),
+        ('pdex', '0004_write_api_tombstones_imports'),
     ]
 
     operations = [

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('exports', '0012_export_file_parts'),
+        ('exports', '0013_stored_text_pas'),
     ]
 
     operations = [

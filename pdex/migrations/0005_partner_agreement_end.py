@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('pdex', '0003_member_identity_from_coverage'),
+        ('pdex', '0004_write_api_tombstones_imports'),
     ]
 
     operations = [
