@@ -183,3 +183,17 @@ def celery_worker_process(transactional_db):
     yield start
     for worker in workers:
         worker.stop()
+
+
+@pytest.fixture
+def fhir_base(live_server, settings):
+    """The live server's FHIR base, advertised as such, polled at the fastest pace the status URL allows."""
+    settings.FHIR_BASE_URL = f"{live_server.url}/fhir"
+    settings.STATUS_RETRY_AFTER_SECONDS = 1
+    return settings.FHIR_BASE_URL
+
+
+@pytest.fixture
+def file_storage(settings, tmp_path):
+    """Exports written to a folder of this test alone."""
+    settings.EXPORT_STORAGE_URL = f"file://{tmp_path}/exports"

@@ -19,18 +19,6 @@ from tests.test_export_e2e import WORKER_ENV, Client
 PDF = b"%PDF-1.4 prior authorization letter"
 
 
-@pytest.fixture
-def fhir_base(live_server, settings):
-    settings.FHIR_BASE_URL = f"{live_server.url}/fhir"
-    settings.STATUS_RETRY_AFTER_SECONDS = 1
-    return settings.FHIR_BASE_URL
-
-
-@pytest.fixture
-def file_storage(settings, tmp_path):
-    settings.EXPORT_STORAGE_URL = f"file://{tmp_path}/exports"
-
-
 def write(*resources: dict) -> None:
     client = access.register_internal_client("document system", source_format="image")
     writer = access.Writer(name=client.name, granted=("system/*.write",), source_format=client.source_format)

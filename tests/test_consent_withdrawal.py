@@ -36,11 +36,6 @@ def fhir_base(live_server, settings):
     return settings.FHIR_BASE_URL
 
 
-@pytest.fixture
-def file_storage(settings, tmp_path):
-    settings.EXPORT_STORAGE_URL = f"file://{tmp_path}/exports"
-
-
 def members_world(partner: Partner, keys: tuple[str, ...]) -> World:
     members = {key: make_member(f"pt-{key}-{partner.pk}", umb=f"UMB-{key}-{partner.pk}") for key in keys}
     for member in members.values():

@@ -17,18 +17,6 @@ from tests.conftest import issue_token
 from tests.test_export_e2e import WORKER_ENV, Client
 
 
-@pytest.fixture
-def fhir_base(live_server, settings):
-    settings.FHIR_BASE_URL = f"{live_server.url}/fhir"
-    settings.STATUS_RETRY_AFTER_SECONDS = 1
-    return settings.FHIR_BASE_URL
-
-
-@pytest.fixture
-def file_storage(settings, tmp_path):
-    settings.EXPORT_STORAGE_URL = f"file://{tmp_path}/exports"
-
-
 def writer(db) -> access.Writer:
     client = access.register_internal_client("clinical system")
     return access.Writer(name=client.name, granted=("system/*.write",))

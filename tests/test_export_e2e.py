@@ -81,18 +81,6 @@ class Client:
         return lines
 
 
-@pytest.fixture
-def fhir_base(live_server, settings):
-    settings.FHIR_BASE_URL = f"{live_server.url}/fhir"
-    settings.STATUS_RETRY_AFTER_SECONDS = 1
-    return settings.FHIR_BASE_URL
-
-
-@pytest.fixture
-def file_storage(settings, tmp_path):
-    settings.EXPORT_STORAGE_URL = f"file://{tmp_path}/exports"
-
-
 def smart_partner(name: str, npi: str = "1999999991"):
     """A partner registered with a public key, as `manage.py create_partner` does, and its private key."""
     from pdex import partners
