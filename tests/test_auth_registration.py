@@ -168,7 +168,8 @@ def test_statement_from_an_inactive_anchor_is_unapproved(client, trust_anchor, a
     {"npi": "12"},
 ], ids=["no-name", "no-auth-method", "secret-auth", "code-grant", "no-keys", "jwks-and-uri", "http-uri",
         "metadata-ip-uri", "localhost-uri", "empty-jwks", "unknown-scopes", "no-scope", "bad-npi"])
-def test_bad_metadata_is_invalid_client_metadata(client, db, client_key, changes):
+def test_bad_metadata_is_invalid_client_metadata(client, db, client_key, settings, changes):
+    settings.JWKS_ALLOW_HTTP = False  # the production rule, whatever DEBUG the shell running the tests sets
     assert_registration_refused(register(client, metadata(client_key, **changes)), "invalid_client_metadata")
 
 
