@@ -1,7 +1,8 @@
 """The member-match failure budget: one per partner, shared by `$member-match` and `$bulk-member-match`.
 
-A partner may have at most `MEMBER_MATCH_MAX_FAILURES` members not matched (no match, several, consent that
-cannot be complied with, unreadable) per `MEMBER_MATCH_FAILURE_WINDOW_SECONDS` (a fixed window). Guessing is
+A partner may have at most `MEMBER_MATCH_MAX_FAILURES` (or its own `Partner.match_failure_budget`, set by an
+admin) members not matched (no match, several, consent that cannot be complied with, unreadable) per
+`MEMBER_MATCH_FAILURE_WINDOW_SECONDS` (a fixed window). Guessing is
 what the budget bounds, so it is spent *before* anything is evaluated: a request reserves one failure per
 member it submits (one for `$member-match`, the MemberBundle count for a bulk request) and is refused with 429
 and `Retry-After` when the reservation does not fit; each member that matches gives its failure back (the
@@ -60,6 +61,13 @@ def window_key(partner: Partner, moment: float) -> tuple[str, int]:
     return f"member-match-budget:{partner.pk}:{slot}", int(window - moment % window) + 1
 
 
+def failure_limit(partner: Partner) -> int:
+    """The partner's own budget where an admin set one (a large trusted population), else the deployment's."""
+    if partner.match_failure_budget is not None:
+        return partner.match_failure_budget
+    return settings.MEMBER_MATCH_MAX_FAILURES
+
+
 def _client():
     return cache._cache.get_client(write=True)  # the cache's own Redis connection, for a script
 
@@ -67,7 +75,7 @@ def _client():
 def reserve(partner: Partner, members: int, *, now: float | None = None) -> Reservation:
     """Spend `members` failures of the partner's budget now, or none if they do not all fit."""
     key, retry_after = window_key(partner, time.time() if now is None else now)
-    limit = settings.MEMBER_MATCH_MAX_FAILURES
+    limit = failure_limit(partner)
     used = _client().eval(_RESERVE, 1, cache.make_key(key), members, limit, retry_after + 1)
     return Reservation(allowed=used >= 0, key=key, retry_after=retry_after, used=int(used))
 

@@ -157,6 +157,10 @@ class Partner(models.Model):
     agreement_date = models.DateField(null=True, blank=True, help_text="date of the data sharing agreement")
     agreement_end = models.DateField(null=True, blank=True,
                                      help_text="last day the data sharing agreement is in force (empty: open-ended)")
+    match_failure_budget = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="members this partner may submit without a match per failure window, across $member-match and "
+                  "$bulk-member-match (empty: MEMBER_MATCH_MAX_FAILURES)")
     contact_name = models.CharField(max_length=200, blank=True)
     contact_email = models.EmailField(blank=True)
     application = models.OneToOneField(settings.OAUTH2_PROVIDER_APPLICATION_MODEL, null=True, blank=True,

@@ -130,3 +130,18 @@ def test_the_budget_is_per_partner(api, partner, make_partner, api_for):
                     content_type="application/fhir+json").status_code == 429
     assert other.post(MEMBER_MATCH, data=json.dumps(nobody_single(50)),
                       content_type="application/fhir+json").status_code == 422
+
+
+def test_an_admin_may_give_a_partner_a_budget_of_its_own(api, partner, monkeypatch):
+    monkeypatch.setattr(jobs, "evaluate_entries", lambda *a, **k: [])
+    partner.match_failure_budget = 3
+    partner.save(update_fields=["match_failure_budget"])
+    response = api.post(BULK, data=json.dumps(nobody_bulk(300, members=4)), content_type="application/fhir+json",
+                        HTTP_PREFER="respond-async")
+    assert response.status_code == 429  # 4 members do not fit its 3, though the deployment's 20 would take them
+    partner.match_failure_budget = 100
+    partner.save(update_fields=["match_failure_budget"])
+    response = api.post(BULK, data=json.dumps(nobody_bulk(400, members=30)), content_type="application/fhir+json",
+                        HTTP_PREFER="respond-async")
+    assert response.status_code == 202  # 30 members: beyond the deployment's 20, within its own 100
+    assert budget.used(partner) == 30

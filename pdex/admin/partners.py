@@ -77,7 +77,8 @@ class PartnerAdmin(admin.ModelAdmin):
                        "history", "received_link"]
     actions = ["approve_partners", "suspend_partners"]
     fieldsets = [
-        (None, {"fields": ["name", "status", "client_id", "npi", "payer_id", "agreement_date", "agreement_end"]}),
+        (None, {"fields": ["name", "status", "client_id", "npi", "payer_id", "agreement_date", "agreement_end",
+                           "match_failure_budget"]}),
         ("Access", {"fields": ["allowed_scopes", "jwks", "jwks_url"]}),
         ("Contact", {"fields": ["contact_name", "contact_email"]}),
         ("Registration", {"fields": ["registered_via", "software_statement", "created_at", "updated_at"]}),
