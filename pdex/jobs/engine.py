@@ -84,10 +84,16 @@ def lease_expiry(now: datetime) -> datetime:
 def bookkeeping() -> Iterator[None]:
     """A transaction for unit bookkeeping whose commit does not wait for the WAL flush (~8 ms a commit here).
     Safe because every step is idempotent: if PostgreSQL lost the last commits in a crash, a lost lease or a
-    lost "done" only means the unit runs again and writes the same result."""
+    lost "done" only means the unit runs again and writes the same result.
+
+    A worker frozen inside one (SIGSTOP, a stalled VM) would hold its unit's row lock, and the claim skips
+    locked rows, so its unit could never be taken over: PostgreSQL ends such a session once it has sat idle
+    in the transaction for a lease's length, which releases the locks by the time the lease has expired."""
+    idle_ms = max(settings.JOB_LEASE_SECONDS, 1) * 1000
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+            cursor.execute("SET LOCAL synchronous_commit TO OFF; "
+                           f"SET LOCAL idle_in_transaction_session_timeout = {int(idle_ms)}")
         yield
 
 
