@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
+from benchkit import Process as BenchProcess  # noqa: E402
 from benchkit import database_url, recreate_database  # noqa: E402
 from demo_two_payers import new_card  # noqa: E402 - B's own Coverage of a new member, as the demo makes it
 
@@ -52,41 +52,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class Process:
-    """A subprocess of one payer, its log in a temporary file, its memory measurable."""
-
-    def __init__(self, command: list[str], env: dict[str, str], name: str):
-        self.log = tempfile.NamedTemporaryFile("w+", prefix=f"bench-pull-{name}-", suffix=".log", delete=False)
-        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-
-    def wait_for(self, text: str, seconds: float = 90) -> None:
-        deadline = time.monotonic() + seconds
-        while text not in Path(self.log.name).read_text():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError(Path(self.log.name).read_text()[-3000:])
-            time.sleep(0.2)
+class Process(BenchProcess):
+    """A payer's subprocess (benchkit's), its memory read as (all its processes summed, the largest one)."""
 
     def rss(self) -> tuple[int, int]:
-        """(RSS of the process and its children summed, largest single process)."""
-        import psutil
-
-        try:
-            procs = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0, 0
-        sizes = []
-        for proc in procs:
-            try:
-                sizes.append(proc.memory_info().rss)
-            except psutil.NoSuchProcess:
-                pass
+        sizes = self.sizes().values()
         return sum(sizes), max(sizes, default=0)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=60)
 
 
 def worker(env: dict[str, str], concurrency: int, name: str) -> Process:
