@@ -266,6 +266,9 @@ TOMBSTONE_RETENTION_DAYS = env.int("TOMBSTONE_RETENTION_DAYS", default=400)
 # Where `$import` may read input files from: storage URLs (file://folder, s3://bucket/prefix); nothing else opens.
 IMPORT_SOURCES = env.list("IMPORT_SOURCES", default=[f"file://{VAR_DIR / 'imports'}"])
 EXPORT_FILE_MAX_BYTES = env.int("EXPORT_FILE_MAX_BYTES", default=256 * 1024 * 1024)
+# PostgreSQL work_mem of an export worker's streaming connection (one per worker process): a chunk's sort of
+# its rows into blocks stays in memory.
+EXPORT_WORK_MEM = env.str("EXPORT_WORK_MEM", default="64MB")
 EXPORT_MAX_RUNNING_JOBS = env.int("EXPORT_MAX_RUNNING_JOBS", default=4)
 EXPORT_OUTPUT_TTL_SECONDS = env.int("EXPORT_OUTPUT_TTL_SECONDS", default=24 * 3600)
 EXPORT_PRESIGNED_MANIFEST = env.bool("EXPORT_PRESIGNED_MANIFEST", default=False)

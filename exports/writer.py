@@ -60,7 +60,8 @@ _stream: dict[str, Any] = {}
 
 @contextmanager
 def stream_connection() -> Iterator[Any]:
-    """A connection of its own for COPY streams, so heartbeats use Django's connection meanwhile.
+    """A connection of its own for COPY streams, so heartbeats use Django's connection meanwhile, with
+    EXPORT_WORK_MEM for its sorts.
 
     Kept open for the life of the worker process (one connection per chunk would cost more than a small
     chunk's rows); a connection that broke mid-stream is closed and the next call opens a fresh one.
@@ -72,6 +73,9 @@ def stream_connection() -> Iterator[Any]:
         close_stream_connection()
         raw = connection.get_new_connection(params)
         raw.autocommit = True
+        # A chunk's rows are sorted into blocks in memory: at PostgreSQL's default 4 MB the sort of a large
+        # type's rows spills to disk.
+        raw.execute("SELECT set_config('work_mem', %s, false)", [settings.EXPORT_WORK_MEM])
         _stream.update(conn=raw, key=key)
     try:
         yield raw
@@ -97,7 +101,8 @@ def copy_rows(sql: str, params: dict[str, Any]) -> Iterator[bytes]:
 
 def chunk_sql(resource_type: str, member_ids: Sequence[int], context: rules.ExportContext) -> tuple[str, dict]:
     """The chunk's rows through the one set of export rules, in blocks of BLOCK_ROWS rows: each block is one
-    COPY row of (ids, shared references, the block's NDJSON lines joined by newlines).
+    COPY row of (ids, shared references, the source formats ingest recorded, the block's NDJSON lines joined by
+    newlines). The formats come with the rows, so the transmitter Provenance needs no second look at them.
 
     Blocks cut the per-row cost in Python (libpq hands over one COPY row at a time) to almost nothing.
     """
@@ -105,8 +110,9 @@ def chunk_sql(resource_type: str, member_ids: Sequence[int], context: rules.Expo
     # Only our own SQL fragments are interpolated; every value is a bound parameter.
     sql = (
         "SELECT string_agg(fhir_id, ',' ORDER BY id), string_agg(refs, ',' ORDER BY id),"  # noqa: S608
-        " string_agg(body_text, E'\\n' ORDER BY id)"
+        " string_agg(DISTINCT source_format, ','), string_agg(body_text, E'\\n' ORDER BY id)"
         f" FROM (SELECT r.id, r.fhir_id, NULLIF(array_to_string(r.refs, ','), '') AS refs,"
+        f" NULLIF(r.source_format, '') AS source_format,"
         f" {rules.body_sql(resource_type, elements=context.elements)} AS body_text,"
         f" (row_number() OVER (ORDER BY r.id) - 1) / {BLOCK_ROWS} AS block {rows.sql}) AS chunk_rows"
         " GROUP BY block ORDER BY block"
@@ -114,18 +120,29 @@ def chunk_sql(resource_type: str, member_ids: Sequence[int], context: rules.Expo
     return sql, dict(rows.params)
 
 
-def blocks(sql: str, params: dict[str, Any]) -> Iterator[tuple[list[str], bytes, bytes]]:
-    """(ids, refs, lines) per block; `lines` are the block's NDJSON lines, each ending with a newline.
+@dataclass(frozen=True)
+class Block:
+    """One COPY row of a chunk: up to BLOCK_ROWS resources as NDJSON `lines` (each ending with a newline), their
+    ids, their references to shared resources and their source formats (both comma-joined, may be empty)."""
+
+    ids: list[str]
+    refs: bytes
+    formats: bytes
+    lines: bytes
+
+
+def blocks(sql: str, params: dict[str, Any]) -> Iterator[Block]:
+    """The chunk's blocks, as chunk_sql selects them.
 
     COPY's CSV format quotes a field holding newlines with our quote character (\\x01), which JSON text
     never contains, so unquoting is dropping the first and last byte.
     """
     for row in copy_rows(sql, params):
-        ids, refs, lines = row.split(FIELD, 2)
+        ids, refs, formats, lines = row.split(FIELD, 3)
         lines = lines[:-1]  # the row's newline
         if lines[:1] == QUOTE:
             lines = lines[1:-1]
-        yield ids.decode().split(","), refs, lines + b"\n"
+        yield Block(ids.decode().split(","), refs, formats, lines + b"\n")
 
 
 def part_writer(job: ExportJob, resource_type: str, chunk_sequence: int, first_part: int = 0) -> NdjsonWriter:
@@ -158,18 +175,21 @@ def write_chunk(chunk: ExportChunk, context: rules.ExportContext, *,
     targets: list[str] = []
     interval = max(settings.JOB_LEASE_SECONDS / 3, 0.5)
     last_beat = time.monotonic()
+    formats: set[str] = set()
     n = 0
     for resource_type in chunk.types:
         sql, params = chunk_sql(resource_type, members, context)
         prefix = f"{resource_type}/"
         with part_writer(job, resource_type, chunk.sequence, result.parts) as parts:
-            for ids, refs, lines in blocks(sql, params):
+            for block in blocks(sql, params):
                 n += 1
-                parts.write_block(lines, len(ids))
+                parts.write_block(block.lines, len(block.ids))
                 if resource_type != PROVENANCE_TYPE:  # a stored Provenance is not a target of ours
-                    targets.extend(prefix + fhir_id for fhir_id in ids)
-                if refs:
-                    result.refs.update(refs.decode().split(","))
+                    targets.extend(prefix + fhir_id for fhir_id in block.ids)
+                    if block.formats:
+                        formats.update(block.formats.decode().split(","))
+                if block.refs:
+                    result.refs.update(block.refs.decode().split(","))
                 if n % HEARTBEAT_EVERY_BLOCKS == 0 or time.monotonic() - last_beat > interval:
                     heartbeat()
                     last_beat = time.monotonic()
@@ -178,14 +198,16 @@ def write_chunk(chunk: ExportChunk, context: rules.ExportContext, *,
         result.parts += len(parts.parts)
         result.files += segments(parts, job, chunk)
     if targets and PROVENANCE_TYPE in context.types:
-        result.files += write_transmitter_provenance(job, chunk, chunk.sequence, targets, result.parts)
+        result.files += write_transmitter_provenance(job, chunk, chunk.sequence, targets, sorted(formats),
+                                                     result.parts)
         result.parts += 1
         result.refs.add(provenance.payer_reference())  # its agent: our Organization, written by write_shared
     return result
 
 
 def write_transmitter_provenance(job: ExportJob, chunk: ExportChunk | None, chunk_sequence: int,
-                                 targets: list[str], first_part: int = 0) -> list[ExportFilePart]:
+                                 targets: list[str], source_formats: Sequence[str],
+                                 first_part: int = 0) -> list[ExportFilePart]:
     """One Provenance naming us as transmitter of this chunk's resources (spec §5.6, §5.7 rule 8).
 
     Only when the export's types let Provenance in (Bulk Data `_type`: "The response SHALL be filtered to only
@@ -194,15 +216,17 @@ def write_transmitter_provenance(job: ExportJob, chunk: ExportChunk | None, chun
     provenance_id = str(uuid.uuid5(PROVENANCE_NAMESPACE, f"{job.id}/{chunk_sequence}"))
     line = provenance.transmitter_provenance_line(targets, recorded=job.transaction_time,
                                                   provenance_id=provenance_id,
-                                                  source_formats=provenance.source_formats_of(targets))
+                                                  source_formats=source_formats)
     with part_writer(job, PROVENANCE_TYPE, chunk_sequence, first_part) as parts:
         parts.write(line)
     return segments(parts, job, chunk)
 
 
 def shared_rows(resource_type: str, fhir_ids: Sequence[str], elements: Sequence[str] = ()) -> Iterable[bytes]:
-    sql = (f"SELECT r.fhir_id, '', {rules.body_sql(resource_type, elements=elements)} FROM pdex_resource r"  # noqa: S608
-           " WHERE r.resource_type = %(type)s AND r.member_id IS NULL AND r.fhir_id = ANY(%(ids)s) ORDER BY r.fhir_id")
+    """(fhir_id, source format, NDJSON line) of each shared resource named, one COPY row each."""
+    sql = (f"SELECT r.fhir_id, NULLIF(r.source_format, ''), {rules.body_sql(resource_type, elements=elements)}"  # noqa: S608
+           " FROM pdex_resource r WHERE r.resource_type = %(type)s AND r.member_id IS NULL"
+           " AND r.fhir_id = ANY(%(ids)s) ORDER BY r.fhir_id")
     return copy_rows(sql, {"type": resource_type, "ids": list(fhir_ids)})
 
 
@@ -222,13 +246,16 @@ def write_shared(job: ExportJob, refs: Iterable[str], *, first_sequence: int, ty
     counts: dict[str, int] = {}
     files: list[ExportFilePart] = []
     targets: list[str] = []
+    formats: set[str] = set()
     for offset, resource_type in enumerate(sorted(by_type)):
         written: set[str] = set()
         with part_writer(job, resource_type, first_sequence + offset) as parts:
             for row in shared_rows(resource_type, sorted(set(by_type[resource_type])), elements):
-                fhir_id, _, line = row.split(FIELD, 2)
+                fhir_id, source_format, line = row.split(FIELD, 2)
                 parts.write(line)
                 written.add(fhir_id.decode())
+                if source_format:
+                    formats.add(source_format.decode())
             if resource_type == payer_type and payer_id in by_type[resource_type] and payer_id not in written:
                 # The transmitter Provenance names us; a payer whose own Organization is not in its loaded data
                 # still sends one, so no exported reference dangles.
@@ -238,5 +265,5 @@ def write_shared(job: ExportJob, refs: Iterable[str], *, first_sequence: int, ty
         counts[resource_type] = parts.count
         files += segments(parts, job, None)
     if targets and PROVENANCE_TYPE in wanted:
-        files += write_transmitter_provenance(job, None, first_sequence + len(by_type), targets)
+        files += write_transmitter_provenance(job, None, first_sequence + len(by_type), targets, sorted(formats))
     return counts, files

@@ -116,7 +116,7 @@ def new_partner() -> tuple[object, str]:
     application = Application.objects.create(name=name, client_type=Application.CLIENT_CONFIDENTIAL,
                                              authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS)
     partner = Partner.objects.create(name=name, application=application, npi="1999999999", status="active",
-                                     allowed_scopes="system/*.rs")
+                                     allowed_scopes="system/*.rs", agreement_date=date.today())
     token = AccessToken.objects.create(application=application, token=uuid.uuid4().hex + uuid.uuid4().hex,
                                        scope="system/*.rs", expires=timezone.now() + timedelta(hours=3))
     return partner, token.token

@@ -27,9 +27,13 @@ def _file_storage(settings, tmp_path):
     settings.EXPORT_PRESIGNED_MANIFEST = False
 
 
-def make_export(partner, **fields) -> ExportJob:
+def make_export(partner, created_at=None, **fields) -> ExportJob:
     fields.setdefault("request_url", "https://old-payer.test/fhir/Group/g1/$davinci-data-export")
-    return ExportJob.objects.create(partner=partner, kind=ExportJob.Kind.DAVINCI, **fields)
+    job = ExportJob.objects.create(partner=partner, kind=ExportJob.Kind.DAVINCI, **fields)
+    if created_at is not None:  # auto_now_add: set after the insert
+        ExportJob.objects.filter(pk=job.pk).update(created_at=created_at)
+        job.refresh_from_db()
+    return job
 
 
 def complete(job, files=(("Patient", [b'{"resourceType":"Patient","id":"p1"}']),), errors=()):
@@ -54,7 +58,8 @@ def test_status_url_is_absolute_from_fhir_base_url(partner):
 
 def test_running_export_answers_202_with_progress_and_retry_after(api, partner):
     job = make_export(partner, status=AsyncJob.Status.RUNNING, progress_done=45, progress_total=100,
-                      started_at=timezone.now() - timedelta(seconds=30))
+                      started_at=timezone.now() - timedelta(seconds=30),
+                      created_at=timezone.now() - timedelta(seconds=40))
     response = api.get(status_path(job))
     assert response.status_code == 202
     assert response["X-Progress"] == "chunks 45/100"
@@ -91,13 +96,16 @@ def test_retry_after_is_the_estimated_time_left_between_1_s_and_the_cap(partner)
     assert asyncstatus.retry_after(young, now=now) == 1  # a small export is done within a second or two
     assert asyncstatus.retry_after(young, now=now + timedelta(seconds=61)) == 60  # nothing done in a minute: cap
     almost = make_export(partner, status=AsyncJob.Status.RUNNING, progress_done=99, progress_total=100,
-                         started_at=now - timedelta(seconds=10))
+                         started_at=now - timedelta(seconds=10), created_at=now - timedelta(seconds=10))
     assert asyncstatus.retry_after(almost, now=now) == 1
     slow = make_export(partner, status=AsyncJob.Status.RUNNING, progress_done=1, progress_total=100,
-                       started_at=now - timedelta(seconds=10))
-    assert asyncstatus.retry_after(slow, now=now) == 60
+                       started_at=now - timedelta(seconds=10), created_at=now - timedelta(seconds=10))
+    assert asyncstatus.retry_after(slow, now=now) == 5  # 990 s left at this pace, but never over half its age
+    old = make_export(partner, status=AsyncJob.Status.RUNNING, progress_done=1, progress_total=100,
+                      started_at=now - timedelta(seconds=300), created_at=now - timedelta(seconds=300))
+    assert asyncstatus.retry_after(old, now=now) == 60  # and never over the cap
     halfway = make_export(partner, status=AsyncJob.Status.RUNNING, progress_done=5, progress_total=10,
-                          started_at=now - timedelta(seconds=8))
+                          started_at=now - timedelta(seconds=8), created_at=now - timedelta(seconds=8))
     assert asyncstatus.retry_after(halfway, now=now) == 4  # 8 s left at this pace: poll at half of it
 
 

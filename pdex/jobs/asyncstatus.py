@@ -152,17 +152,19 @@ def retry_after(job: AsyncJob, *, now: datetime) -> int:
     From the job's own pace once some of it is done: half of elapsed × left / done, so the polls close in on the
     end instead of overshooting it when the last units go faster than the first (units differ in size, and the
     first wait on the workers); before that, 1 s while the job is younger than the cap (a small export is done
-    within a second or two), the cap after.
+    within a second or two), the cap after. Never more than half the job's age: an estimate from its first
+    units (two workers still warming up) once said 6 s for an export done 3.6 s later, so the client waits at
+    most a third longer than the job takes, in a handful more polls.
     """
     cap = settings.STATUS_RETRY_AFTER_SECONDS
     if cap <= 1:
         return max(cap, 0)
+    age = (now - job.created_at).total_seconds() if job.created_at else 0.0
     if job.progress_done and job.started_at and job.progress_total > job.progress_done:
         elapsed = (now - job.started_at).total_seconds()
         left = elapsed * (job.progress_total - job.progress_done) / job.progress_done
-        return int(min(max(math.ceil(left / 2), 1), cap))
-    young = job.created_at is None or (now - job.created_at).total_seconds() < cap
-    return 1 if young else cap
+        return int(min(max(min(math.ceil(left / 2), math.floor(age / 2)), 1), cap))
+    return 1 if age < cap else cap
 
 
 def claim_poll(job: AsyncJob, *, now: datetime) -> bool:
