@@ -7,7 +7,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -112,10 +112,18 @@ def decision_text(decision: Decision) -> str:
 
 def facts_of(consent: Consent) -> ConsentFacts:
     """Stored columns for what admins may change (status, policy, period); actors from the resource."""
-    submitted = facts_from_resource(consent.resource)
+    return stored_facts(consent.policy, consent.period_start, consent.period_end, consent.status, consent.resource)
+
+
+# The columns stored_facts reads, for queries that skip building Consent instances (decisions_for_members).
+FACT_COLUMNS = ("policy", "period_start", "period_end", "status", "resource")
+
+
+def stored_facts(policy: str, period_start: date | None, period_end: date | None, status: str,
+                 resource: Mapping[str, Any] | None) -> ConsentFacts:
+    submitted = facts_from_resource(resource)
     return ConsentFacts(
-        policy=consent.policy, period_start=consent.period_start, period_end=consent.period_end,
-        status=consent.status,
+        policy=policy, period_start=period_start, period_end=period_end, status=status,
         sources=submitted.sources if submitted else frozenset(),
         recipients=submitted.recipients if submitted else frozenset(),
         representative=submitted.representative if submitted else None,
@@ -304,6 +312,9 @@ def decisions_for_members(partner: Partner, member_ids: Iterable[int],
     member_ids = list(member_ids)
     now = now or timezone.now()
     decisions = dict.fromkeys(member_ids, NO_CONSENT)
-    for consent in _with_block(Consent.objects.filter(partner=partner, member_id__in=member_ids), partner):
-        decisions[consent.member_id] = decide_for_partner(facts_of(consent), partner, now, blocked=consent.blocked)
+    # Rows, not Consent instances: building 10,000 model instances was most of a gate's time.
+    rows = _with_block(Consent.objects.filter(partner=partner, member_id__in=member_ids), partner).values_list(
+        "member_id", "blocked", *FACT_COLUMNS)
+    for member_id, blocked, *facts in rows:
+        decisions[member_id] = decide_for_partner(stored_facts(*facts), partner, now, blocked=blocked)
     return decisions
