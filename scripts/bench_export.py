@@ -397,7 +397,9 @@ def main() -> None:
         for scale in scales:
             if scale > current:
                 print(f"multiplying the data ×{scale} …", flush=True)
+                began = time.perf_counter()
                 synthesize(seed=42, multiply=scale)
+                print(f"  multiplied in {time.perf_counter() - began:.0f} s", flush=True)
                 current = scale
             results[scale] = run_scale(scale, base, env, args.concurrency)
             report(results[scale])
