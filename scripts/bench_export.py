@@ -66,6 +66,8 @@ class ClientRun:
     size: int
     wire: int = 0
     retry_after: list[str] = field(default_factory=list)
+    kickoff_seconds: float = 0.0
+    poll_times: list[tuple[float, int]] = field(default_factory=list)  # seconds after kick-off, status
 
 
 def matched_group(partner, regular_every: int = 5):
@@ -165,13 +167,16 @@ def client_export(base: str, token: str, group_id) -> ClientRun:
                        timeout=60)
     if kickoff.status_code != 202:
         raise RuntimeError(f"kick-off answered {kickoff.status_code}: {kickoff.text[:500]}")
+    kickoff_seconds = time.perf_counter() - started
     status_url = kickoff.headers["Content-Location"]
     waits = [kickoff.headers.get("Retry-After", "1")]
     polls = 0
+    poll_times: list[tuple[float, int]] = []
     while True:
         time.sleep(float(waits[-1]))
         polls += 1
         answer = http.get(status_url, timeout=60)
+        poll_times.append((time.perf_counter() - started, answer.status_code))
         if answer.status_code == 200:
             manifest = answer.json()
             break
@@ -182,7 +187,7 @@ def client_export(base: str, token: str, group_id) -> ClientRun:
     lines, size, wire = download_all(manifest["output"], token, gzip=False)
     finished = time.perf_counter()
     return ClientRun(status_url.rstrip("/").rsplit("/", 1)[-1], manifest_at - started, finished - started, polls,
-                     manifest["output"], lines, size, wire, waits)
+                     manifest["output"], lines, size, wire, waits, kickoff_seconds, poll_times)
 
 
 # --- the raw COPY -----------------------------------------------------------------------------------
@@ -318,6 +323,9 @@ def report(s: Scale) -> None:
           f"{s.size / MB / http.seconds:7.1f} MB/s  ratio {s.copy_seconds / http.seconds:.2f} (goal ≥ 0.6); "
           f"manifest at {http.manifest_seconds:.2f} s after {http.polls} poll(s), "
           f"Retry-After {','.join(http.retry_after)}")
+    print(f"             kick-off answered in {http.kickoff_seconds:.2f} s; polls at "
+          + ", ".join(f"{at:.2f} s ({status})" for at, status in http.poll_times)
+          + f"; downloads {http.seconds - http.manifest_seconds:.2f} s")
     print(f"  gzip       {s.gzip_seconds:7.2f} s  {s.size / MB / s.gzip_seconds:7.1f} MB/s of NDJSON, "
           f"{s.gzip_wire / MB / s.gzip_seconds:.1f} MB/s on the wire; {s.gzip_wire / MB:.1f} MB, "
           f"{s.size / max(s.gzip_wire, 1):.1f}× fewer bytes (goal ≥ 4)")
