@@ -104,6 +104,9 @@ def test_retry_after_is_the_estimated_time_left_between_1_s_and_the_cap(partner)
     old = make_export(partner, status=AsyncJob.Status.RUNNING, progress_done=1, progress_total=100,
                       started_at=now - timedelta(seconds=300), created_at=now - timedelta(seconds=300))
     assert asyncstatus.retry_after(old, now=now) == 60  # and never over the cap
+    finishing = make_export(partner, status=AsyncJob.Status.RUNNING, progress_done=100, progress_total=100,
+                            started_at=now - timedelta(seconds=300), created_at=now - timedelta(seconds=300))
+    assert asyncstatus.retry_after(finishing, now=now) == 1  # every unit done: the manifest is moments away
     halfway = make_export(partner, status=AsyncJob.Status.RUNNING, progress_done=5, progress_total=10,
                           started_at=now - timedelta(seconds=8), created_at=now - timedelta(seconds=8))
     assert asyncstatus.retry_after(halfway, now=now) == 4  # 8 s left at this pace: poll at half of it
