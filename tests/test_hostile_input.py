@@ -108,6 +108,34 @@ def test_depth_limit_is_exactly_max_depth(world):
         assert (status == 400 and b"nested more than" in body) is refused, (depth, status, body)
 
 
+@pytest.mark.parametrize(("text", "depth"), [
+    (b'{"a": "[[[[{{{{"}', 1),  # brackets in a string are text
+    (b'[[["]]]]]]", [[["\\\\"]]]]]', 6),  # closing brackets in a string do not lower it; an escaped backslash
+    (b'{"a": "\\"[[[["}', 1),  # ends its string, an escaped quote does not
+    (b'[[], [[[]]], {}]', 4),
+    (b'"plain"', 0),
+])
+def test_nesting_depth_counts_brackets_outside_strings(text, depth):
+    from pdex.jsonbody import nesting_depth
+
+    assert nesting_depth(text) == depth
+
+
+def test_parsing_pauses_the_cycle_collector_and_restores_it():
+    import gc
+
+    from pdex.jsonbody import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():  # nested (another thread's parse): the outer one turns it back on
+            pass
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    assert parse_json(b'{"a": [1, 2]}') == {"a": [1, 2]} and gc.isenabled()
+
+
 def test_empty_form_post_to_group_search(world):
     status, _, body = send("POST", "/fhir/Group/_search", token=world.tokens["a"], body=b"", content_type="")
     assert status == 200 and json.loads(body)["resourceType"] == "Bundle"
