@@ -203,10 +203,13 @@ def record_staff_consent(member: Member, partner: Partner, staff: StaffConsent, 
 def record_consents(partner: Partner, consents: Iterable[tuple[int, Mapping[str, Any] | None]], via: str) -> int:
     """record_consent for many members in one statement (bulk match); revoked rows stay revoked."""
     rows: dict[int, tuple] = {}
+    decided: dict[int, str] = {}
+    now = timezone.now()
     for member_id, resource in consents:
         if resource is None:
             continue
         facts = facts_from_resource(resource)
+        decided[member_id] = decision_text(decide_for_partner(facts, partner, now))
         policy, uri = policy_of(resource)
         representative = facts.representative if facts else None
         rows[member_id] = (member_id, policy, uri, facts.period_start if facts else None,
@@ -215,9 +218,6 @@ def record_consents(partner: Partner, consents: Iterable[tuple[int, Mapping[str,
                            representative.role_text[:64] if representative else "")
     if not rows:
         return 0
-    now = timezone.now()
-    decided = {member_id: decision_text(decide_for_partner(facts_from_resource(resource), partner, now))
-               for member_id, resource in consents if resource is not None}
     members, policies, uris, starts, ends, statuses, resources, representatives, roles = (
         list(c) for c in zip(*rows.values(), strict=True))
     connection.ensure_connection()
@@ -242,12 +242,21 @@ def record_consents(partner: Partner, consents: Iterable[tuple[int, Mapping[str,
             """,
             (partner.pk, via, members, policies, uris, starts, ends, statuses, resources, representatives, roles))
         stored = cursor.fetchall()
-    ConsentEvent.objects.bulk_create([
-        event for consent_id, member_id in stored for event in (
-            ConsentEvent(consent_id=consent_id, action=ConsentEvent.Action.RECEIVED, actor=str(partner)[:150],
-                         detail=f"received via {via}"),
-            ConsentEvent(consent_id=consent_id, action=ConsentEvent.Action.DECIDED, actor="service",
-                         detail=decided.get(member_id, "")))])
+        # Each consent's history, received then decided, in one statement (the ORM's bulk_create of 2,000
+        # events cost more than the upsert of 1,000 consents).
+        consent_ids = [consent_id for consent_id, _ in stored]
+        cursor.execute(
+            """
+            INSERT INTO consent_consentevent (consent_id, at, action, actor, detail)
+            SELECT e.consent_id, now(), e.action, e.actor, e.detail
+              FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[]) WITH ORDINALITY
+                   AS e(consent_id, action, actor, detail, n)
+             ORDER BY e.n
+            """,
+            ([i for i in consent_ids for _ in (0, 1)],
+             [ConsentEvent.Action.RECEIVED, ConsentEvent.Action.DECIDED] * len(stored),
+             [str(partner)[:150], "service"] * len(stored),
+             [d for _, member_id in stored for d in (f"received via {via}", decided.get(member_id, ""))]))
     return len(stored)
 
 

@@ -102,6 +102,10 @@ def test_groups_are_persisted_and_only_matched_members_are_members(api, members,
     assert "pat-4004" not in constrained and "UMB-" not in constrained
     assert set(Consent.objects.filter(partner=partner).values_list("member__fhir_id", flat=True)) == {
         "pat-1001", "pat-2002"}
+    for consent in Consent.objects.filter(partner=partner):  # each with its history: received, then decided
+        decided = f"{'comply-all' if consent.policy == 'sensitive' else 'comply-non-sensitive'} (complies)"
+        assert list(consent.events.values_list("action", "actor", "detail")) == [
+            ("received", str(partner), "received via bulk-member-match"), ("decided", "service", decided)]
     files = {f.resource_type: f for f in OutputFile.objects.filter(job_id=job.pk)}
     assert (files["Group"].count, files["Parameters"].count) == (3, 1)
     manifest = asyncstatus.build_manifest(job)
