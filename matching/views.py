@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-
 from django.http import HttpResponse
 from rest_framework.parsers import FormParser
 
@@ -11,31 +9,8 @@ from matching import jobs, selectors, services
 from pdex.auth import scopes
 from pdex.fhir import BadRequest, FhirView, fhir_json_response, has_nul, operation_outcome, outcome_issue
 from pdex.jobs import servicelevels
-from pdex.renderers import FhirJsonParser, JsonParser
 
 GROUP_READ = ("system/Group.rs", scopes.MATCH_GROUP_EXPORT)
-
-
-class _GcPausedParsing:
-    """Parse a multi-megabyte request with the cyclic GC paused: parsed JSON holds no cycles, and GC passes
-    over millions of fresh objects make a 17 MB bulk request take several times longer to parse."""
-
-    def parse(self, stream, media_type=None, parser_context=None):
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return super().parse(stream, media_type, parser_context)
-        finally:
-            if enabled:
-                gc.enable()
-
-
-class BulkFhirJsonParser(_GcPausedParsing, FhirJsonParser):
-    pass
-
-
-class BulkJsonParser(_GcPausedParsing, JsonParser):
-    pass
 
 
 class MemberMatchView(FhirView):
@@ -56,7 +31,6 @@ class BulkMemberMatchView(FhirView):
     required_scopes = (scopes.BULK_MEMBER_MATCH,)
     http_method_names = ["post", "options"]
     audit_action = "bulk-member-match"
-    parser_classes = [BulkFhirJsonParser, BulkJsonParser]
 
     def post(self, request) -> HttpResponse:
         if "respond-async" not in request.headers.get("Prefer", ""):
