@@ -51,6 +51,10 @@ class ExportChunk(WorkUnit):
     member_ids = ArrayField(models.BigIntegerField(), default=list)
     regular_member_ids = ArrayField(models.BigIntegerField(), default=list, blank=True,
                                     help_text="members whose consent is #regular: their sensitive data is withheld")
+    consent_versions = ArrayField(
+        models.BigIntegerField(), default=list, blank=True,
+        help_text="the version of each member's consent row the plan judged (consent.services.CONSENT_VERSION), "
+                  "in member_ids order: later gates judge again only members whose consent is no longer it")
     withdrawn_member_ids = ArrayField(
         models.BigIntegerField(), default=list, blank=True,
         help_text="members whose consent had ended when the chunk started: nothing of theirs was written")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,29 +44,34 @@ WITHDRAWN_TEXT = ("This file is no longer available: data in it may no longer be
 
 # --- which members a file holds ----------------------------------------------------------------------
 
-def _written(chunk_members: Iterable[int], withdrawn: Iterable[int]) -> set[int]:
-    return set(chunk_members) - set(withdrawn)
+def _written(member_ids: Sequence[int], versions: Sequence[int], withdrawn: Iterable[int]) -> dict[int, int]:
+    """A chunk's written members → the consent version the plan judged (0, never a version, for a chunk planned
+    before versions were kept)."""
+    if len(versions) != len(member_ids):
+        versions = [0] * len(member_ids)
+    left_out = set(withdrawn)
+    return {m: v for m, v in zip(member_ids, versions, strict=True) if m not in left_out}
 
 
-def members_in_file(output: OutputFile) -> set[int]:
-    """The members whose lines (or whose resources' Provenance) `output` holds: the members the chunks whose
-    segments it joined wrote (exports.files, ExportFilePart), less those a chunk left out as it started. Empty
-    for shared types and the error file. One query."""
+def members_in_file(output: OutputFile) -> dict[int, int]:
+    """The members whose lines (or whose resources' Provenance) `output` holds, each with the consent version
+    the plan judged: the members the chunks whose segments it joined wrote (exports.files, ExportFilePart), less
+    those a chunk left out as it started. Empty for shared types and the error file. One query."""
     if output.kind != OutputFile.Kind.OUTPUT:
-        return set()
-    members: set[int] = set()
-    for member_ids, withdrawn in ExportChunk.objects.filter(file_parts__output_file_id=output.id).distinct(
-            ).values_list("member_ids", "withdrawn_member_ids"):
-        members |= _written(member_ids, withdrawn)
+        return {}
+    members: dict[int, int] = {}
+    for row in ExportChunk.objects.filter(file_parts__output_file_id=output.id).distinct(
+            ).values_list("member_ids", "consent_versions", "withdrawn_member_ids"):
+        members.update(_written(*row))
     return members
 
 
-def members_in_job(job_id: uuid.UUID | str) -> set[int]:
-    """Every member some done chunk of the job wrote."""
-    members: set[int] = set()
-    for member_ids, withdrawn in ExportChunk.objects.filter(job_id=job_id, status=ExportChunk.Status.DONE
-                                                            ).values_list("member_ids", "withdrawn_member_ids"):
-        members |= _written(member_ids, withdrawn)
+def members_in_job(job_id: uuid.UUID | str) -> dict[int, int]:
+    """Every member some done chunk of the job wrote, with the consent version the plan judged."""
+    members: dict[int, int] = {}
+    for row in ExportChunk.objects.filter(job_id=job_id, status=ExportChunk.Status.DONE).values_list(
+            "member_ids", "consent_versions", "withdrawn_member_ids"):
+        members.update(_written(*row))
     return members
 
 
@@ -90,13 +95,18 @@ class LiveMembers:
     withdrawn: list[int]  # consent ended (or blocked) since planning: nothing of theirs is written
 
 
-def live_members(partner: Partner, member_ids: Iterable[int], regular: Iterable[int], *,
-                 now: datetime | None = None, allowed_at: datetime | None = None) -> LiveMembers:
+def live_members(partner: Partner, member_ids: Sequence[int], regular: Iterable[int], *,
+                 now: datetime | None = None, versions: Sequence[int] = (),
+                 allowed_at: datetime | None = None) -> LiveMembers:
     """Re-run the consent decision for a chunk's members; a consent narrowed to `#regular` since planning
-    narrows the chunk too. `allowed_at`: when the plan let them all in; then only the members whose consent
-    facts may have changed since are judged again (the others' decision is the plan's)."""
+    narrows the chunk too. `versions` (in member order) and `allowed_at`: the consent versions the plan let them
+    in on, and when; then only members whose consent may have changed since are judged again (the others'
+    decision is the plan's)."""
     member_ids = list(member_ids)
-    judged = member_ids if allowed_at is None else unsettled_members(partner, member_ids, since=allowed_at, now=now)
+    if allowed_at is not None and len(versions) == len(member_ids):
+        judged = unsettled_members(partner, dict(zip(member_ids, versions, strict=True)), since=allowed_at, now=now)
+    else:
+        judged = set(member_ids)
     decisions = decisions_for_members(partner, judged, now=now) if judged else {}
     allowed = [m for m in member_ids if m not in decisions or decisions[m].allowed]
     planned_regular = set(regular)
@@ -107,17 +117,15 @@ def live_members(partner: Partner, member_ids: Iterable[int], regular: Iterable[
         withdrawn=[m for m in member_ids if m in decisions and not decisions[m].allowed])
 
 
-def ended_members(partner: Partner, member_ids: Iterable[int], *, now: datetime | None = None,
+def ended_members(partner: Partner, members: Mapping[int, int], *, now: datetime | None = None,
                   allowed_at: datetime | None = None) -> set[int]:
-    """Of these members, those the partner may no longer receive. `allowed_at`: when all of them were last
-    judged allowed (the job's plan); then only those whose consent facts may have changed since are judged
+    """Of these members (→ the consent version the plan judged), those the partner may no longer receive.
+    `allowed_at`: when the plan let them all in; then only those whose consent may have changed since are judged
     again (consent.services.unsettled_members), so a gate over 10,000 members costs two index lookups."""
-    member_ids = set(member_ids)
-    if allowed_at is not None:
-        member_ids = unsettled_members(partner, member_ids, since=allowed_at, now=now)
-    if not member_ids:
+    judged = set(members) if allowed_at is None else unsettled_members(partner, members, since=allowed_at, now=now)
+    if not judged:
         return set()
-    decisions: dict[int, Decision] = decisions_for_members(partner, list(member_ids), now=now)
+    decisions: dict[int, Decision] = decisions_for_members(partner, judged, now=now)
     return {m for m, d in decisions.items() if not d.allowed}
 
 

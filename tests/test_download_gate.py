@@ -1,6 +1,8 @@
 """A chunk as it starts, the download gate and the withdrawal sweep judge again only the members whose consent
-may have changed since the export was planned (consent.services.unsettled_members): what they find is what
-judging everyone finds, in a fixed number of queries however many members a chunk or a file holds."""
+may have changed since the export was planned (consent.services.unsettled_members): a consent row that is no
+longer the version the plan judged, a period that no longer covers today, a block, an edited partner. What they
+find is what judging everyone finds, in a fixed number of queries however many members a chunk or a file holds.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +12,13 @@ import pytest
 from django.utils import timezone
 
 from consent.models import Consent
-from consent.services import block_member, record_consent, revoke, unsettled_members
+from consent.services import (
+    block_member,
+    decisions_for_members,
+    record_consent,
+    revoke,
+    unsettled_members,
+)
 from exports.withdrawal import ended_members, live_members
 from pdex.models import Partner
 from tests.builders import consent_for, consent_resource, days_ago, make_member
@@ -18,66 +26,76 @@ from tests.builders import consent_for, consent_resource, days_ago, make_member
 pytestmark = pytest.mark.django_db
 
 
-def planned_an_hour_ago(partner, count: int):
-    """`count` members with a consent for `partner`, all recorded before an export planned an hour ago."""
+def planned(partner, count: int):
+    """`count` members with a consent for `partner`, judged by a plan a minute after they were recorded: the
+    members, the versions the plan judged (member → version) and when it ran."""
     members = [make_member(f"gate-{n}") for n in range(count)]
     for member in members:
         consent_for(member, partner)
-    Consent.objects.filter(partner=partner).update(updated_at=timezone.now() - timedelta(hours=2))
     Partner.objects.filter(pk=partner.pk).update(updated_at=timezone.now() - timedelta(hours=2))
     partner.refresh_from_db()
-    return members, timezone.now() - timedelta(hours=1)
+    versions: dict[int, int] = {}
+    decisions = decisions_for_members(partner, [m.pk for m in members], versions=versions)
+    assert all(d.allowed for d in decisions.values()) and set(versions) == {m.pk for m in members}
+    return members, versions, timezone.now()
 
 
-def test_only_members_whose_consent_facts_changed_since_the_plan_are_judged_again(partner):
-    members, planned = planned_an_hour_ago(partner, 6)
-    unchanged, edited, expired, blocked, revoked, gone = members
-    Consent.objects.filter(member=edited, partner=partner).update(updated_at=timezone.now())
+def test_only_members_whose_consent_may_have_changed_since_the_plan_are_judged_again(partner):
+    members, versions, at = planned(partner, 7)
+    unchanged, edited, rewritten, expired, blocked, revoked, gone = members
+    Consent.objects.filter(member=edited, partner=partner).update(policy_uri="x")  # no updated_at: a new version
+    record_consent(rewritten, partner, consent_resource(rewritten.fhir_id, partner.npi), via="member-match")
     Consent.objects.filter(member=expired, partner=partner).update(period_end=days_ago(1).date())
     block_member(blocked, partner, "asked us to stop", actor="member line")
     revoke(Consent.objects.get(member=revoked, partner=partner), "member phoned", actor="member line")
     Consent.objects.filter(member=gone, partner=partner).delete()
 
-    ids = {m.pk for m in members}
-    assert unsettled_members(partner, ids, since=planned) == ids - {unchanged.pk}
-    assert ended_members(partner, ids, allowed_at=planned) == {expired.pk, blocked.pk, revoked.pk, gone.pk}
-    assert ended_members(partner, ids, allowed_at=planned) == ended_members(partner, ids)  # as judging everyone
+    assert unsettled_members(partner, versions, since=at) == set(versions) - {unchanged.pk}
+    assert ended_members(partner, versions, allowed_at=at) == {expired.pk, blocked.pk, revoked.pk, gone.pk}
+    assert ended_members(partner, versions, allowed_at=at) == ended_members(partner, versions)  # as judging all
 
 
-def test_a_consent_changed_just_before_the_plan_is_judged_again(partner):
-    """Its row may have been stamped by a host whose clock lags the planner's."""
-    members, planned = planned_an_hour_ago(partner, 2)
-    Consent.objects.filter(member=members[0], partner=partner).update(updated_at=planned - timedelta(seconds=30))
-    assert unsettled_members(partner, {m.pk for m in members}, since=planned) == {members[0].pk}
+def test_a_consent_recorded_a_moment_before_the_plan_is_settled_and_one_changed_after_it_is_not(partner):
+    """No clock is compared: the plan judged a row version, and any later write makes another."""
+    members, versions, at = planned(partner, 2)
+    assert unsettled_members(partner, versions, since=at) == set()
+    Consent.objects.filter(member=members[1], partner=partner).update(updated_at=at - timedelta(days=1))
+    assert unsettled_members(partner, versions, since=at) == {members[1].pk}
+
+
+def test_a_chunk_planned_without_versions_has_every_member_judged(partner):
+    members, _, at = planned(partner, 3)
+    assert unsettled_members(partner, {m.pk: 0 for m in members}, since=at) == {m.pk for m in members}
 
 
 def test_a_partner_edited_since_the_plan_has_every_member_judged_again(partner):
-    members, planned = planned_an_hour_ago(partner, 3)
+    _, versions, at = planned(partner, 3)
     partner.npi = "1111111111"  # the consents name its old NPI as recipient: nobody may receive now
     partner.save()
-    ids = {m.pk for m in members}
-    assert unsettled_members(partner, ids, since=planned) == ids
-    assert ended_members(partner, ids, allowed_at=planned) == ids
+    assert unsettled_members(partner, versions, since=at) == set(versions)
+    assert ended_members(partner, versions, allowed_at=at) == set(versions)
 
 
 def test_the_gate_costs_the_same_few_queries_for_ten_members_or_three_hundred(partner, django_assert_num_queries):
-    members, planned = planned_an_hour_ago(partner, 300)
+    members, versions, at = planned(partner, 300)
     Consent.objects.filter(member=members[7], partner=partner).update(period_end=days_ago(1).date())
+    few = {m.pk: versions[m.pk] for m in members[:10]}
     with django_assert_num_queries(3):  # settled consents, blocks, then the one unsettled member's decision
-        assert ended_members(partner, [m.pk for m in members], allowed_at=planned) == {members[7].pk}
+        assert ended_members(partner, versions, allowed_at=at) == {members[7].pk}
     with django_assert_num_queries(3):
-        assert ended_members(partner, [m.pk for m in members[:10]], allowed_at=planned) == {members[7].pk}
+        assert ended_members(partner, few, allowed_at=at) == {members[7].pk}
 
 
 def test_a_chunk_starting_keeps_the_plan_for_settled_members_and_judges_the_others_now(partner):
-    members, planned = planned_an_hour_ago(partner, 4)
+    members, versions, at = planned(partner, 4)
     unchanged, planned_regular, narrowed, revoked = members
     record_consent(narrowed, partner, consent_resource(narrowed.fhir_id, partner.npi, policy="regular"),
                    via="member-match")  # narrowed to #regular since the plan
     revoke(Consent.objects.get(member=revoked, partner=partner), "member phoned", actor="member line")
 
-    live = live_members(partner, [m.pk for m in members], [planned_regular.pk], allowed_at=planned)
+    ids = [m.pk for m in members]
+    live = live_members(partner, ids, [planned_regular.pk], versions=[versions[m] for m in ids], allowed_at=at)
     assert live.member_ids == [unchanged.pk, planned_regular.pk, narrowed.pk]
     assert live.regular_member_ids == [planned_regular.pk, narrowed.pk]
     assert live.withdrawn == [revoked.pk]
-    assert live == live_members(partner, [m.pk for m in members], [planned_regular.pk])  # as judging everyone
+    assert live == live_members(partner, ids, [planned_regular.pk])  # as judging everyone

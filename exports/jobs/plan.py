@@ -109,13 +109,15 @@ def plan(job_id: uuid.UUID | str, *, now: datetime | None = None) -> list[int]:
             rows = ExportChunk.objects.bulk_create([
                 ExportChunk(job=job, sequence=c.sequence, resource_type=c.resource_type,
                             resource_types=list(c.resource_types), member_ids=list(c.member_ids),
-                            regular_member_ids=list(c.regular_member_ids)) for c in chunks])
+                            regular_member_ids=list(c.regular_member_ids),
+                            consent_versions=[versions[m] for m in c.member_ids]) for c in chunks])
             created.extend(row.id for row in rows)
 
         planned: dict[int, bool] = {}  # every member let in, and whether with sensitive data (the `deleted` file)
+        versions: dict[int, int] = {}  # the consent version each member was let in on
         for start in range(0, len(member_ids), PLAN_BATCH):
             batch = member_ids[start:start + PLAN_BATCH]
-            decisions = decisions_for_members(job.partner, batch, now=now)
+            decisions = decisions_for_members(job.partner, batch, now=now, versions=versions)
             include_sensitive = {m: d.include_sensitive for m, d in decisions.items() if d.allowed}
             planned.update(include_sensitive)
             excluded.update(str(d.reason) for d in decisions.values() if not d.allowed)
