@@ -34,7 +34,7 @@ def finalize(job_id: uuid.UUID | str, *, now: datetime | None = None) -> bool:
 
     Only a running job whose chunks are all done is finalized; returns whether this call completed it.
     """
-    now = now or timezone.now()
+    given, now = now, now or timezone.now()
     job = ExportJob.objects.select_related("partner").get(pk=job_id)
     if job.status != ExportJob.Status.RUNNING or job.progress_done < job.progress_total:
         return False
@@ -61,7 +61,9 @@ def finalize(job_id: uuid.UUID | str, *, now: datetime | None = None) -> bool:
             job_id=job.id, kind=OutputFile.Kind.OUTPUT).values("resource_type").annotate(size=Sum("size"))
             .order_by("resource_type").values_list("resource_type", "size") if size}
         job.save(update_fields=["counts", "sizes"])
-        completed = asyncstatus.mark_completed(job, now=now)
+        # Stamped when it completes, not when the finish began: joining a large export's files takes seconds
+        # (8 s for 1.96 GB here), and finished_at is what an export's duration is read from.
+        completed = asyncstatus.mark_completed(job, now=given or timezone.now())
     delete_objects(stale)
     if not completed:  # cancelled while we joined: nothing of it may outlive the job
         asyncstatus.delete_outputs(job)
