@@ -2,8 +2,8 @@
 
 Chunks write one segment per type (and one transmitter Provenance) under `{partner}/{job}/segments/`; finalize
 packs each type's segments, in sequence order, into files of at most EXPORT_FILE_MAX_BYTES (a file and a
-segment are only bigger when a single line is), joins them in storage (`Storage.join`: copy_file_range on disk,
-a multipart upload with UploadPartCopy on S3) and records the `OutputFile` rows the manifest lists. Each
+segment are only bigger when a single line is), joins them in storage (`Storage.join`: hard links on disk — no
+byte copied —, a multipart upload with UploadPartCopy on S3) and records the `OutputFile` rows the manifest lists. Each
 published file appears whole or not at all. `ExportFilePart` keeps which file holds which chunk's lines, so
 the members of a published file can be asked for (`file_members`) after the segments are gone.
 """

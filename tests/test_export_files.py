@@ -95,16 +95,34 @@ def test_files_never_pass_the_limit_and_stay_few(partner, settings):
     assert_p2p_export(exported_lines(job), world)
 
 
-def test_file_storage_joins_in_the_kernel_and_publishes_atomically(tmp_path):
+def test_file_storage_joins_without_copying_and_publishes_atomically(tmp_path):
     store = FileStorage(tmp_path)
     for n, data in enumerate([b"a\n", b"", b"bc\nd\n"]):
         with store.writer(f"1/j/segments/s{n}") as out:
             out.write(data)
-    assert store.join([f"1/j/segments/s{n}" for n in range(3)], "1/j/output-X-00000.ndjson") == 7
-    assert b"".join(store.read("1/j/output-X-00000.ndjson")) == b"a\nbc\nd\n"
+    joined, single = "1/j/output-X-00000.ndjson", "1/j/output-Z-00000.ndjson"
+    assert store.join([f"1/j/segments/s{n}" for n in range(3)], joined) == 7
+    assert store.join(["1/j/segments/s2"], single) == 5
+    segment_inode = (tmp_path / "1/j/segments/s2").stat().st_ino
+    assert (tmp_path / single).stat().st_ino == segment_inode  # a hard link: no byte was copied
+    assert store.open_local(single) is not None and store.open_local(joined) is None  # sendfile for one part
+    store.delete_prefix("1/j/segments/")  # the finish removes the segments: the published files keep the data
+    assert b"".join(store.read(joined)) == b"a\nbc\nd\n" and store.size(joined) == 7
+    assert b"".join(store.read(single)) == b"bc\nd\n" and store.exists(joined)
+
+    for n, data in enumerate([b"new\n", b"er\n"]):  # a finish that runs again replaces what the first one joined
+        with store.writer(f"1/j/segments/s{n}") as out:
+            out.write(data)
+    assert store.join(["1/j/segments/s0"], joined) == 4 and b"".join(store.read(joined)) == b"new\n"
+    assert store.join(["1/j/segments/s0", "1/j/segments/s1"], single) == 7
+    assert b"".join(store.read(single)) == b"new\ner\n"
+    assert not [p for p in (tmp_path / "1/j").iterdir() if p.name.startswith(".")]  # nothing left aside
+
     with pytest.raises(FileNotFoundError):
         store.join(["1/j/segments/s0", "1/j/segments/missing"], "1/j/output-Y-00000.ndjson")
     assert not store.exists("1/j/output-Y-00000.ndjson")  # a failed join publishes nothing
+    store.delete_prefix("1/j/")
+    assert not (tmp_path / "1/j").exists()
 
 
 def test_s3_join_copies_big_segments_in_s3_and_gathers_small_ones(s3):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -62,27 +63,49 @@ class FileStorage:
             raise
 
     def join(self, keys: list[str], key: str) -> int:
-        """Publish `key` as the concatenation of `keys`, atomically (a temporary file, then a rename); returns
-        its size. The bytes are copied in the kernel (copy_file_range; reflinks on filesystems that have
-        them), never through Python."""
-        with self.writer(key) as out:
-            for source in keys:
-                with open(self._path(source), "rb") as handle:
-                    _copy_range(handle, out)
-            out.flush()
-            return out.tell()
+        """Publish `key` as the concatenation of `keys`, atomically (built aside, then renamed); returns its size.
+
+        No byte is copied: one segment becomes the file itself (a hard link), several become a folder of hard
+        links to them, in order, which `read` and `size` treat as one file. Copying them into one file (at
+        ~150 MB/s through the page cache here, beside PostgreSQL's writes) was 8–9 s of a 1.96 GB export's
+        finish. The links keep the data when the segments folder is removed; a filesystem without hard links
+        gets copies."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sources = [self._path(source) for source in keys]
+        if len(sources) == 1:
+            built = path.parent / f".join-{uuid.uuid4().hex}"
+            _link(sources[0], built)
+        else:
+            built = Path(tempfile.mkdtemp(dir=path.parent, prefix=".join-"))
+            try:
+                for index, source in enumerate(sources):
+                    _link(source, built / f"{index:05d}")
+            except BaseException:
+                shutil.rmtree(built, ignore_errors=True)
+                raise
+        _replace(built, path)
+        return self.size(key)
+
+    def _parts(self, key: str) -> list[Path]:
+        """The files that make up `key`: itself, or the segments a join linked into its folder."""
+        path = self._path(key)
+        return sorted(path.iterdir()) if path.is_dir() else [path]
 
     def open_local(self, key: str) -> BinaryIO | None:
-        """The file itself, open for reading: the web server can hand it to the kernel (sendfile)."""
-        return open(self._path(key), "rb")  # the response closes it
+        """The file itself, open for reading: the web server can hand it to the kernel (sendfile). None for a
+        file joined from several segments (it is read part after part)."""
+        path = self._path(key)
+        return None if path.is_dir() else open(path, "rb")  # the response closes it
 
     def read(self, key: str) -> Iterator[bytes]:
-        with open(self._path(key), "rb") as handle:
-            while block := handle.read(READ_BLOCK):
-                yield block
+        for part in self._parts(key):
+            with open(part, "rb") as handle:
+                while block := handle.read(READ_BLOCK):
+                    yield block
 
     def size(self, key: str) -> int:
-        return self._path(key).stat().st_size
+        return sum(part.stat().st_size for part in self._parts(key))
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
@@ -211,19 +234,25 @@ class S3Storage:
         self.client.head_bucket(Bucket=self.bucket)
 
 
-def _copy_range(source: BinaryIO, target: BinaryIO) -> None:
-    """Append all of `source` to `target` in the kernel; a plain copy where copy_file_range is refused."""
-    target.flush()
-    start = offset = target.tell()
+def _link(source: Path, target: Path) -> None:
+    """`target` names the same file as `source`; a copy where hard links are refused (another filesystem)."""
     try:
-        while copied := os.copy_file_range(source.fileno(), target.fileno(), 1 << 30, offset_dst=offset):
-            offset += copied
-        target.seek(offset)
-    except OSError:  # e.g. EXDEV on older kernels: start this source again the slow way
-        target.seek(start)
-        target.truncate()
-        source.seek(0)
-        shutil.copyfileobj(source, target, READ_BLOCK)
+        os.link(source, target)
+    except FileNotFoundError:
+        raise
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _replace(built: Path, path: Path) -> None:
+    """Put `built` (a file or a folder) at `path`, replacing what a previous join left there."""
+    if path.is_dir() or (built.is_dir() and path.exists()):
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=".old-"))
+        os.replace(path, old / "joined")
+        os.replace(built, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(built, path)  # a file over a file (or nothing): atomic
 
 
 def storage_from_url(url: str) -> FileStorage | S3Storage:
