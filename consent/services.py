@@ -7,7 +7,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 import psycopg
@@ -291,27 +291,33 @@ def decision_for(member: Member, partner: Partner, now: datetime | None = None) 
     return decide_for_partner(facts_of(consent), partner, now, blocked=consent.blocked)
 
 
-# The version of a consent row as PostgreSQL wrote it: its xmin, the transaction that wrote this version of
-# the row. Any UPDATE (the ORM's, a raw upsert, an admin's `.update()`) writes a new version with a new xmin,
-# whoever's clock stamped `updated_at`; so "the row is the one the plan judged" needs no clock at all.
+# The version of a row as PostgreSQL wrote it: its xmin, the transaction that wrote this version of the row.
+# Any UPDATE (the ORM's, a raw upsert, an admin's `.update()`) writes a new version with a new xmin, whoever's
+# clock stamped `updated_at`; so "the row is the one the plan judged" needs no clock at all.
 CONSENT_VERSION = RawSQL('"consent_consent"."xmin"::text::bigint', ())
-# A partner row is compared by time: it changes rarely, and one changed within this margin of the plan (whatever
-# the writing host's clock said) has every member judged again.
-CLOCK_MARGIN = timedelta(minutes=5)
+PARTNER_VERSION = RawSQL('"pdex_partner"."xmin"::text::bigint', ())
 
 
-def unsettled_members(partner: Partner, judged: Mapping[int, int], *, since: datetime,
+def partner_version(partner: Partner) -> int | None:
+    """The version of the partner's row now (its xmin): a plan keeps it, and a gate that finds another judges
+    everyone again (the decision reads the partner's identifiers)."""
+    return Partner.objects.filter(pk=partner.pk).annotate(version=PARTNER_VERSION).values_list(
+        "version", flat=True).first()
+
+
+def unsettled_members(partner: Partner, judged: Mapping[int, int], *, partner_judged: int | None,
                       now: datetime | None = None) -> set[int]:
-    """Of members all judged allowed at `since` on the consent versions `judged` (member → version, as
-    decisions_for_members reported them), those whose decision now may differ. A decision is a function of the
-    consent row, the partner row, the blocks and today's date, so it can only differ for a member whose consent
-    row is no longer the version judged (or is gone), whose period no longer covers today, or who is blocked —
-    or for every member when the partner changed. Two indexed queries, whatever the count: a chunk, the download
-    gate and the withdrawal sweep each ask about thousands of members, and only these need a decision."""
+    """Of members the plan let in, judged on the consent versions `judged` (member → version, as
+    decisions_for_members reported them) and the partner row's version `partner_judged`, those whose decision
+    now may differ. A decision is a function of the consent row, the partner row, the blocks and today's date,
+    so it can only differ for a member whose consent row is no longer the version judged (or is gone), whose
+    period no longer covers today, or who is blocked — or for every member when the partner row is no longer
+    the one judged. Two or three indexed queries, whatever the count: a chunk, the download gate and the
+    withdrawal sweep each ask about thousands of members, and only these need a decision."""
     member_ids = set(judged)
     if not member_ids:
         return set()
-    if partner.updated_at is None or partner.updated_at > since - CLOCK_MARGIN:
+    if partner_judged is None or partner_version(partner) != partner_judged:
         return member_ids
     today = (now or timezone.now()).date()
     current = Consent.objects.filter(

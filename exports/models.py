@@ -32,6 +32,10 @@ class ExportJob(AsyncJob):
                                          help_text="OperationOutcome issues of the last planning (exclusions)")
     withdrawn_members = models.PositiveIntegerField(
         default=0, help_text="members whose consent ended after their data was written: the job re-ran without them")
+    partner_version = models.BigIntegerField(
+        null=True, blank=True,
+        help_text="the version of the partner row the plan judged consents with (consent.services.PARTNER_VERSION): "
+                  "another one has every member judged again")
 
     class Meta:
         indexes = [models.Index(fields=["partner", "status"], name="exportjob_partner_status")]

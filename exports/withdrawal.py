@@ -97,14 +97,15 @@ class LiveMembers:
 
 def live_members(partner: Partner, member_ids: Sequence[int], regular: Iterable[int], *,
                  now: datetime | None = None, versions: Sequence[int] = (),
-                 allowed_at: datetime | None = None) -> LiveMembers:
+                 partner_judged: int | None = None) -> LiveMembers:
     """Re-run the consent decision for a chunk's members; a consent narrowed to `#regular` since planning
-    narrows the chunk too. `versions` (in member order) and `allowed_at`: the consent versions the plan let them
-    in on, and when; then only members whose consent may have changed since are judged again (the others'
-    decision is the plan's)."""
+    narrows the chunk too. `versions` (in member order) and `partner_judged`: the consent and partner row
+    versions the plan let them in on; then only members whose consent may have changed since are judged again
+    (the others' decision is the plan's)."""
     member_ids = list(member_ids)
-    if allowed_at is not None and len(versions) == len(member_ids):
-        judged = unsettled_members(partner, dict(zip(member_ids, versions, strict=True)), since=allowed_at, now=now)
+    if partner_judged is not None and len(versions) == len(member_ids):
+        judged = unsettled_members(partner, dict(zip(member_ids, versions, strict=True)),
+                                   partner_judged=partner_judged, now=now)
     else:
         judged = set(member_ids)
     decisions = decisions_for_members(partner, judged, now=now) if judged else {}
@@ -118,11 +119,13 @@ def live_members(partner: Partner, member_ids: Sequence[int], regular: Iterable[
 
 
 def ended_members(partner: Partner, members: Mapping[int, int], *, now: datetime | None = None,
-                  allowed_at: datetime | None = None) -> set[int]:
+                  partner_judged: int | None = None) -> set[int]:
     """Of these members (→ the consent version the plan judged), those the partner may no longer receive.
-    `allowed_at`: when the plan let them all in; then only those whose consent may have changed since are judged
-    again (consent.services.unsettled_members), so a gate over 10,000 members costs two index lookups."""
-    judged = set(members) if allowed_at is None else unsettled_members(partner, members, since=allowed_at, now=now)
+    `partner_judged`: the partner row's version the plan judged (None: judge everyone); then only members whose
+    consent may have changed since are judged again (consent.services.unsettled_members), so a gate over 10,000
+    members costs a few index lookups."""
+    judged = set(members) if partner_judged is None else unsettled_members(
+        partner, members, partner_judged=partner_judged, now=now)
     if not judged:
         return set()
     decisions: dict[int, Decision] = decisions_for_members(partner, judged, now=now)
@@ -143,7 +146,7 @@ def withdraw(job_id: uuid.UUID | str, *, now: datetime | None = None, trigger: s
         job = ExportJob.objects.select_for_update().select_related("partner").filter(pk=job_id).first()
         if job is None or job.status not in (ExportJob.Status.RUNNING, ExportJob.Status.COMPLETED):
             return 0
-        ended = ended_members(job.partner, members_in_job(job.id), now=now, allowed_at=job.started_at)
+        ended = ended_members(job.partner, members_in_job(job.id), now=now, partner_judged=job.partner_version)
         if not ended:
             return 0
         job.chunks.all().delete()
@@ -183,7 +186,7 @@ def check_download(job: ExportJob, output: OutputFile) -> None:
     """The download gate (pdex.jobs.kinds `download_check`): a file holding a member whose consent has ended
     is not served — 410, naming nobody — and its job is withdrawn and re-run."""
     members = members_in_file(output)
-    if members and ended_members(job.partner, members, allowed_at=job.started_at):
+    if members and ended_members(job.partner, members, partner_judged=job.partner_version):
         withdraw(job.id, trigger="download")
         raise Gone(WITHDRAWN_TEXT, audit_reason="file withdrawn: consent ended for a member it holds",
                    audit_entity=f"OutputFile/{output.id}")

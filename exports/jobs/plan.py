@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from consent.services import decisions_for_members
+from consent.services import PARTNER_VERSION, decisions_for_members
 from exports import deleted, planning, rules
 from exports.kind import EXPORT
 from exports.models import ExportChunk, ExportJob
@@ -89,7 +89,9 @@ def plan(job_id: uuid.UUID | str, *, now: datetime | None = None) -> list[int]:
     """
     now = now or timezone.now()
     with transaction.atomic():
-        job = ExportJob.objects.select_for_update().select_related("partner").get(pk=job_id)
+        # The partner row's version comes with the partner the decisions below use (consent.services).
+        job = ExportJob.objects.select_for_update().select_related("partner").annotate(
+            planned_partner_version=PARTNER_VERSION).get(pk=job_id)
         if job.status == ExportJob.Status.RUNNING:
             pending = list(job.chunks.filter(status=ExportChunk.Status.PENDING).values_list("id", flat=True))
             engine.nudge_on_commit(EXPORT.run_task, times=len(pending))
@@ -138,12 +140,13 @@ def plan(job_id: uuid.UUID | str, *, now: datetime | None = None) -> list[int]:
         job.progress_done = 0
         job.member_count = allowed
         job.planning_messages = issues
+        job.partner_version = job.planned_partner_version
         deleted.write_deleted_file(job, planned, params)  # `_since` only: the manifest's `deleted`
         if not created:
             job.finalize_started_at = now
             engine.nudge_on_commit(EXPORT.finish_task, str(job.id))
         job.save(update_fields=["status", "started_at", "progress_total", "progress_done", "member_count",
-                                "planning_messages", "finalize_started_at"])
+                                "planning_messages", "finalize_started_at", "partner_version"])
         engine.nudge_on_commit(EXPORT.run_task, times=len(created))
     audit.record("export-plan", audit.SUCCESS, partner=job.partner, entity=f"exportjob/{job.id}",
                  detail={"members": allowed, "excluded": sum(excluded.values()), "chunks": len(created)})

@@ -34,7 +34,7 @@ def write(chunk: ExportChunk, beat) -> writer.ChunkResult:
     """Re-check the chunk's members' consent as it starts (those whose consent changed since the plan), then
     write only those still allowed."""
     live = withdrawal.live_members(chunk.job.partner, chunk.member_ids, chunk.regular_member_ids,
-                                   versions=chunk.consent_versions, allowed_at=chunk.job.started_at)
+                                   versions=chunk.consent_versions, partner_judged=chunk.job.partner_version)
     context = job_params(chunk.job).context(regular_member_ids=live.regular_member_ids)
     result = writer.write_chunk(chunk, context, heartbeat=beat, member_ids=live.member_ids)
     result.withdrawn = live.withdrawn
