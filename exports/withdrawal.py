@@ -1,6 +1,7 @@
 """Nothing more of a member leaves once their consent ends (revoked, expired) or they block sharing.
 
-Three gates, each one query over the members concerned (docs/consent.md, "The guarantee"):
+Three gates, each a few queries over the members concerned (docs/consent.md, "The guarantee"; only members whose
+consent may have changed since the plan are judged again, `_to_judge`):
 
 - a chunk re-checks its members' consent when it starts (`live_members`) and writes only those still allowed;
 - the finalize re-checks every member the job wrote, and a download every member the file holds: a member
@@ -103,11 +104,7 @@ def live_members(partner: Partner, member_ids: Sequence[int], regular: Iterable[
     versions the plan let them in on; then only members whose consent may have changed since are judged again
     (the others' decision is the plan's)."""
     member_ids = list(member_ids)
-    if partner_judged is not None and len(versions) == len(member_ids):
-        judged = unsettled_members(partner, dict(zip(member_ids, versions, strict=True)),
-                                   partner_judged=partner_judged, now=now)
-    else:
-        judged = set(member_ids)
+    judged = _to_judge(partner, _written(member_ids, versions, ()), partner_judged=partner_judged, now=now)
     decisions = decisions_for_members(partner, judged, now=now) if judged else {}
     allowed = [m for m in member_ids if m not in decisions or decisions[m].allowed]
     planned_regular = set(regular)
@@ -124,12 +121,20 @@ def ended_members(partner: Partner, members: Mapping[int, int], *, now: datetime
     `partner_judged`: the partner row's version the plan judged (None: judge everyone); then only members whose
     consent may have changed since are judged again (consent.services.unsettled_members), so a gate over 10,000
     members costs a few index lookups."""
-    judged = set(members) if partner_judged is None else unsettled_members(
-        partner, members, partner_judged=partner_judged, now=now)
+    judged = _to_judge(partner, members, partner_judged=partner_judged, now=now)
     if not judged:
         return set()
     decisions: dict[int, Decision] = decisions_for_members(partner, judged, now=now)
     return {m for m, d in decisions.items() if not d.allowed}
+
+
+def _to_judge(partner: Partner, members: Mapping[int, int], *, partner_judged: int | None,
+              now: datetime | None) -> set[int]:
+    """The members whose decision must be made again: every one when the plan kept no partner version (a job
+    planned before versions were kept), else those unsettled_members finds (a version 0 is never settled)."""
+    if partner_judged is None:
+        return set(members)
+    return unsettled_members(partner, members, partner_judged=partner_judged, now=now)
 
 
 # --- withdrawing -------------------------------------------------------------------------------------
