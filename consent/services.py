@@ -74,7 +74,7 @@ def active_blocks(partner: Partner) -> QuerySet[MemberBlock]:
 
 
 def blocked_members(partner: Partner, member_ids: Iterable[int]) -> set[int]:
-    return set(active_blocks(partner).filter(member_id__in=list(member_ids)).values_list("member_id", flat=True))
+    return set(active_blocks(partner).filter(member_id__any=list(member_ids)).values_list("member_id", flat=True))
 
 
 def block_member(member: Member, partner: Partner | None, reason: str, *, actor: str, request=None) -> MemberBlock:
@@ -201,20 +201,31 @@ def record_staff_consent(member: Member, partner: Partner, staff: StaffConsent, 
     return consent
 
 
-def record_consents(partner: Partner, consents: Iterable[tuple[int, Mapping[str, Any] | None]], via: str) -> int:
-    """record_consent for many members in one statement (bulk match); revoked rows stay revoked."""
+@dataclass(frozen=True)
+class ReceivedConsent:
+    """A consent that came with a matched member (bulk match), read and decided once by the match itself."""
+
+    member_id: int
+    resource: Mapping[str, Any]
+    facts: ConsentFacts | None
+    decision: Decision
+
+
+def record_consents(partner: Partner, consents: Iterable[ReceivedConsent], via: str) -> int:
+    """record_consent for many members in one statement (bulk match); revoked rows stay revoked.
+
+    The "decided" history line is the decision the match made (as of the job's transaction time), not a second
+    one: it is the decision that let the member into the MatchedMembers Group."""
     rows: dict[int, tuple] = {}
     decided: dict[int, str] = {}
-    now = timezone.now()
-    for member_id, resource in consents:
-        if resource is None:
-            continue
-        facts = facts_from_resource(resource)
-        decided[member_id] = decision_text(decide_for_partner(facts, partner, now))
+    for consent in consents:
+        member_id, resource, facts = consent.member_id, consent.resource, consent.facts
+        decided[member_id] = decision_text(consent.decision)
         policy, uri = policy_of(resource)
         representative = facts.representative if facts else None
         rows[member_id] = (member_id, policy, uri, facts.period_start if facts else None,
-                           facts.period_end if facts else None, status_of(resource), json.dumps(resource),
+                           facts.period_end if facts else None, status_of(resource),
+                           json.dumps(resource, separators=(",", ":")),
                            (representative.name or representative.reference)[:200] if representative else "",
                            representative.role_text[:64] if representative else "")
     if not rows:
@@ -321,7 +332,7 @@ def unsettled_members(partner: Partner, judged: Mapping[int, int], *, partner_ju
         return member_ids
     today = (now or timezone.now()).date()
     current = Consent.objects.filter(
-        partner=partner, member_id__in=member_ids, status=Consent.Status.ACTIVE,
+        partner=partner, member_id__any=list(member_ids), status=Consent.Status.ACTIVE,
         period_start__lte=today, period_end__gte=today).annotate(version=CONSENT_VERSION)
     settled = {member_id for member_id, version in current.values_list("member_id", "version")
                if judged[member_id] == version}
@@ -342,7 +353,7 @@ def decisions_for_members(partner: Partner, member_ids: Iterable[int], now: date
     decisions = dict.fromkeys(member_ids, NO_CONSENT)
     # Rows, not Consent instances: building 10,000 model instances was most of a gate's time; streamed, so
     # 10,000 consent resources are never in memory at once (+70 MB when they were).
-    rows = _with_block(Consent.objects.filter(partner=partner, member_id__in=member_ids), partner).annotate(
+    rows = _with_block(Consent.objects.filter(partner=partner, member_id__any=member_ids), partner).annotate(
         version=CONSENT_VERSION).values_list("member_id", "version", "blocked", *FACT_COLUMNS)
     for member_id, version, blocked, *facts in rows.iterator(chunk_size=DECISION_ROWS):
         decisions[member_id] = decide_for_partner(stored_facts(*facts), partner, now, blocked=blocked)

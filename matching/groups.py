@@ -20,6 +20,7 @@ from django.db import transaction
 from matching import store
 from matching.models import MatchJob, MemberMatchGroup
 from pdex.jobs.outputs import write_output_file
+from pdex.jsonbody import gc_paused
 from pdex.models import Partner
 
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
@@ -132,8 +133,15 @@ def build_and_store(job: MatchJob) -> dict[str, str]:
     """Persist the job's Groups (match always; the others when they have members); code → Group JSON text.
 
     Each Group is serialized once: the same text is stored, written to the Group file and wrapped in the
-    Parameters envelope (a MatchedMembers Group of 10,000 members is megabytes of JSON).
+    Parameters envelope (a MatchedMembers Group of 10,000 members is megabytes of JSON). The cycle collector
+    is off meanwhile: the submitted Patients parsed back are hundreds of thousands of objects it would walk
+    again and again while the Groups grow, for cycles JSON cannot make.
     """
+    with gc_paused():
+        return _build_and_store(job)
+
+
+def _build_and_store(job: MatchJob) -> dict[str, str]:
     by_code: dict[str, list[tuple]] = {code: [] for code in KINDS}
     for row in store.decided_entries(job.id):
         if row[1] in by_code:
@@ -144,7 +152,7 @@ def build_and_store(job: MatchJob) -> dict[str, str]:
         for code, rows in by_code.items():
             if not rows and code != MemberMatchGroup.Code.MATCH:
                 continue
-            group = (MemberMatchGroup.objects.filter(job=job, code=code).first()
+            group = (MemberMatchGroup.objects.filter(job=job, code=code).defer("resource").first()
                      or MemberMatchGroup(job=job, code=code, partner=job.partner, resource={}))
             group.name = KINDS[code][1]
             group.identifier_system, group.identifier_value = (NPI_SYSTEM, job.partner.npi) if job.partner.npi \

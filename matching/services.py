@@ -18,7 +18,15 @@ from django.utils import timezone
 
 from consent import services as consent_services
 from consent.agreements import require_agreement_for_match
-from consent.decision import NPI_SYSTEM, Decision, DecisionKind, Reason, actor_ids, facts_from_resource
+from consent.decision import (
+    NPI_SYSTEM,
+    ConsentFacts,
+    Decision,
+    DecisionKind,
+    Reason,
+    actor_ids,
+    facts_from_resource,
+)
 from consent.models import Consent
 from matching import budget, store
 from matching.matcher import (
@@ -94,6 +102,7 @@ class Evaluation:
     result: MatchResult
     decision: Decision | None = None
     consent: Mapping[str, Any] | None = None
+    facts: ConsentFacts | None = None  # the consent as read for the decision (stored as read, not read again)
 
     @property
     def reason(self) -> str:
@@ -109,15 +118,17 @@ def evaluate(request: MatchRequest, result: MatchResult, partner: Partner, *, re
     our own restrictions (`revoked`: a member block, a revocation) win over the consent that came."""
     if result.outcome is not Outcome.MATCH:
         return Evaluation(MatchEntry.Outcome.NO_MATCH, None, result)
+    facts = None
     if result.member_id in revoked:
         decision = Decision(DecisionKind.CANNOT_COMPLY, revoked[result.member_id])
     else:
-        decision = consent_services.decide_for_partner(facts_from_resource(request.consent), partner, now)
+        facts = facts_from_resource(request.consent)
+        decision = consent_services.decide_for_partner(facts, partner, now)
     if decision.allowed and link_names_someone_else(request.coverage_to_link, partner):
         decision = Decision(DecisionKind.CANNOT_COMPLY, Reason.NOT_RECIPIENT)
     if not decision.allowed:
         return Evaluation(MatchEntry.Outcome.CONSENT_CONSTRAINED, result.member_id, result, decision)
-    return Evaluation(MatchEntry.Outcome.MATCHED, result.member_id, result, decision, request.consent)
+    return Evaluation(MatchEntry.Outcome.MATCHED, result.member_id, result, decision, request.consent, facts)
 
 
 def link_names_someone_else(coverage_to_link: Mapping[str, Any] | None, partner: Partner) -> bool:
@@ -137,7 +148,7 @@ def revoked_members(partner: Partner, member_ids: Iterable[int | None]) -> dict[
     ids = [i for i in member_ids if i is not None]
     if not ids:
         return {}
-    refused = dict.fromkeys(Consent.objects.filter(partner=partner, member_id__in=ids, status=Consent.Status.REVOKED)
+    refused = dict.fromkeys(Consent.objects.filter(partner=partner, member_id__any=ids, status=Consent.Status.REVOKED)
                             .values_list("member_id", flat=True), Reason.REVOKED)
     refused.update(dict.fromkeys(consent_services.blocked_members(partner, ids), Reason.BLOCKED))
     return refused

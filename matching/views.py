@@ -31,6 +31,7 @@ class BulkMemberMatchView(FhirView):
     required_scopes = (scopes.BULK_MEMBER_MATCH,)
     http_method_names = ["post", "options"]
     audit_action = "bulk-member-match"
+    large_body = True
 
     def post(self, request) -> HttpResponse:
         if "respond-async" not in request.headers.get("Prefer", ""):

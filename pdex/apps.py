@@ -1,7 +1,7 @@
 from django.apps import AppConfig
 from django.contrib.admin import apps as admin_apps
 
-from pdex import capability
+from pdex import capability, lookups  # noqa: F401 - lookups registers `__any` on every field
 from pdex.auth.discovery import capability_security
 from pdex.jobs import kinds
 from pdex.write.kind import IMPORT

@@ -16,10 +16,11 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions as drf_exceptions
+from rest_framework.request import Empty
 from rest_framework.views import APIView
 
 from pdex import audit
-from pdex.jsonbody import MAX_DEPTH, BodyError, parse_json, read_body  # noqa: F401 - re-exported
+from pdex.jsonbody import MAX_DEPTH, BodyError, gc_paused, parse_json, read_body  # noqa: F401 - re-exported
 from pdex.renderers import FHIR_JSON, FHIR_NDJSON  # noqa: F401 - re-exported for views
 
 log = logging.getLogger(__name__)
@@ -341,11 +342,29 @@ class FhirView(APIView):
 
     `audit_action` (a name, or one per HTTP method) and `audit_entity` (a template over the URL's parameters,
     e.g. "Group/{group_id}") say how a refusal of this view is audited (`audit_refusal`).
+
+    `large_body` marks a view whose body may run to tens of megabytes ($bulk-member-match: millions of parsed
+    objects). Python's cycle collector then stays off for the whole request, and the parsed body is dropped
+    before it comes back on, so reference counting frees it at once. Otherwise the collector walks the whole
+    tree several times while the view reads it (0.2–0.5 s of a 10,000-member kick-off), and, because DRF's
+    Request sits in a reference cycle, the tree outlives the request until a full collection.
     """
 
     required_scopes: tuple[str | tuple[str, ...], ...] = ()
     audit_action: str | Mapping[str, str] | None = None
     audit_entity: str = ""
+    large_body: bool = False
+
+    def dispatch(self, request, *args, **kwargs):
+        if not self.large_body:
+            return super().dispatch(request, *args, **kwargs)
+        with gc_paused():
+            try:
+                return super().dispatch(request, *args, **kwargs)
+            finally:
+                parsed = getattr(self, "request", None)
+                if parsed is not None and hasattr(parsed, "_full_data"):
+                    parsed._data = parsed._full_data = Empty  # DRF keeps no public way to let go of a body
 
     def audit_entity_for(self, request) -> str:
         try:

@@ -10,15 +10,16 @@ Bulk Data 400), so the caller names the error to raise.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pdex.fhir import BadRequest, FhirError
 
 
-@dataclass(frozen=True)
-class Parameter:
-    """One `Parameters.parameter` (or part): its name, and its value[x], resource or parts."""
+class Parameter(NamedTuple):
+    """One `Parameters.parameter` (or part): its name, and its value[x], resource or parts.
+
+    A NamedTuple rather than a frozen dataclass: a 10,000-member $bulk-member-match is 40,000 of these, and a
+    frozen dataclass's __init__ (one object.__setattr__ per field) cost 0.1 s of the kick-off."""
 
     index: int
     name: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
 from datetime import UTC, datetime
 
@@ -110,6 +111,45 @@ def test_groups_are_persisted_and_only_matched_members_are_members(api, members,
     assert (files["Group"].count, files["Parameters"].count) == (3, 1)
     manifest = asyncstatus.build_manifest(job)
     assert [item["type"] for item in manifest["output"]] == ["Group", "Parameters"] and manifest["error"] == []
+
+
+def test_a_large_kick_off_keeps_the_cycle_collector_off_and_frees_its_body(api, members, partner, settings,
+                                                                          monkeypatch):
+    """A 10,000-member body is millions of parsed objects: no collection may walk them while the view reads
+    them, and when the collector comes back they are gone (freed by reference counting, not left in DRF's
+    Request cycle for a later full collection to find)."""
+    settings.MEMBER_MATCH_MAX_FAILURES = 10_000
+    request = example("bulk-member-match-request.json")
+    request["parameter"] = request["parameter"] * 500  # 2,000 MemberBundles: about 200,000 containers
+    body = json.dumps(request)
+    collections: list[int] = []
+    collector_on_while_read: list[bool] = []
+    start = jobs.start_bulk_match
+
+    def spy(**kwargs):
+        collector_on_while_read.append(gc.isenabled())
+        return start(**kwargs)
+
+    monkeypatch.setattr(jobs, "start_bulk_match", spy)
+
+    def note(phase, info):
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.collect()
+    tracked_before = len(gc.get_objects())
+    gc.callbacks.append(note)
+    try:
+        response = api.post(URL, data=body, content_type="application/fhir+json", HTTP_PREFER="respond-async")
+    finally:
+        gc.callbacks.remove(note)
+    still_alive = len(gc.get_objects()) - tracked_before
+    assert response.status_code == 202, response.content
+    assert gc.isenabled()
+    assert MatchJob.objects.get(partner=partner).entries.count() == 2000
+    assert collector_on_while_read == [False]
+    assert 2 not in collections, collections  # no full collection walked the body
+    assert still_alive < 20_000, still_alive
 
 
 def bundle_of(request: dict, index: int) -> dict:
