@@ -56,14 +56,21 @@ class ChunkPlanner:
 
     A type's chunk is cut before it would pass `target_rows` rows or `max_members` members (a member with
     more rows than the target gets a chunk of their own). A type whose whole export stayed under one chunk is
-    "small": at `finish` small types are packed together into chunks under the same two limits.
+    "small": at `finish` small types are packed together into chunks under the same two limits, as many as
+    their rows need, each about the same number of bytes. `line_bytes` is what a line of each type weighed
+    in recent exports (`exports.files.line_bytes`): a row of ExplanationOfBenefit writes several times the
+    bytes of an Observation, and the worker time of a chunk follows its bytes. Without it rows count alike.
     """
 
-    def __init__(self, resource_types: Sequence[str], *, target_rows: int, max_members: int):
+    def __init__(self, resource_types: Sequence[str], *, target_rows: int, max_members: int,
+                 line_bytes: Mapping[str, float] | None = None):
         if target_rows < 1 or max_members < 1:
             raise ValueError("a chunk holds at least one row and one member")
         self.types = member_types(resource_types)
         self.target_rows, self.max_members = target_rows, max_members
+        known = [weight for weight in (line_bytes or {}).values() if weight > 0]
+        typical = sum(known) / len(known) if known else 1.0
+        self.weight = {t: (line_bytes or {}).get(t) or typical for t in self.types}
         self.open = {t: _Open() for t in self.types}
         self.sequence = 0
         self.last_member: int | None = None
@@ -107,19 +114,29 @@ class ChunkPlanner:
                 cut.append(self._cut((resource_type,), current.members, current.regular, current.rows))
             else:
                 small.append((resource_type, current))
+        # As many packed chunks as the rows need; each aims at an equal share of the bytes still to pack.
+        chunks_left = -(-sum(current.rows for _, current in small) // self.target_rows)
+        bytes_left = sum(current.rows * self.weight[t] for t, current in small)
         types: list[str] = []
         members: set[int] = set()
         regular: set[int] = set()
         rows = 0
+        size = 0.0
         for resource_type, current in small:
             together = members | set(current.members)
-            if types and (rows + current.rows > self.target_rows or len(together) > self.max_members):
+            adding = current.rows * self.weight[resource_type]
+            goal = bytes_left / max(chunks_left, 1)
+            over = rows + current.rows > self.target_rows or len(together) > self.max_members
+            if types and (over or abs(size - goal) < abs(size + adding - goal)):
                 cut.append(self._cut(tuple(types), sorted(members), sorted(regular), rows))
-                types, members, regular, rows, together = [], set(), set(), 0, set(current.members)
+                bytes_left -= size
+                chunks_left -= 1
+                types, members, regular, rows, size, together = [], set(), set(), 0, 0.0, set(current.members)
             types.append(resource_type)
             members = together
             regular |= set(current.regular)
             rows += current.rows
+            size += adding
         if types:
             cut.append(self._cut(tuple(types), sorted(members), sorted(regular), rows))
         self.open = {t: _Open() for t in self.types}
@@ -127,9 +144,9 @@ class ChunkPlanner:
 
 
 def plan_chunks(members: Iterable[MemberRows], resource_types: Sequence[str], *, target_rows: int,
-                max_members: int) -> list[PlannedChunk]:
+                max_members: int, line_bytes: Mapping[str, float] | None = None) -> list[PlannedChunk]:
     """Every chunk of these members at once (the planner fed in id order; tests and small callers)."""
-    planner = ChunkPlanner(resource_types, target_rows=target_rows, max_members=max_members)
+    planner = ChunkPlanner(resource_types, target_rows=target_rows, max_members=max_members, line_bytes=line_bytes)
     chunks: list[PlannedChunk] = []
     for member in sorted(members, key=lambda m: m.member_id):
         chunks += planner.add(member)

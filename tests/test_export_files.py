@@ -71,6 +71,14 @@ def test_chunks_are_joined_into_one_file_per_type_and_segments_go(partner, setti
         assert [p.offset for p in parts] == [sum(q.size for q in parts[:n]) for n in range(len(parts))]
 
 
+def test_line_bytes_are_what_recent_exports_wrote_per_line_of_each_type(partner):
+    assert files.line_bytes() == {}  # before any export: the planner counts rows alike
+    job = run_export(partner, build_world(partner))
+    weights = files.line_bytes()
+    for output in OutputFile.objects.filter(job_id=job.id, kind=OutputFile.Kind.OUTPUT):
+        assert weights[output.resource_type] == pytest.approx(output.size / output.count)
+
+
 def test_a_published_file_names_its_members_and_a_member_its_files(partner):
     world = build_world(partner)
     job = run_export(partner, world)

@@ -98,3 +98,18 @@ def test_segment_sequences_of_chunks_never_overlap():
     assert part_sequence(3, 999) < part_sequence(4, 0)
     with pytest.raises(ValueError):
         part_sequence(1, 1000)
+
+
+def test_small_types_are_shared_out_by_the_bytes_their_lines_weigh():
+    members = rows({m: {"Patient": 1, "Claim": 1, "Condition": 1, "ExplanationOfBenefit": 1} for m in range(1, 11)})
+    types = ["Patient", "Claim", "Condition", "ExplanationOfBenefit"]
+    by_rows = plan_chunks(members, types, target_rows=30, max_members=50)
+    assert [c.resource_types for c in by_rows] == [("Patient", "Claim"), ("Condition", "ExplanationOfBenefit")]
+    # An EOB line weighs five times the others: the cut moves so each chunk writes about the same bytes
+    # (30 and 50 here, not 20 and 60), under the same row limit.
+    weighed = plan_chunks(members, types, target_rows=30, max_members=50,
+                          line_bytes={"Patient": 1, "Claim": 1, "Condition": 1, "ExplanationOfBenefit": 5})
+    assert [c.resource_types for c in weighed] == [("Patient", "Claim", "Condition"), ("ExplanationOfBenefit",)]
+    assert all(c.rows <= 30 for c in weighed)
+    # A type no recent export wrote weighs what a typical known line does.
+    assert plan_chunks(members, types, target_rows=30, max_members=50, line_bytes={"Claim": 1}) == by_rows

@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from consent.services import PARTNER_VERSION, decisions_for_members
-from exports import deleted, planning, rules
+from exports import deleted, files, planning, rules
 from exports.kind import EXPORT
 from exports.models import ExportChunk, ExportJob
 from exports.params import JobParams
@@ -102,7 +102,7 @@ def plan(job_id: uuid.UUID | str, *, now: datetime | None = None) -> list[int]:
         member_ids, issues = candidate_members(job, params)
         types = planning.member_types(params.types or rules.EXPORT_TYPES)
         planner = planning.ChunkPlanner(types, target_rows=settings.EXPORT_CHUNK_ROWS,
-                                        max_members=settings.EXPORT_CHUNK_MEMBERS)
+                                        max_members=settings.EXPORT_CHUNK_MEMBERS, line_bytes=files.line_bytes())
         excluded: Counter[str] = Counter()
         allowed = 0
         created: list[int] = []
