@@ -282,6 +282,10 @@ JOB_LEASE_SECONDS = env.int("JOB_LEASE_SECONDS", default=120)
 JOB_MAX_ATTEMPTS = env.int("JOB_MAX_ATTEMPTS", default=5)
 JOB_SWEEP_SECONDS = env.int("JOB_SWEEP_SECONDS", default=30)
 STATUS_RETRY_AFTER_SECONDS = env.int("STATUS_RETRY_AFTER_SECONDS", default=10)  # the longest Retry-After
+# A poll that finds its job about to finish is answered when it finishes, up to this long (0: never held), and
+# at most STATUS_HOLDS polls per web process are held at once (docs/async-status.md, "The last stretch").
+STATUS_HOLD_SECONDS = env.float("STATUS_HOLD_SECONDS", default=1.0)
+STATUS_HOLDS = env.int("STATUS_HOLDS", default=2)
 # Service levels (docs/service-levels.md): every job is due JOB_DEADLINE_DAYS after its request (Bulk Data's
 # seven days at most); the sweep logs, and admin flags, a job still open JOB_DEADLINE_WARNING_HOURS before it.
 JOB_DEADLINE_DAYS = env.int("JOB_DEADLINE_DAYS", default=7)

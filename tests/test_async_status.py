@@ -118,6 +118,76 @@ def test_the_kick_off_tells_a_young_job_to_poll_after_1_s(partner):
     assert accepted(make_export(partner))["Retry-After"] == "1"
 
 
+def test_a_job_is_finishing_soon_when_its_finish_is_under_way_or_its_pace_leaves_under_the_hold(partner, settings):
+    settings.STATUS_HOLD_SECONDS = 1
+    now = timezone.now()
+
+    def running(done, total, **fields):
+        return make_export(partner, status=AsyncJob.Status.RUNNING, progress_done=done, progress_total=total,
+                           **fields)
+
+    assert asyncstatus.finishing_soon(running(4, 4, finalize_started_at=now), now=now)
+    assert not asyncstatus.finishing_soon(running(4, 4, finalize_started_at=now - timedelta(minutes=5)), now=now)
+    assert asyncstatus.finishing_soon(running(9, 10, started_at=now - timedelta(seconds=5)), now=now)  # 0.6 s left
+    assert not asyncstatus.finishing_soon(running(5, 10, started_at=now - timedelta(seconds=5)), now=now)  # 5 s
+    assert not asyncstatus.finishing_soon(make_export(partner), now=now)  # queued: nothing to go by
+    settings.STATUS_HOLD_SECONDS = 0
+    assert not asyncstatus.finishing_soon(running(4, 4, finalize_started_at=now), now=now)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_poll_that_finds_its_job_finishing_is_answered_when_it_finishes(api, partner, settings):
+    """Retry-After is whole seconds: without the hold this poll would say 202 and "1 s", for a manifest ready
+    0.3 s later."""
+    import threading
+
+    from django.db import connection
+
+    settings.STATUS_HOLD_SECONDS = 5
+    job = make_export(partner, status=AsyncJob.Status.RUNNING, progress_done=4, progress_total=4,
+                      started_at=timezone.now(), finalize_started_at=timezone.now())
+
+    def finish_later():
+        try:
+            threading.Event().wait(0.3)
+            complete(ExportJob.objects.get(pk=job.pk))
+        finally:
+            connection.close()
+
+    finisher = threading.Thread(target=finish_later)
+    finisher.start()
+    response = api.get(status_path(job))
+    finisher.join()
+    assert response.status_code == 200, response.content
+    assert [item["type"] for item in response.json()["output"]] == ["Patient"]
+
+
+def test_a_held_poll_that_outlasts_the_hold_answers_202_as_it_stands(api, partner, settings):
+    settings.STATUS_HOLD_SECONDS = 0.2
+    job = make_export(partner, status=AsyncJob.Status.RUNNING, progress_done=4, progress_total=4,
+                      started_at=timezone.now(), finalize_started_at=timezone.now())
+    response = api.get(status_path(job))
+    assert response.status_code == 202 and response["Retry-After"] == "1"
+    assert response["X-Progress"] == "chunks 4/4"
+
+
+def test_held_polls_never_take_more_places_than_status_holds(partner, settings, monkeypatch):
+    settings.STATUS_HOLDS = 1
+    settings.STATUS_HOLD_SECONDS = 5
+    job = make_export(partner, status=AsyncJob.Status.RUNNING, progress_done=4, progress_total=4,
+                      finalize_started_at=timezone.now())
+    naps: list[float] = []
+    monkeypatch.setattr(asyncstatus.time, "sleep", naps.append)
+    place = asyncstatus._holds(1)
+    assert place.acquire(blocking=False)  # another poll of this process holds the only place
+    try:
+        assert asyncstatus.await_finish(job) is False and naps == []  # answered at once, not held
+    finally:
+        place.release()
+    ExportJob.objects.filter(pk=job.pk).update(status=AsyncJob.Status.COMPLETED)
+    assert asyncstatus.await_finish(job) is True and len(naps) == 1  # a place free: held until it is done
+
+
 def test_polling_faster_than_half_retry_after_is_429(api, partner):
     job = make_export(partner, status=AsyncJob.Status.RUNNING, last_polled_at=timezone.now())
     response = api.get(status_path(job))
