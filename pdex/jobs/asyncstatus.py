@@ -167,11 +167,19 @@ def retry_after(job: AsyncJob, *, now: datetime) -> int:
     age = (now - job.created_at).total_seconds() if job.created_at else 0.0
     if job.progress_total and job.progress_done >= job.progress_total:
         return 1  # every unit done: the finish is writing the manifest's last files
-    if job.progress_done and job.started_at and job.progress_total > job.progress_done:
-        elapsed = (now - job.started_at).total_seconds()
-        left = elapsed * (job.progress_total - job.progress_done) / job.progress_done
+    left = time_left(job, now=now)
+    if left is not None:
         return int(min(max(min(math.ceil(left / 2), math.floor(age / 2)), 1), cap))
     return 1 if age < cap else cap
+
+
+def time_left(job: AsyncJob, *, now: datetime) -> float | None:
+    """Seconds of work left at the job's own pace (elapsed × left / done); None before its first unit is done
+    or once every unit is."""
+    if not job.progress_done or job.started_at is None or job.progress_total <= job.progress_done:
+        return None
+    elapsed = (now - job.started_at).total_seconds()
+    return elapsed * (job.progress_total - job.progress_done) / job.progress_done
 
 
 # A job whose last unit finished longer ago than this is not "finishing": its finish is stuck or lost, and the
@@ -189,10 +197,8 @@ def finishing_soon(job: AsyncJob, *, now: datetime) -> bool:
         return False
     if job.progress_done >= job.progress_total:
         return job.finalize_started_at is not None and now - job.finalize_started_at < FINISHING_FOR_AT_MOST
-    if not job.progress_done or job.started_at is None:
-        return False
-    elapsed = (now - job.started_at).total_seconds()
-    return elapsed * (job.progress_total - job.progress_done) / job.progress_done <= hold
+    left = time_left(job, now=now)
+    return left is not None and left <= hold
 
 
 @functools.cache
