@@ -1,15 +1,14 @@
 """Streaming a chunk's rows from PostgreSQL straight into NDJSON files in storage.
 
-The rows come out of a `COPY (SELECT …) TO STDOUT` on a connection of their own: PostgreSQL renders each
-resource as text (`body::text`, or the non-financial view of a claim) and joins them into blocks of lines, so
-nothing is parsed or re-serialised in Python, the Python side costs almost nothing per resource, and memory
-does not grow with the export. The CSV format with control characters as delimiter and quote turns COPY into
-a pass-through: JSONB text never contains a raw control character (it escapes them), so a block is at most
-wrapped in our quote character, never escaped.
+The rows come out of a `COPY (SELECT …) TO STDOUT` on a connection of their own: PostgreSQL hands over each
+resource's stored text (`export_text`: claims already non-financial) as it is, so nothing is parsed or
+re-serialised in Python and memory does not grow with the export. The CSV format with control characters as
+delimiter and quote turns COPY into a pass-through: JSONB text never contains a raw control character or a
+newline (it escapes them), so a field is never quoted or escaped.
 
-Each block carries its rows' ids and their references to shared resources next to the JSON, so the chunk can
-name its rows in the transmitter Provenance and the export can add the Organizations, Practitioners and
-Locations they reference, once each, at the end. docs/exports.md tells the whole pipeline.
+Each row carries its id and its references to shared resources next to the JSON, so the chunk can name its
+rows in the transmitter Provenance and the export can add the Organizations, Practitioners and Locations they
+reference, once each, at the end. docs/exports.md tells the whole pipeline.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from exports.models import ExportChunk, ExportFilePart, ExportJob
 from pdex.jobs.outputs import NdjsonWriter
 
 FIELD = b"\x02"
-QUOTE = b"\x01"
 BLOCK_ROWS = 500
 COPY_OPTIONS = "WITH (FORMAT csv, DELIMITER e'\\x02', QUOTE e'\\x01')"
 # A heartbeat at most this often (and at least every third of the lease): often enough that a cancelled job
@@ -76,9 +74,11 @@ def stream_connection() -> Iterator[Any]:
         close_stream_connection()
         raw = connection.get_new_connection(params)
         raw.autocommit = True
-        # A chunk's rows are sorted into blocks in memory: at PostgreSQL's default 4 MB the sort of a large
-        # type's rows spills to disk.
-        raw.execute("SELECT set_config('work_mem', %s, false)", [settings.EXPORT_WORK_MEM])
+        # A chunk's rows are sorted in memory: at PostgreSQL's default 4 MB the sort of a large type's rows
+        # spills to disk. No parallel workers: every worker process already streams a chunk of its own, and
+        # gathering a chunk's rows from helper processes only added their start-up and a merge.
+        raw.execute("SELECT set_config('work_mem', %s, false), set_config('max_parallel_workers_per_gather', '0',"
+                    " false)", [settings.EXPORT_WORK_MEM])
         _stream.update(conn=raw, key=key)
     try:
         yield raw
@@ -103,30 +103,27 @@ def copy_rows(sql: str, params: dict[str, Any]) -> Iterator[bytes]:
 
 
 def chunk_sql(resource_type: str, member_ids: Sequence[int], context: rules.ExportContext) -> tuple[str, dict]:
-    """The chunk's rows through the one set of export rules, in blocks of BLOCK_ROWS rows: each block is one
-    COPY row of (ids, shared references, the source formats ingest recorded, the block's NDJSON lines joined by
-    newlines). The formats come with the rows, so the transmitter Provenance needs no second look at them.
+    """The chunk's rows through the one set of export rules, in id order: (id, shared references, the source
+    format ingest recorded, the NDJSON line). The formats come with the rows, so the transmitter Provenance
+    needs no second look at them.
 
-    Blocks cut the per-row cost in Python (libpq hands over one COPY row at a time) to almost nothing.
+    Rows, not blocks joined in SQL: `string_agg … GROUP BY row_number() / 500` made PostgreSQL sort every row
+    three more times (the window, the groups, each ordered aggregate) and cost more than the Python that
+    groups the rows here (docs/exports.md, "Chunks").
     """
     rows = rules.selection(resource_type, member_ids, context)
     # Only our own SQL fragments are interpolated; every value is a bound parameter.
     sql = (
-        "SELECT string_agg(fhir_id, ',' ORDER BY id), string_agg(refs, ',' ORDER BY id),"  # noqa: S608
-        " string_agg(DISTINCT source_format, ','), string_agg(body_text, E'\\n' ORDER BY id)"
-        f" FROM (SELECT r.id, r.fhir_id, NULLIF(array_to_string(r.refs, ','), '') AS refs,"
-        f" NULLIF(r.source_format, '') AS source_format,"
-        f" {rules.body_sql(resource_type, elements=context.elements)} AS body_text,"
-        f" (row_number() OVER (ORDER BY r.id) - 1) / {BLOCK_ROWS} AS block {rows.sql}) AS chunk_rows"
-        " GROUP BY block ORDER BY block"
+        "SELECT r.fhir_id, NULLIF(array_to_string(r.refs, ','), ''), NULLIF(r.source_format, ''),"
+        f" {rules.body_sql(resource_type, elements=context.elements)} {rows.sql} ORDER BY r.id"
     )
     return sql, dict(rows.params)
 
 
 @dataclass(frozen=True)
 class Block:
-    """One COPY row of a chunk: up to BLOCK_ROWS resources as NDJSON `lines` (each ending with a newline), their
-    ids, their references to shared resources and their source formats (both comma-joined, may be empty)."""
+    """Up to BLOCK_ROWS resources of a chunk as NDJSON `lines` (each ending with a newline), their ids, their
+    references to shared resources and their source formats (both comma-joined, may be empty)."""
 
     ids: list[str]
     refs: bytes
@@ -135,17 +132,25 @@ class Block:
 
 
 def blocks(sql: str, params: dict[str, Any]) -> Iterator[Block]:
-    """The chunk's blocks, as chunk_sql selects them.
-
-    COPY's CSV format quotes a field holding newlines with our quote character (\\x01), which JSON text
-    never contains, so unquoting is dropping the first and last byte.
-    """
+    """The chunk's rows, as chunk_sql selects them, gathered into blocks of BLOCK_ROWS: the writer, the
+    Provenance targets and the heartbeat work per block, not per row."""
+    ids: list[str] = []
+    refs: list[bytes] = []
+    formats: set[bytes] = set()
+    lines: list[bytes] = []
     for row in copy_rows(sql, params):
-        ids, refs, formats, lines = row.split(FIELD, 3)
-        lines = lines[:-1]  # the row's newline
-        if lines[:1] == QUOTE:
-            lines = lines[1:-1]
-        yield Block(ids.decode().split(","), refs, formats, lines + b"\n")
+        fhir_id, row_refs, source_format, line = row.split(FIELD, 3)
+        ids.append(fhir_id.decode())
+        if row_refs:
+            refs.append(row_refs)
+        if source_format:
+            formats.add(source_format)
+        lines.append(line)  # ends with the row's newline
+        if len(lines) == BLOCK_ROWS:
+            yield Block(ids, b",".join(refs), b",".join(sorted(formats)), b"".join(lines))
+            ids, refs, formats, lines = [], [], set(), []
+    if lines:
+        yield Block(ids, b",".join(refs), b",".join(sorted(formats)), b"".join(lines))
 
 
 def part_writer(job: ExportJob, resource_type: str, chunk_sequence: int, first_part: int = 0) -> NdjsonWriter:
