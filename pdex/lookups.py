@@ -1,15 +1,22 @@
-"""`field__any=[…]`: `field = ANY(%s)` with the whole list bound as one array parameter.
+"""Long lists of ids bound as one parameter, in lookups and in inserts.
 
-Django's `__in` writes one placeholder per value. A batch of 1,000 members then costs a 1,000-placeholder
-statement that Django compiles and psycopg splits in Python on every execution (10–20 ms each, several per
-batch of a bulk member match or an export chunk); PostgreSQL plans `= ANY(array)` exactly as it plans `IN`.
+`field__any=[…]`: `field = ANY(%s)` with the whole list bound as one array parameter. Django's `__in` writes
+one placeholder per value. A batch of 1,000 members then costs a 1,000-placeholder statement that Django
+compiles and psycopg splits in Python on every execution (10–20 ms each, several per batch of a bulk member
+match or an export chunk); PostgreSQL plans `= ANY(array)` exactly as it plans `IN`.
+
+`bigint_array(ids)`: the value of an `ArrayField(BigIntegerField())` in a bulk insert, as one text literal cast
+in SQL. Django prepares an array value element by element (the base field's prep, then psycopg's dumper per
+item): the 219 chunks of a 9,800-member export plan, 415,000 ids, took 1.1–1.3 s to insert, 0.3 s this way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.db.models import Field, ForeignObject, Lookup
+from django.db.models.expressions import RawSQL
 
 
 class AnyOf(Lookup):
@@ -28,3 +35,8 @@ class AnyOf(Lookup):
 
 Field.register_lookup(AnyOf)
 ForeignObject.register_lookup(AnyOf)  # relations keep lookups of their own (RelatedIn, …), so register there too
+
+
+def bigint_array(ids: Iterable[int]) -> RawSQL:
+    """`ids` as a bigint[] value for a bulk insert: one parameter (`{1,2,3}`), however many ids."""
+    return RawSQL("%s::bigint[]", ("{" + ",".join(map(str, map(int, ids))) + "}",))

@@ -24,6 +24,7 @@ from matching.models import GroupMember, MemberMatchGroup
 from pdex import audit
 from pdex.fhir import outcome_issue
 from pdex.jobs import engine
+from pdex.lookups import bigint_array
 from pdex.models import Member
 
 
@@ -110,9 +111,9 @@ def plan(job_id: uuid.UUID | str, *, now: datetime | None = None) -> list[int]:
         def insert(chunks: list[planning.PlannedChunk]) -> None:
             rows = ExportChunk.objects.bulk_create([
                 ExportChunk(job=job, sequence=c.sequence, resource_type=c.resource_type,
-                            resource_types=list(c.resource_types), member_ids=list(c.member_ids),
-                            regular_member_ids=list(c.regular_member_ids),
-                            consent_versions=[versions[m] for m in c.member_ids]) for c in chunks])
+                            resource_types=list(c.resource_types), member_ids=bigint_array(c.member_ids),
+                            regular_member_ids=bigint_array(c.regular_member_ids),
+                            consent_versions=bigint_array(versions[m] for m in c.member_ids)) for c in chunks])
             created.extend(row.id for row in rows)
 
         planned: dict[int, bool] = {}  # every member let in, and whether with sensitive data (the `deleted` file)
