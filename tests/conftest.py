@@ -55,6 +55,16 @@ def _own_celery_queues():
             conn.default_channel.queue_purge(name)
 
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_export_stream(django_db_setup):
+    """The export writer keeps a COPY connection of its own per process: closed before the test database is
+    dropped, which a session still connected to it would block ("being accessed by other users")."""
+    yield
+    from exports.writer import close_stream_connection
+
+    close_stream_connection()
+
 @pytest.fixture
 def make_partner(db):
     """Create an active partner with a DOT application and a data-sharing agreement in force;
