@@ -3,6 +3,7 @@ answered in JSON. Against a live gunicorn on the test database."""
 
 from __future__ import annotations
 
+import gc
 import http.client
 import json
 import os
@@ -56,6 +57,17 @@ def test_keep_alive_outlasts_every_status_retry_after():
     exec((ROOT / "config" / "gunicorn.py").read_text(), config)  # noqa: S102 - gunicorn reads it the same way
     assert config["keepalive"] > settings.STATUS_RETRY_AFTER_SECONDS
     assert config["worker_class"] == "gthread"  # idle kept-alive connections hold no thread
+
+
+def test_a_web_worker_keeps_the_loaded_application_out_of_full_collections():
+    config: dict = {}
+    exec((ROOT / "config" / "gunicorn.py").read_text(), config)  # noqa: S102 - gunicorn reads it the same way
+    before = gc.get_freeze_count()
+    try:
+        config["post_worker_init"](None)
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
 
 
 def test_a_client_waiting_exactly_retry_after_polls_on_one_connection(web, partner, settings):
