@@ -48,7 +48,7 @@ def deleted_query(member_ids: list[int], context: rules.ExportContext) -> tuple[
     params = {**rules.base_params(context), "member_ids": member_ids}
     upper = "AND t.deleted_at <= %(updated_before)s" if window.updated_before is not None else ""
     sql = (f"SELECT t.resource_type, t.fhir_id, t.deleted_at FROM {TOMBSTONES} t"
-           f" WHERE t.member_id = ANY(%(member_ids)s) AND t.deleted_at > %(updated_after)s"
+           f" WHERE t.member_id = ANY(%(member_ids)s::bigint[]) AND t.deleted_at > %(updated_after)s"
            f" AND t.deleted_at <= %(request_time)s {upper} AND ({' OR '.join(alternatives)})"
            f" ORDER BY t.deleted_at, t.id")
     return sql, params

@@ -322,7 +322,7 @@ def _attached_to_pa_sql(context: ExportContext, alias: str, *, included_only: bo
 def _sensitivity_sql(context: ExportContext, alias: str) -> str:
     if not context.regular_member_ids:
         return "TRUE"
-    return f"NOT ({alias}.sensitive AND {alias}.member_id = ANY(%(regular_ids)s))"
+    return f"NOT ({alias}.sensitive AND {alias}.member_id = ANY(%(regular_ids)s::bigint[]))"
 
 
 def rule_sql(resource_type: str, context: ExportContext, alias: str = "r") -> str:
@@ -477,13 +477,13 @@ def selection(resource_type: str, member_ids: Sequence[int], context: ExportCont
             f"FROM {TABLE} {alias} WHERE {alias}.resource_type = '{resource_type}' AND {alias}.member_id IS NULL"
             f" AND {alias}.fhir_id = ANY(ARRAY(SELECT DISTINCT split_part({ref}_refs.ref, '/', 2) FROM"
             f" (SELECT unnest({ref}.refs) AS ref FROM {TABLE} {ref}"
-            f" WHERE {ref}.member_id = ANY(%(member_ids)s) AND ({' OR '.join(referrers)})) AS {ref}_refs"
+            f" WHERE {ref}.member_id = ANY(%(member_ids)s::bigint[]) AND ({' OR '.join(referrers)})) AS {ref}_refs"
             f" WHERE split_part({ref}_refs.ref, '/', 1) = '{resource_type}'))"
         )
         return Fragment(sql, params)
     fragment = member_row_sql(resource_type, context, alias)
     params.update(fragment.params)
-    sql = f"FROM {TABLE} {alias} WHERE {alias}.member_id = ANY(%(member_ids)s) AND {fragment.sql}"
+    sql = f"FROM {TABLE} {alias} WHERE {alias}.member_id = ANY(%(member_ids)s::bigint[]) AND {fragment.sql}"
     return Fragment(sql, params)
 
 
@@ -518,5 +518,5 @@ def any_body_sql(alias: str = "r", elements: Iterable[str] = ()) -> str:
 def lines_query(row_ids: Sequence[int], elements: Iterable[str] = ()) -> tuple[str, dict]:
     """The NDJSON lines (claims non-financial, subsets under `_elements`) of rows already selected through the
     rules, by primary key."""
-    return (f"SELECT r.id, {any_body_sql('r', elements)} AS body_text FROM {TABLE} r WHERE r.id = ANY(%(line_ids)s)",
-            {"line_ids": list(row_ids)})
+    return (f"SELECT r.id, {any_body_sql('r', elements)} AS body_text FROM {TABLE} r"
+            " WHERE r.id = ANY(%(line_ids)s::bigint[])", {"line_ids": list(row_ids)})

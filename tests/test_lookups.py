@@ -24,3 +24,13 @@ def test_any_on_a_relation_compares_the_related_id(db):
     assert list(MemberBlock.objects.filter(member_id__any=[blocked.pk, other.pk]).values_list("member_id", flat=True)) \
         == [blocked.pk]
     assert MemberBlock.objects.filter(member__any=[blocked.pk]).count() == 1
+
+
+def test_an_integer_list_is_one_literal_cast_to_the_column_type(db):
+    """Sent as psycopg's smallint[], a list against a bigint column is searched whole for every row (PostgreSQL
+    hashes a long `= ANY` list only when both sides are of one type); cast, it is hashed."""
+    sql, params = MemberBlock.objects.filter(member_id__any=[3, 1, 2]).query.sql_with_params()
+    assert "= ANY(%s::bigint[])" in sql
+    assert params == ("{3,1,2}",)
+    sql, params = Member.objects.filter(fhir_id__any=["a", "b"]).query.sql_with_params()
+    assert "::" not in sql.split("= ANY(")[1] and params == (["a", "b"],)  # text needs no cast

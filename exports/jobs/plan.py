@@ -74,7 +74,8 @@ def member_rows(member_ids: list[int], include_sensitive: dict[int, bool],
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT member_id, resource_type, count(*) FROM pdex_resource"
-                " WHERE member_id = ANY(%s) AND resource_type = ANY(%s) GROUP BY 1, 2", [member_ids, resource_types])
+                " WHERE member_id = ANY(%s::bigint[]) AND resource_type = ANY(%s) GROUP BY 1, 2",
+                [member_ids, resource_types])
             for member_id, resource_type, rows in cursor.fetchall():
                 counts[member_id][resource_type] = rows
     return [planning.MemberRows(m, include_sensitive[m], counts[m]) for m in sorted(member_ids)]

@@ -188,7 +188,7 @@ def included_references(row_ids: list[int], includes: tuple[tuple[str, tuple[str
     with connection.cursor() as cursor:
         for path, targets in includes:
             cursor.execute("SELECT DISTINCT ref #>> '{}' FROM pdex_resource r,"
-                           " jsonb_path_query(r.body, %(path)s::jsonpath) AS ref WHERE r.id = ANY(%(ids)s)",
+                           " jsonb_path_query(r.body, %(path)s::jsonpath) AS ref WHERE r.id = ANY(%(ids)s::bigint[])",
                            {"path": path, "ids": row_ids})
             for (reference,) in cursor.fetchall():
                 target = reference_target(reference)
