@@ -63,8 +63,9 @@ def warm_broker() -> None:
 
 @worker_process_init.connect
 def _prepare_worker_process(**_) -> None:
-    """Leave what the worker loaded before its first task (Django, the apps: ~128,000 objects) out of the cycle
-    collector's full passes (`gc.freeze`, as the Python docs advise for processes that fork without exec). A full
-    pass over them took 66–75 ms here, and one landing inside a 0.1 s export chunk held up the whole export."""
+    """A forked worker process starts warm: its broker connection made (warm_broker), and what it loaded before
+    its first task (Django, the apps: ~128,000 objects) left out of the cycle collector's full passes
+    (`gc.freeze`, as the Python docs advise for processes that fork without exec). A full pass over them took
+    66–75 ms here, and one landing inside a 0.1 s export chunk held up the whole export."""
     warm_broker()
     gc.freeze()

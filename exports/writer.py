@@ -95,7 +95,8 @@ def close_stream_connection() -> None:
 
 
 def copy_rows(sql: str, params: dict[str, Any]) -> Iterator[bytes]:
-    """Rows of `sql` (fhir_id, refs, NDJSON text) as COPY delivers them, one per item, ending in a newline."""
+    """Rows of `sql` (its columns joined by FIELD, the NDJSON line last) as COPY delivers them, one per item,
+    ending in a newline."""
     with stream_connection() as raw, raw.cursor() as cursor, cursor.copy(f"COPY ({sql}) TO STDOUT {COPY_OPTIONS}",
                                                                         params) as copy:
         for row in copy:

@@ -31,17 +31,21 @@ class AnyOf(Lookup):
     lookup_name = "any"
     prepare_rhs = False  # the right-hand side is a list of the field's values, not one value
 
+    def integer_type(self, connection) -> str | None:
+        """The column's type when it is an integer one (its list goes as one literal, cast to it)."""
+        db_type = self.lhs.output_field.db_type(connection)
+        return db_type if db_type in INTEGER_TYPES else None
+
     def get_db_prep_lookup(self, value: Any, connection) -> tuple[str, list[Any]]:
-        field = self.lhs.output_field
-        if field.db_type(connection) in INTEGER_TYPES:
+        if self.integer_type(connection):
             return "%s", [integer_array_literal(value)]
+        field = self.lhs.output_field
         return "%s", [[field.get_db_prep_value(item, connection, prepared=False) for item in value]]
 
     def as_sql(self, compiler, connection) -> tuple[str, list[Any]]:
         lhs_sql, lhs_params = self.process_lhs(compiler, connection)
         rhs_sql, rhs_params = self.process_rhs(compiler, connection)
-        db_type = self.lhs.output_field.db_type(connection)
-        if db_type in INTEGER_TYPES:
+        if db_type := self.integer_type(connection):
             rhs_sql = f"{rhs_sql}::{db_type}[]"
         return f"{lhs_sql} = ANY({rhs_sql})", [*lhs_params, *rhs_params]
 

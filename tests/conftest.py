@@ -55,7 +55,6 @@ def _own_celery_queues():
             conn.default_channel.queue_purge(name)
 
 
-
 @pytest.fixture(scope="session", autouse=True)
 def _close_export_stream(django_db_setup):
     """The export writer keeps a COPY connection of its own per process: closed before the test database is
@@ -64,6 +63,7 @@ def _close_export_stream(django_db_setup):
     from exports.writer import close_stream_connection
 
     close_stream_connection()
+
 
 @pytest.fixture
 def make_partner(db):
